@@ -1,0 +1,170 @@
+"""Optimizer groups, LR lambdas, warmup, accumulation and --freeze (utils/optim.py), checked with numbers."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from utils import optim
+
+HYP = {'lr0': 0.01, 'lrf': 0.01, 'momentum': 0.937, 'weight_decay': 0.0005, 'warmup_epochs': 3.0,
+       'warmup_momentum': 0.8, 'warmup_bias_lr': 0.1}
+
+
+class TinyAttention(nn.Module):
+    """Stands in for an EfficientViT attention block: a parameter named attention_biases plus a linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.attention_biases = nn.Parameter(torch.zeros(2, 9))
+        self.proj = nn.Linear(4, 4)  # weight -> decay, bias -> biases
+        self.ln = nn.LayerNorm(4)  # weight -> no decay, bias -> biases
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.model = nn.Sequential(
+            nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8)),  # model.0
+            nn.Sequential(nn.Conv2d(8, 8, 1), nn.GroupNorm(2, 8)),  # model.1
+            TinyAttention(),  # model.2
+            nn.Conv2d(8, 4, 1),  # model.3
+        )
+
+
+def _ids(params):
+    return {id(p) for p in params}
+
+
+def test_split_params_groups_every_parameter_once():
+    net = Net()
+    decay, no_decay, biases = optim.split_params(net)
+    m = net.model
+    assert _ids(decay) == _ids([m[0][0].weight, m[1][0].weight, m[2].proj.weight, m[3].weight])
+    assert _ids(no_decay) == _ids([m[0][1].weight, m[1][1].weight, m[2].attention_biases, m[2].ln.weight])
+    assert _ids(biases) == _ids([m[0][1].bias, m[1][0].bias, m[1][1].bias, m[2].proj.bias, m[2].ln.bias,
+                                 m[3].bias])
+    assert len(decay) + len(no_decay) + len(biases) == len(list(net.parameters())) == 14
+
+
+@pytest.mark.parametrize('name, cls', [('SGD', torch.optim.SGD), ('Adam', torch.optim.Adam),
+                                       ('AdamW', torch.optim.AdamW)])
+def test_build_optimizer_group_order_and_hyper(name, cls):
+    net = Net()
+    opt = optim.build_optimizer(net, name, lr=0.01, momentum=0.937, decay=0.0005)
+    assert type(opt) is cls
+    g = opt.param_groups
+    assert [len(x['params']) for x in g] == [6, 4, 4]  # biases, decayed weights, norm/attention weights
+    assert [x['weight_decay'] for x in g] == [0.0, 0.0005, 0.0]
+    assert all(x['lr'] == 0.01 for x in g)
+    if name == 'SGD':
+        assert g[0]['momentum'] == 0.937 and g[0]['nesterov'] is True
+    else:
+        assert g[0]['betas'] == (0.937, 0.999)
+
+
+def test_build_optimizer_unknown_name():
+    with pytest.raises(ValueError, match="optimizer 'RMSProp' not supported; choose one of SGD, Adam, AdamW"):
+        optim.build_optimizer(Net(), 'RMSProp')
+
+
+def test_optimizer_log_line(caplog):
+    from utils.logging import LOGGER
+    LOGGER.propagate = True
+    try:
+        with caplog.at_level('INFO', logger=LOGGER.name):
+            optim.build_optimizer(Net(), 'SGD', lr=0.01, decay=0.0005)
+    finally:
+        LOGGER.propagate = False
+    assert 'SGD(lr=0.01) with parameter groups 4 weight(decay=0.0), 4 weight(decay=0.0005), 6 bias' in caplog.text
+
+
+def test_linear_lambda_values():
+    lf = optim.lr_lambda(epochs=100, lrf=0.01)
+    assert lf(0) == pytest.approx(1.0)
+    assert lf(50) == pytest.approx(0.505)
+    assert lf(99) == pytest.approx(0.0199)
+    assert lf(100) == pytest.approx(0.01)
+
+
+def test_cosine_lambda_values():
+    lf = optim.lr_lambda(epochs=100, lrf=0.01, cos=True)
+    assert lf(0) == pytest.approx(1.0)
+    assert lf(50) == pytest.approx(0.505)
+    assert lf(25) == pytest.approx(1 + (1 - math.cos(math.pi / 4)) / 2 * (0.01 - 1))  # = 0.855018
+    assert lf(25) == pytest.approx(0.855018, abs=1e-6)
+    assert lf(100) == pytest.approx(0.01)
+
+
+def test_scheduler_steps_per_epoch_and_state_dict_is_plain():
+    net = Net()
+    opt = optim.build_optimizer(net, 'SGD', lr=0.01)
+    sched = optim.build_scheduler(opt, optim.lr_lambda(10, 0.1))
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    assert optim.group_lrs(opt) == pytest.approx([0.01 * (1 - 0.3) * 0.9 + 0.001] * 3)  # 0.0073
+    state = sched.state_dict()
+    assert state['last_epoch'] == 3 and state['lr_lambdas'] == [{'epochs': 10, 'lrf': 0.1}] * 3
+
+
+@pytest.mark.parametrize('bs, acc, wd', [(1, 64, 0.0005), (4, 16, 0.0005), (16, 4, 0.0005), (24, 3, 0.0005 * 72 / 64),
+                                         (40, 2, 0.0005 * 80 / 64), (64, 1, 0.0005), (128, 1, 0.001)])
+def test_accumulate_and_weight_decay_scaling(bs, acc, wd):
+    assert optim.accumulate_steps(bs) == acc
+    assert optim.scaled_weight_decay(0.0005, bs) == pytest.approx(wd)
+
+
+def test_warmup_iterations():
+    assert optim.warmup_iterations(3.0, 10) == 100  # minimum 100
+    assert optim.warmup_iterations(3.0, 1000) == 3000
+    assert optim.warmup_iterations(0.5, 301) == 150  # round(150.5) -> 150 (banker's rounding as Python/YOLOv5)
+
+
+def test_warmup_interpolates_lr_momentum_and_accumulate():
+    net = Net()
+    opt = optim.build_optimizer(net, 'SGD', lr=0.01, momentum=0.937)
+    lf = optim.lr_lambda(10, 0.01)
+    optim.build_scheduler(opt, lf)
+    nw = 100
+    acc = optim.warmup(opt, 0, nw, 0, lf, HYP, batch_size=16)
+    assert acc == 1
+    assert optim.group_lrs(opt) == pytest.approx([0.1, 0.0, 0.0])
+    assert opt.param_groups[1]['momentum'] == pytest.approx(0.8)
+    acc = optim.warmup(opt, 50, nw, 0, lf, HYP, batch_size=16)  # halfway: accumulate 1 -> 4 is 2.5 -> round 2
+    assert acc == 2
+    assert optim.group_lrs(opt) == pytest.approx([0.05 + 0.005, 0.005, 0.005])
+    assert opt.param_groups[2]['momentum'] == pytest.approx(0.8685)
+    acc = optim.warmup(opt, 100, nw, 1, lf, HYP, batch_size=16)  # end, epoch 1: lr = 0.01 * lf(1) = 0.00901
+    assert acc == 4
+    assert optim.group_lrs(opt) == pytest.approx([0.00901] * 3)
+    assert opt.param_groups[0]['momentum'] == pytest.approx(0.937)
+
+
+def test_warmup_leaves_adam_betas():
+    net = Net()
+    opt = optim.build_optimizer(net, 'Adam', lr=0.001, momentum=0.937)
+    lf = optim.lr_lambda(10, 0.01)
+    optim.build_scheduler(opt, lf)
+    optim.warmup(opt, 25, 100, 0, lf, HYP, batch_size=64)
+    assert optim.group_lrs(opt) == pytest.approx([0.1 * 0.75 + 0.001 * 0.25, 0.00025, 0.00025])
+    assert opt.param_groups[0]['betas'] == (0.937, 0.999)
+
+
+@pytest.mark.parametrize('freeze, frozen_layers', [([0], set()), ([2], {0, 1}), ([5], {0, 1, 2, 3}),
+                                                   ([1, 3], {1, 3})])
+def test_freeze_layers(freeze, frozen_layers):
+    net = Net()
+    frozen = optim.freeze_layers(net, freeze)
+    layers = {int(n.split('.')[1]) for n in frozen}
+    assert layers == frozen_layers
+    for name, p in net.named_parameters():
+        assert p.requires_grad == (int(name.split('.')[1]) not in frozen_layers)
+
+
+def test_freeze_prefixes_do_not_match_longer_indices():
+    assert optim.freeze_prefixes([2]) == ['model.0.', 'model.1.']
+    net = nn.Module()
+    net.model = nn.Sequential(*[nn.Linear(1, 1) for _ in range(12)])
+    frozen = optim.freeze_layers(net, [2])
+    assert frozen == ['model.0.weight', 'model.0.bias', 'model.1.weight', 'model.1.bias']  # not model.10./model.11.

@@ -1,0 +1,169 @@
+"""Optimizer parameter groups, LR schedules and warmup as YOLOv5 v7.0 trains.
+
+YOLOv5 splits parameters into three groups and builds the optimizer with the biases first, so
+``param_groups[0]`` = biases (no decay, warmed up from ``warmup_bias_lr`` down), ``[1]`` = weights with decay,
+``[2]`` = weights without decay (normalisation weights; here also EfficientViT's ``attention_biases``, which are a
+learned positional table, not a weight to shrink). The ``x/lr0..2`` columns of results.csv follow this order.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from utils.logging import LOGGER, colorstr
+
+NOMINAL_BATCH = 64  # YOLOv5's nbs: gradients are accumulated up to this many images per optimizer step
+NO_DECAY_NAMES = ('attention_biases',)  # parameter names (last component) never weight-decayed
+OPTIMIZERS = ('SGD', 'Adam', 'AdamW')
+
+
+def is_norm(module: nn.Module) -> bool:
+    """True for any normalisation layer: a torch.nn class named '*Norm*' or a custom class with 'Norm' in its name."""
+    return isinstance(module, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
+                               nn.RMSNorm)) or 'Norm' in type(module).__name__
+
+
+def split_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter], list[nn.Parameter]]:
+    """Return (decay, no_decay, biases): every parameter of ``model`` exactly once.
+
+    - biases: every parameter named ``bias`` (norm biases included);
+    - no_decay: weights of normalisation layers and parameters named in ``NO_DECAY_NAMES``;
+    - decay: everything else (conv / linear weights, anchors-free extras).
+    """
+    decay, no_decay, biases = [], [], []
+    for module in model.modules():
+        norm = is_norm(module)
+        for name, p in module.named_parameters(recurse=False):
+            if name == 'bias':
+                biases.append(p)
+            elif norm or name in NO_DECAY_NAMES:
+                no_decay.append(p)
+            else:
+                decay.append(p)
+    return decay, no_decay, biases
+
+
+def build_optimizer(model: nn.Module, name: str = 'SGD', lr: float = 0.01, momentum: float = 0.937,
+                    decay: float = 5e-4) -> torch.optim.Optimizer:
+    """YOLOv5's smart_optimizer: groups [biases, decayed weights, undecayed weights] in that order.
+
+    SGD uses Nesterov momentum; Adam/AdamW use ``betas=(momentum, 0.999)``. Frozen parameters stay in the groups
+    (as YOLOv5), they simply never receive a gradient.
+    """
+    decay_p, no_decay_p, bias_p = split_params(model)
+    if name == 'SGD':
+        optimizer = torch.optim.SGD(bias_p, lr=lr, momentum=momentum, nesterov=True)
+    elif name == 'Adam':
+        optimizer = torch.optim.Adam(bias_p, lr=lr, betas=(momentum, 0.999))
+    elif name == 'AdamW':
+        optimizer = torch.optim.AdamW(bias_p, lr=lr, betas=(momentum, 0.999), weight_decay=0.0)
+    else:
+        raise ValueError(f'optimizer {name!r} not supported; choose one of {", ".join(OPTIMIZERS)}')
+    optimizer.add_param_group({'params': decay_p, 'weight_decay': decay})
+    optimizer.add_param_group({'params': no_decay_p, 'weight_decay': 0.0})
+    LOGGER.info(f"{colorstr('optimizer:')} {type(optimizer).__name__}(lr={lr}) with parameter groups "
+                f'{len(no_decay_p)} weight(decay=0.0), {len(decay_p)} weight(decay={decay}), {len(bias_p)} bias')
+    return optimizer
+
+
+class LinearLambda:
+    """``lf(x) = (1 - x/epochs) * (1 - lrf) + lrf``: YOLOv5's default LR factor, from 1 at epoch 0 to lrf at the end.
+
+    A class (not a closure) so LambdaLR.state_dict() records its numbers.
+    """
+
+    def __init__(self, epochs: int, lrf: float):
+        self.epochs, self.lrf = epochs, lrf
+
+    def __call__(self, x: float) -> float:
+        return (1 - x / self.epochs) * (1.0 - self.lrf) + self.lrf
+
+
+class OneCycleLambda:
+    """``one_cycle(y1, y2, steps)``: half a cosine from y1 to y2 over ``steps`` (``--cos-lr`` uses y1=1, y2=lrf)."""
+
+    def __init__(self, y1: float = 0.0, y2: float = 1.0, steps: int = 100):
+        self.y1, self.y2, self.steps = y1, y2, steps
+
+    def __call__(self, x: float) -> float:
+        return ((1 - math.cos(x * math.pi / self.steps)) / 2) * (self.y2 - self.y1) + self.y1
+
+
+def lr_lambda(epochs: int, lrf: float, cos: bool = False) -> LinearLambda | OneCycleLambda:
+    """The per-epoch LR factor YOLOv5 uses: linear by default, one-cycle cosine with ``--cos-lr``."""
+    return OneCycleLambda(1.0, lrf, epochs) if cos else LinearLambda(epochs, lrf)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, lf) -> torch.optim.lr_scheduler.LambdaLR:
+    """LambdaLR stepped once per epoch, so group LR = initial_lr * lf(epoch)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lf)
+
+
+def accumulate_steps(batch_size: int, nbs: int = NOMINAL_BATCH) -> int:
+    """Batches per optimizer step so one step sees about ``nbs`` images: ``max(round(nbs / batch_size), 1)``."""
+    return max(round(nbs / batch_size), 1)
+
+
+def scaled_weight_decay(weight_decay: float, batch_size: int, nbs: int = NOMINAL_BATCH) -> float:
+    """YOLOv5 rescales decay by the images per optimizer step: ``wd * batch_size * accumulate / nbs``."""
+    return weight_decay * batch_size * accumulate_steps(batch_size, nbs) / nbs
+
+
+def warmup_iterations(warmup_epochs: float, nb: int, minimum: int = 100) -> int:
+    """Number of warmup iterations: ``max(round(warmup_epochs * nb), 100)`` (at least 100, as YOLOv5)."""
+    return max(round(warmup_epochs * nb), minimum)
+
+
+def _interp(x: float, x1: float, y0: float, y1: float) -> float:
+    """np.interp on the segment [0, x1] (clamped)."""
+    t = min(max(x / x1, 0.0), 1.0) if x1 > 0 else 1.0
+    return y0 + t * (y1 - y0)
+
+
+def warmup(optimizer: torch.optim.Optimizer, ni: int, nw: int, epoch: int, lf, hyp: dict, batch_size: int,
+           nbs: int = NOMINAL_BATCH) -> int:
+    """Apply YOLOv5's warmup at iteration ``ni`` (<= nw) and return the gradient-accumulation count to use.
+
+    Linear over [0, nw]: accumulate 1 -> nbs/batch_size; group 0 (biases) LR warmup_bias_lr -> initial_lr*lf(epoch);
+    other groups 0 -> initial_lr*lf(epoch); SGD momentum warmup_momentum -> momentum.
+    """
+    accumulate = max(1, round(_interp(ni, nw, 1.0, nbs / batch_size)))
+    target = lf(epoch)
+    for j, group in enumerate(optimizer.param_groups):
+        start = hyp['warmup_bias_lr'] if j == 0 else 0.0
+        group['lr'] = _interp(ni, nw, start, group['initial_lr'] * target)
+        if 'momentum' in group:
+            group['momentum'] = _interp(ni, nw, hyp['warmup_momentum'], hyp['momentum'])
+    return accumulate
+
+
+def group_lrs(optimizer: torch.optim.Optimizer) -> list[float]:
+    """Current LR of each param group (results.csv ``x/lr0 x/lr1 x/lr2``)."""
+    return [g['lr'] for g in optimizer.param_groups]
+
+
+def freeze_prefixes(freeze: Iterable[int]) -> list[str]:
+    """``--freeze`` as YOLOv5 reads it: one value N -> layers 0..N-1; several values -> exactly those layers."""
+    freeze = list(freeze)
+    layers = range(freeze[0]) if len(freeze) == 1 else freeze
+    return [f'model.{i}.' for i in layers]
+
+
+def freeze_layers(model: nn.Module, freeze: Iterable[int]) -> list[str]:
+    """Set requires_grad=False on parameters whose name starts with a frozen ``model.{i}.`` prefix.
+
+    Returns the frozen parameter names. ``--freeze 5`` freezes the whole EfficientViT backbone (indices 0-4).
+    """
+    prefixes = tuple(freeze_prefixes(freeze))
+    frozen = []
+    for name, p in model.named_parameters():
+        p.requires_grad = True
+        if prefixes and name.startswith(prefixes):
+            p.requires_grad = False
+            frozen.append(name)
+    if frozen:
+        LOGGER.info(f'freezing {len(frozen)} parameters in layers {", ".join(p[:-1] for p in prefixes)}')
+    return frozen
