@@ -1,0 +1,184 @@
+"""Dataset YAML and hyperparameter YAML loading, checked up front so bad configs fail before any training starts.
+
+A dataset YAML holds ``path`` (dataset root; relative roots resolve against the repository root, as YOLOv5 v7.0),
+``train``/``val``/``test`` (dirs, ``.txt`` image lists, or lists of either, relative to ``path``), ``names`` (list or
+``{int: str}``) and optionally ``nc`` (checked against ``names``) and ``generate`` (a spec for ``utils.synthetic``,
+run when the data is missing). Every problem raises ``DatasetError`` with one line naming the YAML.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+IMG_FORMATS = ('bmp', 'dng', 'jpeg', 'jpg', 'mpo', 'png', 'tif', 'tiff', 'webp', 'pfm')
+VID_FORMATS = ('asf', 'avi', 'gif', 'm4v', 'mkv', 'mov', 'mp4', 'mpeg', 'mpg', 'ts', 'wmv')
+HYP_KEYS = ('lr0', 'lrf', 'momentum', 'weight_decay', 'warmup_epochs', 'warmup_momentum', 'warmup_bias_lr', 'box',
+            'cls', 'cls_pw', 'obj', 'obj_pw', 'iou_t', 'anchor_t', 'fl_gamma', 'hsv_h', 'hsv_s', 'hsv_v', 'degrees',
+            'translate', 'scale', 'shear', 'perspective', 'flipud', 'fliplr', 'mosaic', 'mixup', 'copy_paste')
+
+
+class ConfigError(ValueError):
+    """A configuration file is missing or malformed; the message is one line naming the file."""
+
+
+class DatasetError(ConfigError):
+    """The dataset YAML or the data it points to cannot be used."""
+
+
+def _one_line(e: BaseException | str) -> str:
+    return ' '.join(str(e).split())
+
+
+def find_config(file: str | Path, *subdirs: str) -> Path | None:
+    """Locate a YAML given as a path, a path relative to ROOT, or a bare name inside ROOT/<subdir>."""
+    file = Path(file)
+    for cand in (file, ROOT / file, *(ROOT / d / file.name for d in subdirs)):
+        if cand.is_file():
+            return cand.resolve()
+    return None
+
+
+def _read_yaml(file: Path, err: type[ConfigError]) -> dict:
+    try:
+        with open(file, encoding='utf-8') as f:
+            data = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise err(f'{file}: cannot read YAML: {_one_line(e)}') from None
+    if not isinstance(data, dict):
+        raise err(f'{file}: expected a YAML mapping, got {type(data).__name__}')
+    return data
+
+
+def load_hyp(path: str | Path | dict) -> dict:
+    """Load a hyperparameter YAML (or check a dict) and require YOLOv5's keys with numeric values."""
+    if isinstance(path, dict):
+        file, hyp = '<hyp dict>', dict(path)
+    else:
+        file = find_config(path, 'data/hyps', 'data')
+        if file is None:
+            raise ConfigError(f'hyperparameter file {path} not found')
+        hyp = _read_yaml(file, ConfigError)
+    missing = [k for k in HYP_KEYS if k not in hyp]
+    if missing:
+        raise ConfigError(f'{file}: missing hyperparameter(s) {", ".join(missing)}')
+    bad = [k for k in HYP_KEYS if isinstance(hyp[k], bool) or not isinstance(hyp[k], (int, float))]
+    if bad:
+        raise ConfigError(f'{file}: hyperparameter(s) {", ".join(bad)} must be numbers')
+    return hyp
+
+
+def image_files_in(p: Path) -> Iterator[Path]:
+    """Yield image files of a dir (recursive, sorted) or of a .txt list ('./' lines are relative to the list)."""
+    if p.is_dir():
+        yield from (f for f in sorted(p.rglob('*.*')) if f.suffix[1:].lower() in IMG_FORMATS and f.is_file())
+    elif p.is_file() and p.suffix.lower() == '.txt':
+        for line in p.read_text(encoding='utf-8').splitlines():
+            line = line.strip()
+            if not line:
+                continue
+            f = Path(line)
+            if line.startswith('./') or not f.is_absolute():
+                f = p.parent / (line[2:] if line.startswith('./') else line)
+            if f.suffix[1:].lower() in IMG_FORMATS:
+                yield f
+    elif p.is_file() and p.suffix[1:].lower() in IMG_FORMATS:
+        yield p
+
+
+def _resolve_split(path: Path, value: Any) -> str | list[str] | None:
+    if value in (None, '', []):
+        return None
+    out = []
+    for v in value if isinstance(value, (list, tuple)) else [value]:
+        x = (path / str(v)).resolve()
+        if not x.exists() and str(v).startswith('../'):  # YOLOv5's retry without the leading '../'
+            x2 = (path / str(v)[3:]).resolve()
+            x = x2 if x2.exists() else x
+        out.append(str(x))
+    return out if isinstance(value, (list, tuple)) else out[0]
+
+
+def _as_list(v: str | list[str] | None) -> list[str]:
+    return [] if v is None else [v] if isinstance(v, str) else list(v)
+
+
+def _names(file: Path | str, data: dict) -> dict[int, str]:
+    names = data['names']
+    if isinstance(names, (list, tuple)):
+        names = dict(enumerate(names))
+    if not isinstance(names, dict) or not names:
+        raise DatasetError(f"{file}: 'names' must be a non-empty list or a mapping {{0: name, ...}}")
+    if not all(isinstance(k, int) and not isinstance(k, bool) for k in names):
+        raise DatasetError(f"{file}: 'names' keys must be integers, got {list(names)[:5]}")
+    if sorted(names) != list(range(len(names))):
+        raise DatasetError(f"{file}: 'names' keys must be 0..{len(names) - 1}, got {sorted(names)[:10]}")
+    names = {k: str(names[k]) for k in sorted(names)}
+    nc = data.get('nc')
+    if nc is not None and nc != len(names):
+        raise DatasetError(f"{file}: nc={nc} but 'names' has {len(names)} entries")
+    return names
+
+
+def _maybe_generate(file: Path | str, data: dict, path: Path, autogenerate: bool) -> None:
+    missing = [p for k in ('train', 'val') for p in _as_list(data[k]) if not Path(p).exists()]
+    if not missing:
+        return
+    spec = data.get('generate')
+    if isinstance(spec, dict) and autogenerate:
+        from utils import synthetic  # lazy: only datasets that ask for generation need it
+        try:
+            synthetic.generate(spec, path)
+        except Exception as e:  # any generator failure becomes one clear line
+            raise DatasetError(f'{file}: generating the dataset into {path} failed: {_one_line(e)}') from None
+        missing = [p for p in missing if not Path(p).exists()]
+        if not missing:
+            return
+    hint = ' (downloads are not supported; put the data there)' if 'download' in data else ''
+    raise DatasetError(f'{file}: dataset not found: {", ".join(missing)} missing{hint}')
+
+
+def _check_has_images(file: Path | str, data: dict) -> None:
+    for k in ('train', 'val', 'test'):
+        for p in _as_list(data.get(k)):
+            if not Path(p).exists():
+                raise DatasetError(f'{file}: {k} path {p} does not exist')
+            if next(image_files_in(Path(p)), None) is None:
+                raise DatasetError(f'{file}: no images found in {k} path {p} (formats: {", ".join(IMG_FORMATS)})')
+
+
+def check_dataset(data: str | Path | dict, autogenerate: bool = True) -> dict:
+    """Load and validate a dataset YAML; return it with absolute paths, ``names`` as a dict and ``nc``.
+
+    Generates the data first when the YAML has a ``generate:`` mapping and train/val are missing. Raises
+    ``DatasetError`` (one line, naming the YAML) for a missing file, missing keys, bad names or no images.
+    """
+    if isinstance(data, dict):
+        file, data = data.get('yaml_file', '<dataset dict>'), dict(data)
+    else:
+        found = find_config(data, 'data')
+        if found is None:
+            raise DatasetError(f'dataset YAML {data} not found')
+        file, data = found, _read_yaml(found, DatasetError)
+    missing = [k for k in ('train', 'val', 'names') if k not in data]
+    if missing:
+        raise DatasetError(f'{file}: missing key(s) {", ".join(missing)} (a dataset YAML needs path, train, val, '
+                           'names)')
+    data['names'] = _names(file, data)
+    data['nc'] = len(data['names'])
+    path = Path(os.path.expanduser(str(data.get('path') or '')))
+    path = path if path.is_absolute() else (ROOT / path)
+    path = path.resolve()
+    data['path'] = str(path)
+    for k in ('train', 'val', 'test'):
+        data[k] = _resolve_split(path, data.get(k))
+    if data['train'] is None or data['val'] is None:
+        raise DatasetError(f"{file}: 'train' and 'val' must name at least one path")
+    _maybe_generate(file, data, path, autogenerate)
+    _check_has_images(file, data)
+    data['yaml_file'] = str(file)
+    return data
