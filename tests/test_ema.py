@@ -1,0 +1,68 @@
+"""ModelEMA: decay ramp, update arithmetic on weights and BN buffers, eval/no-grad copy, attribute copying."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from utils.ema import ModelEMA
+
+
+def tiny() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(2, 1, bias=False), nn.BatchNorm1d(1))
+
+
+def test_decay_ramp_values():
+    ema = ModelEMA(tiny())
+    assert ema.updates == 0
+    assert ema.decay(1) == pytest.approx(0.9999 * (1 - math.exp(-1 / 2000)))  # ~5.0e-4: follows the model at first
+    assert ema.decay(2000) == pytest.approx(0.9999 * (1 - math.exp(-1)))  # ~0.632
+    assert ema.decay(100_000) == pytest.approx(0.9999, abs=1e-8)
+    assert ModelEMA(tiny(), decay=0.5, tau=10).decay(10) == pytest.approx(0.5 * (1 - math.exp(-1)))
+
+
+def test_update_arithmetic_on_weights_and_buffers():
+    model = tiny()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, 2.0]]))
+    ema = ModelEMA(model, decay=0.5, tau=1.0)
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[3.0, -2.0]]))
+        model[1].running_mean.fill_(4.0)  # EMA copy still holds 0.0
+    model[1].num_batches_tracked.fill_(7)
+    ema.update(model)
+    d1 = 0.5 * (1 - math.exp(-1))  # 0.31606
+    expected_w = torch.tensor([[d1 * 1 + (1 - d1) * 3, d1 * 2 + (1 - d1) * -2]])
+    torch.testing.assert_close(ema.ema[0].weight, expected_w)
+    torch.testing.assert_close(ema.ema[1].running_mean, torch.tensor([(1 - d1) * 4.0]))
+    assert ema.ema[1].num_batches_tracked.item() == 0  # integer buffers are not averaged
+    ema.update(model)
+    d2 = 0.5 * (1 - math.exp(-2))
+    torch.testing.assert_close(ema.ema[0].weight, d2 * expected_w + (1 - d2) * torch.tensor([[3.0, -2.0]]))
+    assert ema.updates == 2
+    torch.testing.assert_close(model[0].weight, torch.tensor([[3.0, -2.0]]))  # the model itself is untouched
+
+
+def test_ema_is_an_eval_copy_without_grad_even_for_wrapped_models():
+    model = tiny().train()
+    ema = ModelEMA(nn.DataParallel(model), updates=5)
+    assert not isinstance(ema.ema, nn.DataParallel)
+    assert ema.ema is not model and not ema.ema.training and ema.updates == 5
+    assert all(not p.requires_grad for p in ema.ema.parameters())
+    assert all(p.requires_grad for p in model.parameters())
+    ema.update(nn.DataParallel(model))  # a wrapped model updates the same way
+    assert ema.updates == 6
+
+
+def test_update_attr_include_exclude_and_private():
+    model = tiny().train()
+    model.nc, model.names, model.hyp, model._secret, model.process_group = 3, {0: 'a'}, {'lr0': 0.01}, 1, 'pg'
+    ema = ModelEMA(model)
+    model.nc, model.names = 5, {0: 'b'}
+    ema.update_attr(model, include=['nc'])
+    assert ema.ema.nc == 5 and ema.ema.names == {0: 'a'}
+    model._secret, model.process_group = 2, 'other'
+    ema.update_attr(model)
+    assert ema.ema.names == {0: 'b'} and ema.ema._secret == 1 and ema.ema.process_group == 'pg'
+    assert not ema.ema.training  # the model's training flag never leaks into the EMA

@@ -1,0 +1,59 @@
+"""Exponential moving average of model weights (YOLOv5's ``ModelEMA``): validation and checkpoints use the EMA."""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from copy import deepcopy
+
+import torch
+import torch.nn as nn
+
+from utils.torch_utils import de_parallel
+
+
+def copy_attr(dst: object, src: object, include: Iterable[str] = (), exclude: Iterable[str] = ()) -> None:
+    """Copy public instance attributes of ``src`` onto ``dst`` (only ``include`` if given, never ``exclude``).
+
+    ``training`` is never copied, so an EMA stays in eval mode whatever mode the model is in.
+    """
+    include, exclude = tuple(include), (*exclude, 'training')
+    for k, v in src.__dict__.items():
+        if (include and k not in include) or k.startswith('_') or k in exclude:
+            continue
+        setattr(dst, k, v)
+
+
+class ModelEMA:
+    """Keep ``ema = d * ema + (1 - d) * model`` over every floating-point state_dict entry (weights and BN stats).
+
+    The decay ramps up as ``d = decay * (1 - exp(-updates / tau))`` so the first updates follow the model closely
+    (early weights are poor) and later ones average over ~1/(1-decay) steps. The EMA copy is kept in eval mode with
+    gradients off; it is a copy of the unwrapped model, so DP/DDP wrappers never reach checkpoints.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.9999, tau: float = 2000, updates: int = 0):
+        self.ema = deepcopy(de_parallel(model)).eval()
+        self.updates = updates  # number of EMA updates so far (one per optimizer step)
+        self.decay_max = decay
+        self.tau = tau
+        for p in self.ema.parameters():
+            p.requires_grad_(False)
+
+    def decay(self, updates: int) -> float:
+        """The decay used for update number ``updates`` (1-based)."""
+        return self.decay_max * (1 - math.exp(-updates / self.tau))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Fold the current model weights into the EMA (call after each optimizer step)."""
+        self.updates += 1
+        d = self.decay(self.updates)
+        msd = de_parallel(model).state_dict()
+        for k, v in self.ema.state_dict().items():
+            if v.dtype.is_floating_point:
+                v.mul_(d).add_(msd[k].detach().to(v.dtype), alpha=1 - d)
+
+    def update_attr(self, model: nn.Module, include: Iterable[str] = (),
+                    exclude: Iterable[str] = ('process_group', 'reducer')) -> None:
+        """Copy plain attributes (e.g. ``yaml, nc, hyp, names, stride, class_weights``) from the model to the EMA."""
+        copy_attr(self.ema, de_parallel(model), include, exclude)
