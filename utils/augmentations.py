@@ -49,7 +49,7 @@ def letterbox(im: np.ndarray, new_shape: int | tuple[int, int] = 640, color: tup
     never enlarges (better val mAP).
     """
     h0, w0 = im.shape[:2]
-    new_h, new_w = (new_shape, new_shape) if isinstance(new_shape, int) else new_shape
+    new_h, new_w = (int(new_shape), int(new_shape)) if np.isscalar(new_shape) else (int(x) for x in new_shape)
     r = min(new_h / h0, new_w / w0)
     if not scaleup:
         r = min(r, 1.0)
@@ -62,7 +62,7 @@ def letterbox(im: np.ndarray, new_shape: int | tuple[int, int] = 640, color: tup
         dw, dh = 0.0, 0.0
         unpad_w, unpad_h = new_w, new_h
         ratio = (new_w / w0, new_h / h0)
-    dw, dh = dw / 2, dh / 2
+    dw, dh = float(dw) / 2, float(dh) / 2
     if (w0, h0) != (unpad_w, unpad_h):
         im = cv2.resize(im, (unpad_w, unpad_h), interpolation=cv2.INTER_LINEAR)
     top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))

@@ -1,0 +1,550 @@
+"""Training/validation data: image + YOLO label verification with a safe ``.cache``, the dataset, and the loader.
+
+Semantics follow YOLOv5 v7.0 (labels found by the ``/images/`` -> ``/labels/`` rule, the scan summary line, mosaic,
+rect batches, ``--cache ram|disk``, quad collate). Differences, on purpose:
+- the label cache is an ``.npz`` of plain arrays loaded with ``allow_pickle=False`` (never unpickled), and its hash
+  covers every file's path, size and mtime (YOLOv5 hashed only the total size, so edits of equal size went unseen);
+- images are decoded once during the scan, so undecodable files are caught there, not mid-epoch;
+- images are read with ``np.fromfile`` + ``cv2.imdecode`` (non-ASCII paths work) as 3-channel uint8 BGR, upright;
+- label rows with class >= ``nc`` are dropped with a warning instead of aborting training;
+- the stats partition the images: found (with boxes) + missing + empty + corrupt == total.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import random
+from multiprocessing.pool import ThreadPool
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, distributed
+from tqdm import tqdm
+
+from utils.augmentations import augment_hsv, build_mosaic, letterbox, mixup, random_perspective, xywhn2xyxy, xyxy2xywhn
+from utils.dataset_config import IMG_FORMATS, VID_FORMATS, DatasetError, image_files_in, load_hyp
+from utils.logging import LOGGER
+
+__all__ = ('IMG_FORMATS', 'VID_FORMATS', 'img2label_paths', 'exif_size', 'imread', 'verify_image_label',
+           'LoadImagesAndLabels', 'InfiniteDataLoader', 'create_dataloader', 'collate_fn', 'collate_fn4',
+           'seed_worker', 'CACHE_VERSION')
+
+CACHE_VERSION = 1  # bump when the cache layout or the verification rules change
+BAR_FORMAT = '{l_bar}{bar:10}{r_bar}'
+
+
+def _threads() -> int:
+    return max(1, min(8, (os.cpu_count() or 1) - 1))
+
+
+def img2label_paths(img_paths: list[str]) -> list[str]:
+    """Label path of each image: the LAST ``/images/`` component becomes ``/labels/`` and the suffix ``.txt``."""
+    sa, sb = f'{os.sep}images{os.sep}', f'{os.sep}labels{os.sep}'
+    return [os.path.splitext(sb.join(str(x).rsplit(sa, 1)))[0] + '.txt' for x in img_paths]
+
+
+def exif_size(img: Image.Image) -> tuple[int, int]:
+    """(w, h) of the image as displayed: swapped when the EXIF orientation is a 90-degree one (5, 6, 7, 8)."""
+    w, h = img.size
+    try:
+        if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+            return h, w
+    except Exception:  # unreadable EXIF: keep the stored size
+        pass
+    return w, h
+
+
+def imread(path: str | Path) -> np.ndarray | None:
+    """Read an image as upright 3-channel uint8 BGR (gray, RGBA and 16-bit converted); None if undecodable.
+
+    ``np.fromfile`` + ``cv2.imdecode`` instead of ``cv2.imread`` so that non-ASCII paths work on every platform;
+    ``IMREAD_COLOR`` applies the EXIF orientation, drops alpha and maps 16-bit values v to v >> 8.
+    """
+    try:
+        buf = np.fromfile(str(path), dtype=np.uint8)
+    except OSError:
+        return None
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
+
+
+def _one_line(e: BaseException | str) -> str:
+    return ' '.join(str(e).split())
+
+
+def _parse_labels(lb_file: str) -> np.ndarray:
+    """Rows ``cls cx cy w h`` (or ``cls x1 y1 x2 y2 ...`` polygons -> boxes) as float32 (n, 5); raises ValueError."""
+    with open(lb_file, encoding='utf-8') as f:
+        rows = [line.split() for line in f.read().splitlines() if line.strip()]
+    out = []
+    for row in rows:
+        try:
+            v = [float(x) for x in row]
+        except ValueError:
+            raise ValueError(f'non-numeric label value in row {" ".join(row)!r}') from None
+        if len(v) == 5:
+            out.append(v)
+        elif len(v) >= 7 and len(v) % 2 == 1:  # polygon segment -> its bounding box
+            xy = np.array(v[1:]).reshape(-1, 2)
+            (x1, y1), (x2, y2) = xy.min(0), xy.max(0)
+            out.append([v[0], (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1])
+        else:
+            raise ValueError(f'labels require 5 columns, {len(v)} columns detected')
+    return np.array(out, dtype=np.float32).reshape(-1, 5)
+
+
+def _check_labels(lb: np.ndarray) -> None:
+    if not np.isfinite(lb).all():
+        raise ValueError('non-finite label values')
+    if (lb < 0).any():
+        raise ValueError(f'negative label values {lb[lb < 0].tolist()[:4]}')
+    if (lb[:, 1:] > 1).any():
+        raise ValueError(f'non-normalized or out of bounds coordinates {lb[:, 1:][lb[:, 1:] > 1].tolist()[:4]}')
+    if (lb[:, 0] != np.round(lb[:, 0])).any():
+        raise ValueError(f'non-integer class indices {lb[:, 0][lb[:, 0] != np.round(lb[:, 0])].tolist()[:4]}')
+
+
+def _check_image(im_file: str, prefix: str) -> tuple[tuple[int, int], str]:
+    """(w, h) of a valid image and an optional warning; raises on a corrupt one. Restores JPEGs lacking EOI."""
+    with Image.open(im_file) as im:
+        im.verify()
+        fmt = (im.format or '').lower()
+    with Image.open(im_file) as im:
+        shape = exif_size(im)
+    if fmt not in IMG_FORMATS:
+        raise ValueError(f'invalid image format {fmt}')
+    if shape[0] < 10 or shape[1] < 10:
+        raise ValueError(f'image size {shape} <10 pixels')
+    decoded = cv2.imdecode(np.fromfile(im_file, dtype=np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_2)
+    if decoded is None:
+        raise ValueError('image cannot be decoded')
+    msg = ''
+    if fmt in ('jpeg', 'jpg'):
+        with open(im_file, 'rb') as f:
+            f.seek(-2, 2)
+            if f.read() != b'\xff\xd9':  # no end-of-image marker: re-save what decodes, as YOLOv5 does
+                im = imread(im_file)
+                ok, enc = cv2.imencode('.jpg', im, [cv2.IMWRITE_JPEG_QUALITY, 100]) if im is not None else (0, 0)
+                if not ok:
+                    raise ValueError('truncated JPEG cannot be decoded')
+                tmp = f'{im_file}.{os.getpid()}.tmp'
+                enc.tofile(tmp)
+                os.replace(tmp, im_file)
+                msg = f'{prefix}WARNING ⚠️ {im_file}: corrupt JPEG restored and saved'
+    return shape, msg
+
+
+def verify_image_label(args: tuple[str, str, str]) -> tuple:
+    """Check one (image, label file, prefix) pair.
+
+    Returns (im_file | None, labels (n,5) | None, (w,h) | None, found, missing, empty, corrupt, message): exactly one
+    of found/missing/empty/corrupt is 1. Missing and empty label files make background images (zero labels).
+    """
+    im_file, lb_file, prefix = args
+    try:
+        shape, msg = _check_image(im_file, prefix)
+    except Exception as e:
+        return None, None, None, 0, 0, 0, 1, f'{prefix}WARNING ⚠️ {im_file}: ignoring corrupt image: {_one_line(e)}'
+    if not os.path.isfile(lb_file):
+        return im_file, np.zeros((0, 5), np.float32), shape, 0, 1, 0, 0, msg
+    try:
+        lb = _parse_labels(lb_file)
+        _check_labels(lb)
+    except Exception as e:
+        return None, None, None, 0, 0, 0, 1, f'{prefix}WARNING ⚠️ {lb_file}: ignoring corrupt label: {_one_line(e)}'
+    if not len(lb):
+        return im_file, lb, shape, 0, 0, 1, 0, msg
+    _, keep = np.unique(lb, axis=0, return_index=True)
+    if len(keep) < len(lb):
+        dup = f'{prefix}WARNING ⚠️ {lb_file}: {len(lb) - len(keep)} duplicate labels removed'
+        msg = f'{msg}\n{dup}' if msg else dup
+        lb = lb[np.sort(keep)]
+    return im_file, lb, shape, 1, 0, 0, 0, msg
+
+
+def files_hash(paths: list[str]) -> str:
+    """sha256 over every path with its size and mtime (missing files included), so any edit invalidates the cache."""
+    h = hashlib.sha256(str(CACHE_VERSION).encode())
+    for p in paths:
+        try:
+            st = os.stat(p)
+            h.update(f'{p}\0{st.st_size}\0{st.st_mtime_ns}\n'.encode())
+        except OSError:
+            h.update(f'{p}\0-\n'.encode())
+    return h.hexdigest()
+
+
+def load_cache(path: Path) -> dict | None:
+    """Read a label cache written by ``save_cache``; None when absent or unreadable. Never unpickles."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            d = {k: z[k] for k in z.files}
+        if int(d['version']) != CACHE_VERSION:
+            return None
+        counts = d['label_counts'].astype(int)
+        d['labels'] = np.split(d['labels'].astype(np.float32), np.cumsum(counts)[:-1]) if len(counts) else []
+        d['im_files'] = [str(x) for x in d['im_files']]
+        d['msgs'] = [str(x) for x in d['msgs']]
+        d['hash'] = str(d['hash'])
+        return d
+    except Exception:  # missing, truncated, foreign or old-format file: rebuild
+        return None
+
+
+def save_cache(path: Path, d: dict, prefix: str = '') -> None:
+    """Write the cache atomically (temp file + rename) as plain arrays; warn when the directory is not writeable."""
+    labels = d['labels']
+    arrays = dict(version=np.array(CACHE_VERSION), hash=np.array(d['hash']),
+                  im_files=np.array(d['im_files'], dtype=str), shapes=np.asarray(d['shapes'], np.int64).reshape(-1, 2),
+                  label_counts=np.array([len(x) for x in labels], np.int64),
+                  labels=np.concatenate(labels, 0) if labels else np.zeros((0, 5), np.float32),
+                  results=np.array(d['results'], np.int64), msgs=np.array(d['msgs'], dtype=str))
+    tmp = path.with_name(f'{path.name}.{os.getpid()}.tmp')
+    try:
+        with open(tmp, 'wb') as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+        LOGGER.info(f'{prefix}New cache created: {path}')
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        LOGGER.warning(f'{prefix}WARNING ⚠️ Cache directory {path.parent} is not writeable: {_one_line(e)}')
+
+
+def scan_labels(im_files: list[str], label_files: list[str], cache_path: Path, prefix: str = '') -> dict:
+    """Verify every pair in a thread pool with a tqdm bar; returns the cache dict (valid images only)."""
+    x = {'im_files': [], 'labels': [], 'shapes': [], 'msgs': []}
+    nf = nm = ne = nc = 0
+    desc = f"{prefix}Scanning '{cache_path.with_suffix('')}'..."
+    with ThreadPool(_threads()) as pool:
+        it = pool.imap(verify_image_label, zip(im_files, label_files, [prefix] * len(im_files)))
+        pbar = tqdm(it, desc=desc, total=len(im_files), bar_format=BAR_FORMAT)
+        for im_file, lb, shape, nf_f, nm_f, ne_f, nc_f, msg in pbar:
+            nf, nm, ne, nc = nf + nf_f, nm + nm_f, ne + ne_f, nc + nc_f
+            if im_file:
+                x['im_files'].append(im_file)
+                x['labels'].append(lb)
+                x['shapes'].append(shape)
+            if msg:
+                x['msgs'].extend(msg.split('\n'))
+            pbar.desc = f'{desc} {nf + ne} images, {nm + ne} backgrounds, {nc} corrupt'
+        pbar.close()
+    x['results'] = (nf, nm, ne, nc, len(im_files))
+    x['hash'] = files_hash(label_files + im_files)  # after the scan: restored JPEGs must not invalidate it
+    return x
+
+
+def cache_path_for(path: str | list[str], label_files: list[str]) -> Path:
+    """YOLOv5's location: ``<list>.cache`` for a single .txt list, else ``<first label dir>.cache``."""
+    paths = list(path) if isinstance(path, (list, tuple)) else [path]
+    if len(paths) == 1 and Path(paths[0]).is_file():
+        return Path(paths[0]).with_suffix('.cache')
+    return Path(label_files[0]).parent.with_suffix('.cache')
+
+
+def load_or_scan(im_files: list[str], label_files: list[str], cache_path: Path,
+                 prefix: str = '') -> tuple[dict, bool]:
+    """The cached scan when its version and file hash still match, else a fresh scan saved to ``cache_path``."""
+    cache = load_cache(cache_path)
+    if cache is not None and cache['hash'] == files_hash(label_files + im_files):
+        return cache, True
+    cache = scan_labels(im_files, label_files, cache_path, prefix)
+    save_cache(cache_path, cache, prefix)
+    return cache, False
+
+def _list_images(path: str | Path | list, prefix: str) -> list[str]:
+    files = []
+    for p in path if isinstance(path, (list, tuple)) else [path]:
+        p = Path(p)
+        if not p.exists():
+            raise DatasetError(f'{prefix}{p} does not exist')
+        files += [str(f) for f in image_files_in(p)]
+    if not files:
+        raise DatasetError(f'{prefix}No images found in {path} (formats: {", ".join(IMG_FORMATS)})')
+    return sorted(files)
+
+
+def _available_ram() -> int | None:
+    try:
+        with open('/proc/meminfo') as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith('MemAvailable'))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+class LoadImagesAndLabels(Dataset):
+    """YOLO-format dataset: verified labels (cached), optional RAM/disk image cache, rect batches and augmentation.
+
+    ``__getitem__`` returns (img uint8 (3,H,W) RGB, labels (n,6) [0, cls, cx, cy, w, h] normalised, path, shapes)
+    with ``shapes = ((h0, w0), ((h/h0, w/w0), (padw, padh)))``, or None for mosaics.
+    """
+
+    def __init__(self, path: str | Path | list, img_size: int = 640, batch_size: int = 16, augment: bool = False,
+                 hyp: dict | None = None, rect: bool = False, image_weights: bool = False,
+                 cache_images: str | bool | None = False, single_cls: bool = False, stride: int = 32,
+                 pad: float = 0.0, prefix: str = '', nc: int | None = None):
+        self.img_size, self.augment, self.image_weights = img_size, augment, image_weights
+        self.hyp = (load_hyp(hyp) if hyp is not None else load_hyp('hyp.scratch-low.yaml')) if augment else hyp
+        self.rect = False if image_weights else rect
+        self.mosaic = augment and not self.rect  # load 4 images at a time into a mosaic (training only)
+        self.mosaic_border = [-img_size // 2, -img_size // 2]
+        self.stride, self.path, self.prefix = stride, path, prefix
+        all_ims = _list_images(path, prefix)
+        all_lbs = img2label_paths(all_ims)
+        self.cache_path = cache_path_for(path, all_lbs)
+        cache, from_cache = load_or_scan(all_ims, all_lbs, self.cache_path, prefix)
+        nf, nm, ne, ncor, total = (int(v) for v in cache['results'])
+        self.stats = dict(found=nf, missing=nm, empty=ne, corrupt=ncor, total=total, cls_removed=0)
+        self.msgs = list(cache['msgs'])
+        if from_cache:  # show the same summary line as a fresh scan, then the warnings again
+            tqdm(None, desc=f"{prefix}Scanning '{self.cache_path.with_suffix('')}'... {nf + ne} images, "
+                            f'{nm + ne} backgrounds, {ncor} corrupt', total=total, initial=total,
+                 bar_format=BAR_FORMAT).close()
+        for m in self.msgs:
+            LOGGER.warning(m)
+        self.im_files = list(cache['im_files'])
+        if not self.im_files:
+            raise DatasetError(f'{prefix}No usable images in {path}: all {total} corrupt (see warnings above)')
+        if augment and nf == 0:
+            raise DatasetError(f'{prefix}No labels found in {self.cache_path}, can not start training')
+        self.label_files = img2label_paths(self.im_files)
+        self.labels = [np.asarray(lb, np.float32).reshape(-1, 5) for lb in cache['labels']]
+        self.shapes = np.asarray(cache['shapes'], np.float64).reshape(-1, 2)
+        self._filter_classes(nc, single_cls)
+        self.n = len(self.shapes)
+        self.batch = np.floor(np.arange(self.n) / batch_size).astype(int)
+        self.indices = list(range(self.n))
+        self.batch_shapes = self._rect_shapes(batch_size, pad) if self.rect else None
+        self.ims: list[np.ndarray | None] = [None] * self.n
+        self.im_hw0: list = [None] * self.n
+        self.im_hw: list = [None] * self.n
+        self.npy_files = [Path(f).with_suffix('.npy') for f in self.im_files]
+        self.cache_images = 'ram' if cache_images is True else (cache_images or None)
+        if self.cache_images:
+            self._cache(self.cache_images)
+
+    def _filter_classes(self, nc: int | None, single_cls: bool) -> None:
+        """Drop rows with class >= nc (one warning per file), then map every class to 0 with ``single_cls``."""
+        for i, lb in enumerate(self.labels):
+            if nc is not None and len(lb) and (lb[:, 0] >= nc).any():
+                bad = lb[:, 0] >= nc
+                m = (f'{self.prefix}WARNING ⚠️ {self.label_files[i]}: {int(bad.sum())} label(s) with class >= '
+                     f'nc={nc} removed (classes {sorted({int(c) for c in lb[bad, 0]})})')
+                LOGGER.warning(m)
+                self.msgs.append(m)
+                self.stats['cls_removed'] += int(bad.sum())
+                self.labels[i] = lb[~bad]
+            if single_cls and len(self.labels[i]):
+                self.labels[i][:, 0] = 0
+
+    def _rect_shapes(self, batch_size: int, pad: float) -> np.ndarray:
+        """Sort by aspect ratio h/w and give each batch the smallest stride-multiple shape [h, w] that fits it."""
+        ar = self.shapes[:, 1] / self.shapes[:, 0]
+        order = ar.argsort()
+        self.im_files = [self.im_files[i] for i in order]
+        self.label_files = [self.label_files[i] for i in order]
+        self.labels = [self.labels[i] for i in order]
+        self.shapes, ar = self.shapes[order], ar[order]
+        nb = self.batch[-1] + 1
+        shapes = np.ones((nb, 2))
+        for i in range(nb):
+            ari = ar[self.batch == i]
+            mini, maxi = ari.min(), ari.max()
+            if maxi < 1:
+                shapes[i] = [maxi, 1]
+            elif mini > 1:
+                shapes[i] = [1, 1 / mini]
+        return np.ceil(shapes * self.img_size / self.stride + pad).astype(int) * self.stride
+
+    def _cache(self, kind: str) -> None:
+        """``ram``: resized images in memory (if they fit); ``disk``: raw BGR ``.npy`` beside each image."""
+        if kind == 'ram':
+            sample = random.sample(range(self.n), min(self.n, 30))
+            need = sum(self.load_image(i)[0].nbytes for i in sample) * self.n / max(len(sample), 1) * 1.1
+            avail = _available_ram()
+            if avail is not None and need > avail:
+                LOGGER.warning(f'{self.prefix}WARNING ⚠️ {need / 2**30:.1f}GB RAM needed to cache images, '
+                               f'{avail / 2**30:.1f}GB available: not caching images')
+                return
+        fn = self._cache_to_disk if kind == 'disk' else self.load_image
+        b = 0
+        with ThreadPool(_threads()) as pool:
+            pbar = tqdm(enumerate(pool.imap(fn, range(self.n))), total=self.n, bar_format=BAR_FORMAT)
+            for i, x in pbar:
+                if kind == 'disk':
+                    b += self.npy_files[i].stat().st_size
+                else:
+                    self.ims[i], self.im_hw0[i], self.im_hw[i] = x
+                    b += x[0].nbytes
+                pbar.desc = f'{self.prefix}Caching images ({b / 2**30:.1f}GB {kind})'
+            pbar.close()
+
+    def _cache_to_disk(self, i: int) -> None:
+        f = self.npy_files[i]
+        if not f.exists() or f.stat().st_mtime_ns < os.stat(self.im_files[i]).st_mtime_ns:
+            im = imread(self.im_files[i])
+            tmp = f.with_name(f'{f.name}.{os.getpid()}.tmp.npy')
+            np.save(tmp, im, allow_pickle=False)
+            os.replace(tmp, f)
+
+    def _read(self, i: int) -> np.ndarray:
+        f, npy = self.im_files[i], self.npy_files[i]
+        if self.cache_images == 'disk' and npy.exists():
+            return np.load(npy, allow_pickle=False)
+        im = imread(f)
+        if im is None:
+            raise DatasetError(f'{self.prefix}{f}: image cannot be read (deleted or changed since the scan?)')
+        return im
+
+    def load_image(self, i: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+        """Image i resized so that its long side is ``img_size``; returns (im, (h0, w0), (h, w))."""
+        if self.ims[i] is not None:
+            return self.ims[i], self.im_hw0[i], self.im_hw[i]
+        im = self._read(i)
+        h0, w0 = im.shape[:2]
+        r = self.img_size / max(h0, w0)
+        if r != 1:
+            interp = cv2.INTER_LINEAR if (self.augment or r > 1) else cv2.INTER_AREA
+            im = cv2.resize(im, (math.ceil(w0 * r), math.ceil(h0 * r)), interpolation=interp)
+        return im, (h0, w0), im.shape[:2]
+
+    def __len__(self) -> int:
+        return self.n
+
+    def load_mosaic(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """4-image mosaic (2s x 2s) warped by random_perspective down to s x s; labels pixel xyxy."""
+        idx = [index] + random.choices(self.indices, k=3)
+        random.shuffle(idx)
+        img4, labels4 = build_mosaic([self.load_image(i)[0] for i in idx], [self.labels[i] for i in idx],
+                                     self.img_size)
+        h = self.hyp
+        return random_perspective(img4, labels4, degrees=h['degrees'], translate=h['translate'], scale=h['scale'],
+                                  shear=h['shear'], perspective=h['perspective'], border=self.mosaic_border)
+
+    def _load_letterboxed(self, index: int) -> tuple[np.ndarray, np.ndarray, tuple]:
+        img, (h0, w0), (h, w) = self.load_image(index)
+        shape = self.batch_shapes[self.batch[index]] if self.rect else self.img_size
+        img, ratio, pad = letterbox(img, shape, auto=False, scaleup=self.augment)
+        labels = self.labels[index].copy()
+        if labels.size:
+            labels[:, 1:] = xywhn2xyxy(labels[:, 1:], ratio[0] * w, ratio[1] * h, padw=pad[0], padh=pad[1])
+        if self.augment:
+            hp = self.hyp
+            img, labels = random_perspective(img, labels, degrees=hp['degrees'], translate=hp['translate'],
+                                             scale=hp['scale'], shear=hp['shear'], perspective=hp['perspective'])
+        return img, labels, ((h0, w0), ((h / h0, w / w0), pad))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str, tuple | None]:
+        index = self.indices[index]  # reassigned by the trainer with --image-weights
+        if self.mosaic and random.random() < self.hyp['mosaic']:
+            img, labels = self.load_mosaic(index)
+            shapes = None
+            if random.random() < self.hyp['mixup']:
+                img, labels = mixup(img, labels, *self.load_mosaic(random.choice(self.indices)))
+        else:
+            img, labels, shapes = self._load_letterboxed(index)
+        nl = len(labels)
+        if nl:
+            labels[:, 1:5] = xyxy2xywhn(labels[:, 1:5], w=img.shape[1], h=img.shape[0], clip=True, eps=1e-3)
+        if self.augment:
+            augment_hsv(img, hgain=self.hyp['hsv_h'], sgain=self.hyp['hsv_s'], vgain=self.hyp['hsv_v'])
+            if random.random() < self.hyp['flipud']:
+                img = np.flipud(img)
+                labels[:, 2] = 1 - labels[:, 2]
+            if random.random() < self.hyp['fliplr']:
+                img = np.fliplr(img)
+                labels[:, 1] = 1 - labels[:, 1]
+        out = torch.zeros((nl, 6))
+        if nl:
+            out[:, 1:] = torch.from_numpy(np.asarray(labels, np.float32))
+        img = np.ascontiguousarray(img.transpose((2, 0, 1))[::-1])  # HWC BGR -> CHW RGB
+        return torch.from_numpy(img), out, self.im_files[index], shapes
+
+
+def collate_fn(batch: list) -> tuple[torch.Tensor, torch.Tensor, tuple, tuple]:
+    """Stack images; concatenate targets with their image index in column 0."""
+    im, label, path, shapes = zip(*batch)
+    for i, lb in enumerate(label):
+        lb[:, 0] = i
+    return torch.stack(im, 0), torch.cat(label, 0), path, shapes
+
+
+def collate_fn4(batch: list) -> tuple[torch.Tensor, torch.Tensor, tuple, tuple]:
+    """``--quad``: every 4 images become one 2x-size image (a 2x2 tile, or image 0 upsampled, 50/50)."""
+    im, label, path, shapes = zip(*batch)
+    n = len(shapes) // 4
+    im4, label4 = [], []
+    ho = torch.tensor([[0.0, 0, 0, 1, 0, 0]])
+    wo = torch.tensor([[0.0, 0, 1, 0, 0, 0]])
+    s = torch.tensor([[1, 1, 0.5, 0.5, 0.5, 0.5]])
+    for i in range(0, 4 * n, 4):
+        if random.random() < 0.5:
+            im1 = torch.nn.functional.interpolate(im[i].unsqueeze(0).float(), scale_factor=2.0, mode='bilinear',
+                                                  align_corners=False)[0].type(im[i].type())
+            lb = label[i]
+        else:
+            im1 = torch.cat((torch.cat((im[i], im[i + 1]), 1), torch.cat((im[i + 2], im[i + 3]), 1)), 2)
+            lb = torch.cat((label[i], label[i + 1] + ho, label[i + 2] + wo, label[i + 3] + ho + wo), 0) * s
+        im4.append(im1)
+        label4.append(lb)
+    for i, lb in enumerate(label4):
+        lb[:, 0] = i
+    return torch.stack(im4, 0), torch.cat(label4, 0), path[:n], shapes[:n]
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed numpy and random in each worker from torch's per-worker seed (itself derived from the generator)."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+class InfiniteDataLoader(DataLoader):
+    """DataLoader whose workers live for the whole run (``persistent_workers``), so epochs do not re-spawn them.
+
+    YOLOv5 repeated its batch sampler for this; persistent workers give the same saving while letting a
+    ``DistributedSampler.set_epoch`` take effect exactly at each epoch boundary.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault('persistent_workers', kwargs.get('num_workers', 0) > 0)
+        super().__init__(*args, **kwargs)
+
+
+def _distributed_ready() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def create_dataloader(path: str | Path | list, imgsz: int, batch_size: int, stride: int, single_cls: bool = False,
+                      hyp: dict | None = None, augment: bool = False, cache: str | bool | None = None,
+                      pad: float = 0.0, rect: bool = False, rank: int = -1, workers: int = 8,
+                      image_weights: bool = False, quad: bool = False, prefix: str = '', shuffle: bool = False,
+                      seed: int = 0, nc: int | None = None) -> tuple[DataLoader, LoadImagesAndLabels]:
+    """Build the dataset and its loader as YOLOv5's ``create_dataloader``; ``nc`` drops labels with class >= nc.
+
+    Rank 0 builds the label cache first in DDP (other ranks wait, then read it); rank != -1 uses a
+    DistributedSampler; workers = min(cpus per device, batch size, ``workers``), seeded per worker.
+    """
+    if rect and shuffle:
+        LOGGER.warning('WARNING ⚠️ --rect is incompatible with DataLoader shuffle, setting shuffle=False')
+        shuffle = False
+    if rank > 0 and _distributed_ready():
+        torch.distributed.barrier()
+    dataset = LoadImagesAndLabels(path, imgsz, batch_size, augment=augment, hyp=hyp, rect=rect,
+                                  image_weights=image_weights, cache_images=cache, single_cls=single_cls,
+                                  stride=int(stride), pad=pad, prefix=prefix, nc=nc)
+    if rank == 0 and _distributed_ready():
+        torch.distributed.barrier()
+    batch_size = min(batch_size, len(dataset))
+    nd = torch.cuda.device_count()
+    nw = min((os.cpu_count() or 1) // max(nd, 1), batch_size if batch_size > 1 else 0, workers)
+    sampler = None if rank == -1 else distributed.DistributedSampler(dataset, shuffle=shuffle)
+    generator = torch.Generator()
+    generator.manual_seed(6148914691236517205 + seed + max(rank, 0))
+    pin = os.getenv('PIN_MEMORY', 'true').lower() == 'true' and torch.cuda.is_available()
+    loader = DataLoader if image_weights else InfiniteDataLoader  # image weights re-read dataset.indices per epoch
+    return loader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, num_workers=nw,
+                  sampler=sampler, pin_memory=pin, collate_fn=collate_fn4 if quad else collate_fn,
+                  worker_init_fn=seed_worker, generator=generator, drop_last=quad), dataset
