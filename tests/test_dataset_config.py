@@ -99,7 +99,7 @@ def test_no_images_and_missing_dir(ds, tmp_path):
         check_dataset(f)
 
 
-def test_generate_called_when_missing(tmp_path, monkeypatch):
+def test_generate_hook(tmp_path, monkeypatch):
     calls = []
 
     def fake_generate(spec, root):
@@ -114,8 +114,10 @@ def test_generate_called_when_missing(tmp_path, monkeypatch):
     d = check_dataset(f)
     assert calls == [({'generator': 'fake', 'seed': 1}, (tmp_path / 'gen').resolve())]
     assert d['nc'] == 1
-    check_dataset(f)  # data present now: no second call
-    assert len(calls) == 1
+    check_dataset(f)  # called again: generate() itself is a no-op when the data matches the spec
+    assert len(calls) == 2 and calls[1] == calls[0]
+    check_dataset(f, autogenerate=False)
+    assert len(calls) == 2
     with pytest.raises(DatasetError, match='dataset not found'):
         check_dataset({**data, 'path': str(tmp_path / 'gen2')}, autogenerate=False)
 

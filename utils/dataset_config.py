@@ -125,9 +125,8 @@ def _names(file: Path | str, data: dict) -> dict[int, str]:
 
 
 def _maybe_generate(file: Path | str, data: dict, path: Path, autogenerate: bool) -> None:
-    missing = [p for k in ('train', 'val') for p in _as_list(data[k]) if not Path(p).exists()]
-    if not missing:
-        return
+    """Run the ``generate:`` spec (a no-op when ``path`` already holds data from the same spec, so an edited spec
+    regenerates instead of silently keeping stale data), then require the train/val paths to exist."""
     spec = data.get('generate')
     if isinstance(spec, dict) and autogenerate:
         from utils import synthetic  # lazy: only datasets that ask for generation need it
@@ -135,11 +134,10 @@ def _maybe_generate(file: Path | str, data: dict, path: Path, autogenerate: bool
             synthetic.generate(spec, path)
         except Exception as e:  # any generator failure becomes one clear line
             raise DatasetError(f'{file}: generating the dataset into {path} failed: {_one_line(e)}') from None
-        missing = [p for p in missing if not Path(p).exists()]
-        if not missing:
-            return
-    hint = ' (downloads are not supported; put the data there)' if 'download' in data else ''
-    raise DatasetError(f'{file}: dataset not found: {", ".join(missing)} missing{hint}')
+    missing = [p for k in ('train', 'val') for p in _as_list(data[k]) if not Path(p).exists()]
+    if missing:
+        hint = ' (downloads are not supported; put the data there)' if 'download' in data else ''
+        raise DatasetError(f'{file}: dataset not found: {", ".join(missing)} missing{hint}')
 
 
 def _check_has_images(file: Path | str, data: dict) -> None:
@@ -154,7 +152,8 @@ def _check_has_images(file: Path | str, data: dict) -> None:
 def check_dataset(data: str | Path | dict, autogenerate: bool = True) -> dict:
     """Load and validate a dataset YAML; return it with absolute paths, ``names`` as a dict and ``nc``.
 
-    Generates the data first when the YAML has a ``generate:`` mapping and train/val are missing. Raises
+    Calls ``utils.synthetic.generate`` first when the YAML has a ``generate:`` mapping (it does nothing when the
+    data already matches the spec). Raises
     ``DatasetError`` (one line, naming the YAML) for a missing file, missing keys, bad names or no images.
     """
     if isinstance(data, dict):
