@@ -107,6 +107,25 @@ def _check_labels(lb: np.ndarray) -> None:
         raise ValueError(f'non-integer class indices {lb[:, 0][lb[:, 0] != np.round(lb[:, 0])].tolist()[:4]}')
 
 
+def _restore_jpeg(im_file: str, prefix: str) -> str:
+    """Re-save a JPEG that lacks its FFD9 end marker (YOLOv5 does the same); '' when the file is complete.
+
+    The missing marker is appended in memory so the decoder accepts what is there; the image is written back
+    upright (EXIF orientation applied) at quality 100 through a temp file + rename.
+    """
+    data = np.fromfile(im_file, dtype=np.uint8)
+    if data[-2:].tobytes() == b'\xff\xd9':
+        return ''
+    im = cv2.imdecode(np.concatenate([data, np.array([0xFF, 0xD9], np.uint8)]), cv2.IMREAD_COLOR)
+    ok, enc = cv2.imencode('.jpg', im, [cv2.IMWRITE_JPEG_QUALITY, 100]) if im is not None else (False, None)
+    if not ok:
+        raise ValueError('truncated JPEG cannot be decoded')
+    tmp = f'{im_file}.{os.getpid()}.tmp'
+    enc.tofile(tmp)
+    os.replace(tmp, im_file)
+    return f'{prefix}WARNING ⚠️ {im_file}: corrupt JPEG restored and saved'
+
+
 def _check_image(im_file: str, prefix: str) -> tuple[tuple[int, int], str]:
     """(w, h) of a valid image and an optional warning; raises on a corrupt one. Restores JPEGs lacking EOI."""
     with Image.open(im_file) as im:
@@ -118,22 +137,11 @@ def _check_image(im_file: str, prefix: str) -> tuple[tuple[int, int], str]:
         raise ValueError(f'invalid image format {fmt}')
     if shape[0] < 10 or shape[1] < 10:
         raise ValueError(f'image size {shape} <10 pixels')
-    decoded = cv2.imdecode(np.fromfile(im_file, dtype=np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_2)
-    if decoded is None:
-        raise ValueError('image cannot be decoded')
     msg = ''
     if fmt in ('jpeg', 'jpg'):
-        with open(im_file, 'rb') as f:
-            f.seek(-2, 2)
-            if f.read() != b'\xff\xd9':  # no end-of-image marker: re-save what decodes, as YOLOv5 does
-                im = imread(im_file)
-                ok, enc = cv2.imencode('.jpg', im, [cv2.IMWRITE_JPEG_QUALITY, 100]) if im is not None else (0, 0)
-                if not ok:
-                    raise ValueError('truncated JPEG cannot be decoded')
-                tmp = f'{im_file}.{os.getpid()}.tmp'
-                enc.tofile(tmp)
-                os.replace(tmp, im_file)
-                msg = f'{prefix}WARNING ⚠️ {im_file}: corrupt JPEG restored and saved'
+        msg = _restore_jpeg(im_file, prefix)
+    if cv2.imdecode(np.fromfile(im_file, dtype=np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_2) is None:
+        raise ValueError('image cannot be decoded')
     return shape, msg
 
 
