@@ -12,8 +12,6 @@ from utils.augmentations import (
     mixup,
     mosaic_placements,
     random_perspective,
-    xywhn2xyxy,
-    xyxy2xywhn,
 )
 
 
@@ -43,15 +41,6 @@ def test_letterbox_numbers(hw, kw, out_hw, ratio, pad, top_left):
         assert (im[t - 1, left] == 114).all()  # padding above it is gray 114
     if left:
         assert (im[t, left - 1] == 114).all()
-
-
-def test_box_conversions_roundtrip():
-    xywhn = np.array([[0.5, 0.5, 0.5, 0.25], [0.1, 0.2, 0.2, 0.2]])
-    xyxy = xywhn2xyxy(xywhn, 100, 80, padw=3, padh=4)
-    assert xyxy[0] == pytest.approx([28, 34, 78, 54])
-    assert xyxy2xywhn(xyxy - [3, 4, 3, 4], 100, 80) == pytest.approx(xywhn)
-    clipped = xyxy2xywhn(np.array([[-10.0, 0, 50, 90]]), 100, 80, clip=True, eps=1e-3)
-    assert clipped[0] == pytest.approx([0.25, (80 - 1e-3) / 160, 0.5, (80 - 1e-3) / 80])
 
 
 def test_random_perspective_identity_and_border():

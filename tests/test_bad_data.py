@@ -285,3 +285,12 @@ def test_polygon_rows_become_boxes(tmp_path):
     lb.write_text('3 0.1 0.2 0.5 0.2 0.5 0.6 0.1 0.6\n')
     ds, _ = _load(tmp_path)
     assert np.allclose(ds.labels[0], [[3, 0.3, 0.4, 0.4, 0.4]])
+
+
+def test_bom_and_crlf_label_files_are_fine(tmp_path):
+    _good(tmp_path, 'win')
+    lb = tmp_path / 'labels' / 'train' / 'win.txt'
+    lb.write_bytes('\ufeff1 0.5 0.5 0.2 0.2\r\n0 0.3 0.3 0.1 0.1\r\n'.encode())
+    ds, lines = _load(tmp_path)
+    assert _counts(ds) == (1, 0, 0, 0, 1) and not lines[1:]
+    assert np.allclose(ds.labels[0], [[1, 0.5, 0.5, 0.2, 0.2], [0, 0.3, 0.3, 0.1, 0.1]])

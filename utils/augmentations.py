@@ -12,31 +12,9 @@ import random
 import cv2
 import numpy as np
 
+from utils.boxes import xywhn2xyxy
+
 GRAY = (114, 114, 114)
-
-
-def xywhn2xyxy(x: np.ndarray, w: float, h: float, padw: float = 0.0, padh: float = 0.0) -> np.ndarray:
-    """Normalised (cx, cy, w, h) -> pixel (x1, y1, x2, y2), shifted by the padding (numpy only, for the loaders)."""
-    y = np.empty_like(x)
-    y[:, 0] = w * (x[:, 0] - x[:, 2] / 2) + padw
-    y[:, 1] = h * (x[:, 1] - x[:, 3] / 2) + padh
-    y[:, 2] = w * (x[:, 0] + x[:, 2] / 2) + padw
-    y[:, 3] = h * (x[:, 1] + x[:, 3] / 2) + padh
-    return y
-
-
-def xyxy2xywhn(x: np.ndarray, w: float, h: float, clip: bool = False, eps: float = 0.0) -> np.ndarray:
-    """Pixel (x1, y1, x2, y2) -> normalised (cx, cy, w, h); ``clip`` first clips to [0, w - eps] x [0, h - eps]."""
-    x = x.copy()
-    if clip:
-        x[:, [0, 2]] = x[:, [0, 2]].clip(0, w - eps)
-        x[:, [1, 3]] = x[:, [1, 3]].clip(0, h - eps)
-    y = np.empty_like(x)
-    y[:, 0] = ((x[:, 0] + x[:, 2]) / 2) / w
-    y[:, 1] = ((x[:, 1] + x[:, 3]) / 2) / h
-    y[:, 2] = (x[:, 2] - x[:, 0]) / w
-    y[:, 3] = (x[:, 3] - x[:, 1]) / h
-    return y
 
 
 def letterbox(im: np.ndarray, new_shape: int | tuple[int, int] = 640, color: tuple[int, int, int] = GRAY,

@@ -25,7 +25,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, distributed
 from tqdm import tqdm
 
-from utils.augmentations import augment_hsv, build_mosaic, letterbox, mixup, random_perspective, xywhn2xyxy, xyxy2xywhn
+from utils.augmentations import augment_hsv, build_mosaic, letterbox, mixup, random_perspective
+from utils.boxes import xywhn2xyxy, xyxy2xywhn
 from utils.dataset_config import IMG_FORMATS, VID_FORMATS, DatasetError, image_files_in, load_hyp
 from utils.logging import LOGGER
 
@@ -77,7 +78,7 @@ def _one_line(e: BaseException | str) -> str:
 
 def _parse_labels(lb_file: str) -> np.ndarray:
     """Rows ``cls cx cy w h`` (or ``cls x1 y1 x2 y2 ...`` polygons -> boxes) as float32 (n, 5); raises ValueError."""
-    with open(lb_file, encoding='utf-8') as f:
+    with open(lb_file, encoding='utf-8-sig') as f:  # -sig: tolerate a byte-order mark
         rows = [line.split() for line in f.read().splitlines() if line.strip()]
     out = []
     for row in rows:
@@ -540,11 +541,13 @@ def create_dataloader(path: str | Path | list, imgsz: int, batch_size: int, stri
         shuffle = False
     if rank > 0 and _distributed_ready():
         torch.distributed.barrier()
-    dataset = LoadImagesAndLabels(path, imgsz, batch_size, augment=augment, hyp=hyp, rect=rect,
-                                  image_weights=image_weights, cache_images=cache, single_cls=single_cls,
-                                  stride=int(stride), pad=pad, prefix=prefix, nc=nc)
-    if rank == 0 and _distributed_ready():
-        torch.distributed.barrier()
+    try:  # rank 0 releases the others even when the data is bad, so every rank reports the error
+        dataset = LoadImagesAndLabels(path, imgsz, batch_size, augment=augment, hyp=hyp, rect=rect,
+                                      image_weights=image_weights, cache_images=cache, single_cls=single_cls,
+                                      stride=int(stride), pad=pad, prefix=prefix, nc=nc)
+    finally:
+        if rank == 0 and _distributed_ready():
+            torch.distributed.barrier()
     batch_size = min(batch_size, len(dataset))
     nd = torch.cuda.device_count()
     nw = min((os.cpu_count() or 1) // max(nd, 1), batch_size if batch_size > 1 else 0, workers)
