@@ -17,10 +17,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from utils.dataset_config import IMG_FORMATS, VID_FORMATS
 from utils.logging import LOGGER
 
-IMG_FORMATS = ('bmp', 'dng', 'jpeg', 'jpg', 'mpo', 'png', 'tif', 'tiff', 'webp', 'pfm')
-VID_FORMATS = ('asf', 'avi', 'gif', 'm4v', 'mkv', 'mov', 'mp4', 'mpeg', 'mpg', 'ts', 'wmv')
 URL_PREFIXES = ('rtsp://', 'rtmp://', 'http://', 'https://')
 
 
