@@ -401,7 +401,10 @@ class LoadImagesAndLabels(Dataset):
     def _read(self, i: int) -> np.ndarray:
         f, npy = self.im_files[i], self.npy_files[i]
         if self.cache_images == 'disk' and npy.exists():
-            return np.load(npy, allow_pickle=False)
+            try:
+                return np.load(npy, allow_pickle=False)
+            except (OSError, ValueError):  # unreadable or foreign .npy: fall back to the image itself
+                pass
         im = imread(f)
         if im is None:
             raise DatasetError(f'{self.prefix}{f}: image cannot be read (deleted or changed since the scan?)')
