@@ -39,6 +39,13 @@ def _figure(*args, **kwargs):
     return Figure(*args, **kwargs)
 
 
+def _names_dict(names) -> dict[int, str]:
+    """Class names from a dict {i: name} or a sequence, as a dict."""
+    if names is None:
+        return {}
+    return {int(k): str(v) for k, v in (names.items() if isinstance(names, dict) else enumerate(names))}
+
+
 def _names_list(names) -> list[str]:
     """Class names from a dict {i: name} or a sequence, as a list."""
     if names is None:
@@ -145,7 +152,7 @@ def plot_images(images, targets, paths=None, fname: str | Path = 'images.jpg', n
         mosaic = cv2.resize(mosaic, (w * ns, h * ns), interpolation=cv2.INTER_AREA)
     fs = int((h + w) * ns * 0.01)  # font size
     annotator = Annotator(mosaic, line_width=round(fs / 10))
-    names = _names_list(names)
+    names = _names_dict(names)
     for i in range(bs):
         x, y = w * (i // ns), h * (i % ns)
         annotator.rectangle([x, y, x + w, y + h], outline=(255, 255, 255), width=2)  # tile border
@@ -159,7 +166,7 @@ def plot_images(images, targets, paths=None, fname: str | Path = 'images.jpg', n
 
 
 def _draw_targets(annotator: Annotator, ti: np.ndarray, x: int, y: int, w: int, h: int, scale: float,
-                  names: list[str]) -> None:
+                  names: dict[int, str]) -> None:
     """Draw one tile's boxes: labels always, predictions (7 columns) only above conf 0.25."""
     if not len(ti):
         return
@@ -174,7 +181,7 @@ def _draw_targets(annotator: Annotator, ti: np.ndarray, x: int, y: int, w: int, 
     boxes[:, [1, 3]] += y
     for j, box in enumerate(boxes.tolist()):
         c = int(ti[j, 1])
-        name = names[c] if c < len(names) else str(c)
+        name = names.get(c, str(c))
         if is_labels:
             annotator.box_label(box, name, color=colors(c))
         elif ti[j, 6] > 0.25:
