@@ -58,6 +58,17 @@ def test_dict_names_txt_and_lists(ds, tmp_path):
     assert files == [ds / 'images/train/0.jpg', ds / 'images/train/1.jpg']
 
 
+def test_txt_list_line_forms(ds, monkeypatch, tmp_path):
+    lst = ds / 'lists' / 'train.txt'
+    lst.parent.mkdir()
+    lst.write_text(f'./../images/train/0.jpg\n../images/train/1.jpg\n{ds / "images/train/2.jpg"}\n\nnotes.md\n')
+    assert list(dataset_config.image_files_in(lst)) == [lst.parent / '../images/train/0.jpg',
+                                                        lst.parent / '../images/train/1.jpg', ds / 'images/train/2.jpg']
+    monkeypatch.chdir(ds)  # YOLOv5 read relative lines against the working dir: still found when only there
+    lst.write_text('images/val/0.jpg\n')
+    assert list(dataset_config.image_files_in(lst)) == [ds / 'images/val/0.jpg']
+
+
 def test_relative_path_resolves_against_root(ds, tmp_path):
     rel = Path('../' * len(dataset_config.ROOT.parts)) / ds.relative_to('/')
     d = check_dataset({'path': str(rel), 'train': 'images/train', 'val': 'images/val', 'names': ['a']})

@@ -293,7 +293,7 @@ class LoadImagesAndLabels(Dataset):
     def __init__(self, path: str | Path | list, img_size: int = 640, batch_size: int = 16, augment: bool = False,
                  hyp: dict | None = None, rect: bool = False, image_weights: bool = False,
                  cache_images: str | bool | None = False, single_cls: bool = False, stride: int = 32,
-                 pad: float = 0.0, prefix: str = '', nc: int | None = None):
+                 pad: float = 0.0, prefix: str = '', nc: int | None = None, verbose: bool = True):
         self.img_size, self.augment, self.image_weights = img_size, augment, image_weights
         self.hyp = (load_hyp(hyp) if hyp is not None else load_hyp('hyp.scratch-low.yaml')) if augment else hyp
         self.rect = False if image_weights else rect
@@ -307,11 +307,12 @@ class LoadImagesAndLabels(Dataset):
         nf, nm, ne, ncor, total = (int(v) for v in cache['results'])
         self.stats = dict(found=nf, missing=nm, empty=ne, corrupt=ncor, total=total, cls_removed=0)
         self.msgs = list(cache['msgs'])
-        if from_cache:  # show the same summary line as a fresh scan, then the warnings again
+        self.verbose = verbose
+        if from_cache and verbose:  # show the same summary line as a fresh scan, then the warnings again
             tqdm(None, desc=f"{prefix}Scanning '{self.cache_path.with_suffix('')}'... {nf + ne} images, "
                             f'{nm + ne} backgrounds, {ncor} corrupt', total=total, initial=total,
                  bar_format=BAR_FORMAT).close()
-        for m in self.msgs:
+        for m in self.msgs if verbose else ():
             LOGGER.warning(m)
         self.im_files = list(cache['im_files'])
         if not self.im_files:
@@ -341,7 +342,8 @@ class LoadImagesAndLabels(Dataset):
                 bad = lb[:, 0] >= nc
                 m = (f'{self.prefix}WARNING ⚠️ {self.label_files[i]}: {int(bad.sum())} label(s) with class >= '
                      f'nc={nc} removed (classes {sorted({int(c) for c in lb[bad, 0]})})')
-                LOGGER.warning(m)
+                if self.verbose:
+                    LOGGER.warning(m)
                 self.msgs.append(m)
                 self.stats['cls_removed'] += int(bad.sum())
                 self.labels[i] = lb[~bad]
@@ -547,7 +549,7 @@ def create_dataloader(path: str | Path | list, imgsz: int, batch_size: int, stri
     try:  # rank 0 releases the others even when the data is bad, so every rank reports the error
         dataset = LoadImagesAndLabels(path, imgsz, batch_size, augment=augment, hyp=hyp, rect=rect,
                                       image_weights=image_weights, cache_images=cache, single_cls=single_cls,
-                                      stride=int(stride), pad=pad, prefix=prefix, nc=nc)
+                                      stride=int(stride), pad=pad, prefix=prefix, nc=nc, verbose=rank in (-1, 0))
     finally:
         if rank == 0 and _distributed_ready():
             torch.distributed.barrier()

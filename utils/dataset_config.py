@@ -73,7 +73,7 @@ def load_hyp(path: str | Path | dict) -> dict:
 
 
 def image_files_in(p: Path) -> Iterator[Path]:
-    """Yield image files of a dir (recursive, sorted) or of a .txt list ('./' lines are relative to the list)."""
+    """Yield image files of a dir (recursive, sorted) or of a .txt list (relative lines: relative to the list)."""
     if p.is_dir():
         yield from (f for f in sorted(p.rglob('*.*')) if f.suffix[1:].lower() in IMG_FORMATS and f.is_file())
     elif p.is_file() and p.suffix.lower() == '.txt':
@@ -82,8 +82,10 @@ def image_files_in(p: Path) -> Iterator[Path]:
             if not line:
                 continue
             f = Path(line)
-            if line.startswith('./') or not f.is_absolute():
-                f = p.parent / (line[2:] if line.startswith('./') else line)
+            if line.startswith('./'):
+                f = p.parent / line[2:]
+            elif not f.is_absolute():  # relative to the list; YOLOv5 took it relative to the working dir (still tried)
+                f = p.parent / f if (p.parent / f).exists() or not f.exists() else f.absolute()
             if f.suffix[1:].lower() in IMG_FORMATS:
                 yield f
     elif p.is_file() and p.suffix[1:].lower() in IMG_FORMATS:
