@@ -111,11 +111,13 @@ def gt_dir(tmp_path):
 
 def test_perfect_predictions(gt_dir, log):
     (mp, mr, map50, map_, *losses), maps, times = run_validate(gt_dir, perfect())
-    # YOLOv5's trapezoid over 101 interpolated recall points ends at the (1, 0) sentinel: perfect AP = 0.995
-    assert map50 == pytest.approx(0.995) and map_ == pytest.approx(0.995)
+    assert map50 == pytest.approx(1.0) and map_ == pytest.approx(1.0)
     assert mp == pytest.approx(1.0) and mr == pytest.approx(1.0)
     assert losses == [0.0, 0.0, 0.0] and len(times) == 3
-    np.testing.assert_allclose(maps, [0.995] * 3)
+    np.testing.assert_allclose(maps, [1.0] * 3)
+    # YOLOv5's own integration (trapezoid ending at the (1, 0) sentinel) caps a perfect set at 0.995
+    (_, _, map50, map_, *_), _, _ = run_validate(gt_dir, perfect(), ap_method='interp')
+    assert map50 == pytest.approx(0.995) and map_ == pytest.approx(0.995)
     out = log.getvalue()
     assert HEADER in out and 'Class     Images  Instances          P          R      mAP50   mAP50-95' in out
     assert '                   all          2          3' in out
@@ -126,8 +128,8 @@ def test_perfect_predictions(gt_dir, log):
 
 def test_perfect_predictions_pycocotools(gt_dir, tmp_path, log):
     (_, _, map50, map_, *_), _, _ = run_validate(gt_dir, perfect(), save_json=True, save_dir=tmp_path / 'run')
-    assert map50 == pytest.approx(1.0) and map_ == pytest.approx(1.0)  # pycocotools' figures replace ours
-    assert 'pycocotools mAP50 1 mAP50-95 1 | this project mAP50 0.995 mAP50-95 0.995' in log.getvalue()
+    assert map50 == pytest.approx(1.0) and map_ == pytest.approx(1.0)  # pycocotools' figures
+    assert 'pycocotools mAP50 1 mAP50-95 1 | this project mAP50 1 mAP50-95 1' in log.getvalue()
     gt = json.loads((tmp_path / 'run/annotations.json').read_text())
     np.testing.assert_allclose([a['bbox'] for a in gt['annotations']],
                                [[10, 8, 30, 32], [50, 20, 36, 36], [12, 12, 32, 40]], atol=1e-3)
@@ -148,9 +150,11 @@ def shifted():
 
 def test_shifted_box_hand_computed(gt_dir):
     (_, _, map50, map_, *_), maps, _ = run_validate(gt_dir, shifted())
-    assert map50 == pytest.approx(0.995)
-    # red: 6 of 10 thresholds -> 0.6 * 0.995; green and blue perfect
-    np.testing.assert_allclose(maps, [0.6 * 0.995, 0.995, 0.995], atol=1e-6)
+    assert map50 == pytest.approx(1.0)
+    # red: 6 of 10 thresholds -> 0.6; green and blue perfect
+    np.testing.assert_allclose(maps, [0.6, 1.0, 1.0], atol=1e-6)
+    assert map_ == pytest.approx((0.6 + 2) / 3)
+    (_, _, _, map_, *_), _, _ = run_validate(gt_dir, shifted(), ap_method='interp')
     assert map_ == pytest.approx((0.6 + 2) / 3 * 0.995)
 
 
@@ -164,9 +168,11 @@ def test_missed_and_false_positive(gt_dir):
     p = perfect()
     p['001'] = [[50, 50, 60, 60, 0.3, 0]]
     (mp, mr, map50, map_, *_), maps, _ = run_validate(gt_dir, p)
-    # red: TP (0.9) then FP (0.3): AP = 0.995; green perfect; blue: no predictions -> AP 0
-    np.testing.assert_allclose(maps, [0.995, 0.995, 0.0], atol=1e-6)
-    assert map50 == pytest.approx(2 * 0.995 / 3)
+    # red: TP (0.9) then FP (0.3): AP = 1; green perfect; blue: no predictions -> AP 0
+    np.testing.assert_allclose(maps, [1.0, 1.0, 0.0], atol=1e-6)
+    assert map50 == pytest.approx(2 / 3)
+    # P and R are read at the max smoothed-F1 confidence, where red's precision is interpolated between 1 and 0.5
+    assert mr == pytest.approx(2 / 3) and 0.5 < mp < 2 / 3
 
 
 def random_predictions(gt_boxes, sizes, rng, miss=0.2, fp=2):
@@ -203,10 +209,10 @@ def test_matches_pycocotools_on_random_predictions(tmp_path):
     gt = [random_scene(rng, i, w, h) for i, (w, h) in enumerate(sizes)]
     img_dir = write_images(tmp_path / 'ds', gt, sizes)
     preds = random_predictions(gt, sizes, rng)
-    (_, _, ours50, ours, *_), _, _ = run_validate(img_dir, preds, batch_size=8)
+    (_, _, ours50, ours, *_), _, _ = run_validate(img_dir, preds, batch_size=8, ap_method='interp')
     (_, _, coco50, coco, *_), _, _ = run_validate(img_dir, preds, batch_size=8, save_json=True,
                                                   save_dir=tmp_path / 'run')
-    (_, _, step50, step, *_), _, _ = run_validate(img_dir, preds, batch_size=8, ap_method='coco')
+    (_, _, step50, step, *_), _, _ = run_validate(img_dir, preds, batch_size=8)
     assert 0.3 < coco < 0.9  # a non-trivial case
     # Same predictions, same matching in original pixels: integrated as pycocotools does, the numbers agree
     # (left differences: YOLOv5 matches greedily by IoU, COCO by confidence; labels pass through the letterbox).
@@ -236,10 +242,10 @@ def test_single_cls_and_hybrid(gt_dir, tmp_path):
     (_, _, map50, _, *_), maps, _ = run_validate(gt_dir, p)
     assert maps[1] == 0  # the green label is never found
     (_, _, map50, _, *_), maps, _ = run_validate(gt_dir, p, single_cls=True)
-    assert map50 == pytest.approx(0.995) and maps.shape == (1,)
+    assert map50 == pytest.approx(1.0) and maps.shape == (1,)
     # hybrid labels: ground truth is appended to the predictions with confidence 1 -> everything found
     (_, _, map50, _, *_), _, _ = run_validate(gt_dir, {}, save_hybrid=True, save_dir=tmp_path / 'h')
-    assert map50 == pytest.approx(0.995)
+    assert map50 == pytest.approx(1.0)
     assert len(np.loadtxt(tmp_path / 'h/labels/000.txt', ndmin=2)) == 2  # --save-hybrid implies --save-txt
 
 

@@ -107,7 +107,7 @@ def _process_image(st: _State, pred, labels, im_shape, shape0, ratio_pad, single
     return predn
 
 
-def _summarise(st: _State, names: dict, plots: bool, save_dir: Path | None, method: str = 'interp'):
+def _summarise(st: _State, names: dict, plots: bool, save_dir: Path | None, method: str = 'coco'):
     """ap_per_class over all stats -> (mp, mr, map50, map, per-class arrays, instances per class)."""
     stats = [torch.cat(x, 0).cpu().numpy() for x in zip(*st.stats)] if st.stats else []
     nt = np.bincount(stats[3].astype(int), minlength=st.nc) if stats else np.zeros(st.nc, int)
@@ -218,7 +218,7 @@ def validate(model, dataloader, names: dict[int, str], *, compute_loss=None, con
              augment: bool = False, save_dir: Path | None = None, plots: bool = False, verbose: bool = False,
              save_txt: bool = False, save_hybrid: bool = False, save_conf: bool = False, save_json: bool = False,
              prefix: str = '', anno_json: str | Path | None = None, class_map: list[int] | None = None,
-             json_name: str = '', ap_method: str = 'interp') -> tuple[tuple, np.ndarray, tuple]:
+             json_name: str = '', ap_method: str = 'coco') -> tuple[tuple, np.ndarray, tuple]:
     """Validate ``model`` (DetectionModel or DetectBackend) on ``dataloader`` -> (results, maps, times).
 
     results = (mp, mr, map50, map, box_loss, obj_loss, cls_loss); maps = per-class mAP50-95 (nc,);
@@ -226,7 +226,8 @@ def validate(model, dataloader, names: dict[int, str], *, compute_loss=None, con
     (losses are averaged, per-class rows and the speed line are not printed). ``class_map`` maps class indices
     to COCO category ids in the json (COCO datasets); ``anno_json`` is a COCO annotation file, else the ground
     truth json is built from the dataset's labels. ``half`` runs CUDA inference under fp16 autocast.
-    ``ap_method='coco'`` integrates AP as pycocotools does (for cross-checks; YOLOv5 numbers use 'interp').
+    ``ap_method``: 'coco' (default, project decision) integrates AP as pycocotools does, so a perfect set scores 1.0
+    and our numbers agree with pycocotools; 'interp' is YOLOv5 v7.0's trapezoid (a perfect set scores 0.995).
     """
     names = {int(k): v for k, v in (names.items() if isinstance(names, dict) else enumerate(names))}
     training, nc = compute_loss is not None, 1 if single_cls else len(names)
