@@ -139,6 +139,10 @@ def test_anchor_t_rejects_badly_shaped_pairs():
     assert sorted((c, a) for c, (_, a, _, _) in zip(tcls.tolist(), cells)) == [(0, 0), (0, 1), (1, 1)]
     torch.testing.assert_close(anchors, torch.tensor([[1.0, 1.0], [4.0, 4.0], [4.0, 4.0]]))
     assert len(_assign(StubModel(anchor_t=5.5), targets[2:])[2]) == 1  # a looser threshold accepts 5x0.5
+    model = StubModel(anchors=(((1.0, 1.0), (4.0, 4.0)),))
+    assert _assign(model, targets[2:])[2] == []  # every pair rejected: no positives, the loss is objectness only
+    _, items = ComputeLoss(model)([torch.zeros((1, 2, 4, 4, 7))], targets[2:])
+    assert items[0].item() == 0.0 and items[2].item() == 0.0 and items[1].item() == pytest.approx(bce(0, 0) * 4.0)
 
 
 def test_smooth_bce_values():
