@@ -211,3 +211,14 @@ def test_real_detection_model_loss_is_finite_and_reaches_every_detect_parameter(
     detect = model.model[-1]
     for name, param in detect.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_anchors_are_read_from_detect_at_call_time():
+    """AutoAnchor and the trainer's model.half().float() replace Detect.anchors after the loss may have been built."""
+    model = StubModel()
+    loss = ComputeLoss(model)
+    model.half().float()  # replaces every buffer tensor
+    model.model[-1].anchors.fill_(2.0)
+    _, _, indices, anchors = loss.build_targets([torch.zeros((1, 1, 4, 4, 7))],
+                                                torch.tensor([[0, 0, 0.375, 0.375, 0.5, 0.5]]))
+    torch.testing.assert_close(anchors[0], torch.tensor([[2.0, 2.0]]))

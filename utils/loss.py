@@ -49,6 +49,8 @@ class FocalLoss(nn.Module):
 class ComputeLoss:
     """YOLOv5 v7.0 loss for a model whose last layer is ``Detect`` (anchors in grid units) and with ``model.hyp``.
 
+    Build it after the model is on its device (the BCE ``pos_weight`` tensors are created there).
+
     When two targets claim the same cell and anchor, the objectness target is the IoU written last (YOLOv5's
     ``sort_obj_iou=False``).
     """
@@ -75,7 +77,7 @@ class ComputeLoss:
         self.hyp = h
         self.autobalance = autobalance
         self.na, self.nc, self.nl = det.na, det.nc, det.nl
-        self.anchors = det.anchors  # (nl, na, 2) grid units; a live view, so AutoAnchor changes are seen
+        self.det = det  # anchors are read from Detect at every call (AutoAnchor or .half().float() may replace them)
         self.device = device
 
     def __call__(self, p: list[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,7 +133,7 @@ class ComputeLoss:
         off = _OFFSETS.to(device, targets.dtype)
         gain = torch.ones(7, device=device, dtype=targets.dtype)
         for i in range(self.nl):
-            anchors, shape = self.anchors[i].to(targets.dtype), p[i].shape
+            anchors, shape = self.det.anchors[i].to(device, targets.dtype), p[i].shape  # (na, 2) grid units
             gain[2:6] = torch.tensor(shape, device=device, dtype=targets.dtype)[[3, 2, 3, 2]]  # nx ny nx ny
             t = targets * gain  # to grid units
             if nt:
