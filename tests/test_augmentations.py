@@ -8,10 +8,13 @@ from utils.augmentations import (
     augment_hsv,
     box_candidates,
     build_mosaic,
+    copy_paste,
     letterbox,
     mixup,
     mosaic_placements,
     random_perspective,
+    resample_segments,
+    segment2box,
 )
 
 
@@ -87,7 +90,8 @@ def test_build_mosaic_size_labels_and_crop():
     s = 64
     ims = [_im(64, 48, v) for v in (10, 20, 30, 40)]
     labels = [np.array([[k, 0.5, 0.5, 0.5, 0.5]], np.float32) for k in range(4)]
-    canvas, lab = build_mosaic(ims, labels, s)
+    canvas, lab, segs = build_mosaic(ims, labels, s)
+    assert segs == []
     assert canvas.shape == (2 * s, 2 * s, 3) and lab.shape == (4, 5)
     assert (lab[:, 1:] >= 0).all() and (lab[:, 1:] <= 2 * s).all()
     ys, xs = np.nonzero(canvas[..., 0] == 10)  # top-left tile ends at the centre (xc, yc)
@@ -117,3 +121,42 @@ def test_mixup():
     im, lb = mixup(_im(8, 8, 100), np.ones((2, 5)), _im(8, 8, 200), np.zeros((3, 5)))
     assert lb.shape == (5, 5) and lb[:2].sum() == 10 and im.dtype == np.uint8
     assert 130 <= int(im[0, 0, 0]) <= 170 and (im == im[0, 0, 0]).all()
+
+
+def test_resample_and_segment2box():
+    sq = np.array([[0, 0], [10, 0], [10, 10], [0, 10]], float)
+    (r,) = resample_segments([sq], n=9)  # closed: 5 vertices incl. the repeat, 9 points = every half edge
+    assert r.shape == (9, 2)
+    assert r.tolist() == [[0, 0], [5, 0], [10, 0], [10, 5], [10, 10], [5, 10], [0, 10], [0, 5], [0, 0]]
+    assert segment2box(np.array([[-5.0, 2], [4, 3], [6, 12], [8, 9]]), 10, 10).tolist() == [4, 3, 8, 9]
+    assert segment2box(np.array([[-5.0, 2]]), 10, 10).tolist() == [0, 0, 0, 0]
+
+
+def test_random_perspective_uses_polygons():
+    diamond = np.array([[50, 30], [70, 50], [50, 70], [30, 50]], float)
+    t = np.array([[0, 30, 30, 70, 70]], float)
+    im = _im(100, 100)
+    kw = dict(degrees=40, translate=0, scale=0, shear=0)
+    random.seed(5)
+    _, with_poly = random_perspective(im, t.copy(), [diamond], **kw)
+    random.seed(5)
+    _, corners = random_perspective(im, t.copy(), None, **kw)
+    wp, wc = with_poly[0, 3] - with_poly[0, 1], corners[0, 3] - corners[0, 1]
+    # rotating by a: the diamond's box is 40 * max(|cos a|, |sin a|) wide, the rotated box's 40 * (|cos a| + |sin a|)
+    assert 40 / np.sqrt(2) - 0.5 <= wp < wc - 1 and wc <= 40 * np.sqrt(2) + 1e-6
+    assert with_poly[0, 1] + with_poly[0, 3] == pytest.approx(100, abs=0.2)  # still centred
+
+
+def test_copy_paste_mirrors_objects():
+    random.seed(0)
+    im = np.zeros((100, 100, 3), np.uint8)
+    im[40:60, 10:30] = 255
+    labels = np.array([[3, 10, 40, 30, 60]], float)
+    seg = [np.array([[10, 40], [30, 40], [30, 60], [10, 60]], float)]
+    out, lab, segs = copy_paste(im.copy(), labels, seg, p=1.0)
+    assert lab.tolist() == [[3, 10, 40, 30, 60], [3, 70, 40, 90, 60]] and len(segs) == 2
+    assert (out[41:59, 71:89] == 255).all() and out[:, 31:69].max() == 0
+    assert segs[1].tolist() == [[90, 40], [70, 40], [70, 60], [90, 60]]
+    same = copy_paste(im.copy(), np.array([[3, 10, 40, 90, 60]], float),
+                      [np.array([[10, 40], [90, 40], [90, 60], [10, 60]], float)], p=1.0)
+    assert len(same[1]) == 1  # the mirror would cover the original by > 30 %: not pasted

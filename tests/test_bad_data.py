@@ -285,6 +285,7 @@ def test_polygon_rows_become_boxes(tmp_path):
     lb.write_text('3 0.1 0.2 0.5 0.2 0.5 0.6 0.1 0.6\n')
     ds, _ = _load(tmp_path)
     assert np.allclose(ds.labels[0], [[3, 0.3, 0.4, 0.4, 0.4]])
+    assert np.allclose(ds.segments[0][0], [[0.1, 0.2], [0.5, 0.2], [0.5, 0.6], [0.1, 0.6]])
 
 
 def test_bom_and_crlf_label_files_are_fine(tmp_path):

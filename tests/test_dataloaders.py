@@ -262,3 +262,25 @@ def test_distributed_sampler(ds, tmp_path):
         assert sum(len(b[2]) for b in loader) == 6
     finally:
         dist.destroy_process_group()
+
+
+def test_polygon_labels_cached_filtered_and_pasted(tmp_path):
+    root = tmp_path / 'p'
+    _write(root, 0, (64, 64), ['0 0.1 0.1 0.4 0.1 0.4 0.4 0.1 0.4'])
+    _write(root, 1, (64, 64), ['1 0.5 0.5 0.2 0.2', '4 0.6 0.6 0.9 0.6 0.9 0.9'])
+    _write(root, 2, (64, 64), ['0 0.5 0.5 0.2 0.2'])  # box-only file: no polygons
+    ds = LoadImagesAndLabels(root / 'images' / 'train', 64, 2)
+    assert [len(x) for x in ds.segments] == [1, 2, 0]
+    assert np.allclose(ds.segments[1][0], [[0.4, 0.4], [0.6, 0.4], [0.6, 0.6], [0.4, 0.6]])  # box row -> rectangle
+    assert np.allclose(ds.labels[1][1], [4, 0.75, 0.75, 0.3, 0.3])
+    again = LoadImagesAndLabels(root / 'images' / 'train', 64, 2)  # from the cache
+    assert all(np.array_equal(a, b) for sa, sb in zip(ds.segments, again.segments) for a, b in zip(sa, sb))
+    filtered = LoadImagesAndLabels(root / 'images' / 'train', 64, 2, nc=2)
+    assert len(filtered.segments[1]) == 1 and len(filtered.labels[1]) == 1
+    import random
+    random.seed(0)
+    aug = LoadImagesAndLabels(root / 'images' / 'train', 64, 2, augment=True,
+                              hyp=_hyp(mosaic=1.0, copy_paste=1.0, scale=0.3, degrees=10))
+    for i in range(3):
+        img, lab, _, _ = aug[i]
+        assert img.shape == (3, 64, 64) and ((lab[:, 2:] >= 0) & (lab[:, 2:] <= 1)).all()

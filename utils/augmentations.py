@@ -12,7 +12,7 @@ import random
 import cv2
 import numpy as np
 
-from utils.boxes import xywhn2xyxy
+from utils.boxes import bbox_ioa, xyn2xy, xywhn2xyxy
 
 GRAY = (114, 114, 114)
 
@@ -96,24 +96,35 @@ def _perspective_matrix(h: int, w: int, out_h: int, out_w: int, degrees: float, 
     return T @ S @ R @ P @ C, s
 
 
-def random_perspective(im: np.ndarray, targets: np.ndarray | None = None, degrees: float = 10,
-                       translate: float = 0.1, scale: float = 0.1, shear: float = 10, perspective: float = 0.0,
-                       border: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, np.ndarray]:
-    """Random rotation/scale/shear/translation/perspective of an image and its pixel xyxy targets (n, 5).
+def resample_segments(segments: list[np.ndarray], n: int = 1000) -> list[np.ndarray]:
+    """Each closed polygon (k, 2) resampled to ``n`` points evenly spaced along its vertex index (as YOLOv5)."""
+    out = []
+    for seg in segments:
+        seg = np.concatenate((seg, seg[:1]), 0)
+        x, xp = np.linspace(0, len(seg) - 1, n), np.arange(len(seg))
+        out.append(np.stack([np.interp(x, xp, seg[:, j]) for j in range(2)], 1))
+    return out
 
-    ``border`` (negative for mosaics: -s/2) shrinks the output: out = in + 2 * border, so a 2s mosaic becomes s.
-    Boxes are warped by their 4 corners, re-boxed, clipped and filtered with ``box_candidates``.
-    """
-    out_h, out_w = im.shape[0] + border[0] * 2, im.shape[1] + border[1] * 2
-    M, s = _perspective_matrix(im.shape[0], im.shape[1], out_h, out_w, degrees, translate, scale, shear, perspective)
-    if border[0] or border[1] or (M != np.eye(3)).any():
-        if perspective:
-            im = cv2.warpPerspective(im, M, dsize=(out_w, out_h), borderValue=GRAY)
-        else:
-            im = cv2.warpAffine(im, M[:2], dsize=(out_w, out_h), borderValue=GRAY)
-    n = 0 if targets is None else len(targets)
-    if not n:
-        return im, np.zeros((0, 5)) if targets is None else targets
+
+def segment2box(segment: np.ndarray, width: float, height: float) -> np.ndarray:
+    """xyxy box of the polygon points inside the image (zeros when none is inside)."""
+    x, y = segment.T
+    inside = (x >= 0) & (y >= 0) & (x <= width) & (y <= height)
+    x, y = x[inside], y[inside]
+    return np.array([x.min(), y.min(), x.max(), y.max()]) if x.size else np.zeros(4)
+
+
+def _warp_boxes(targets: np.ndarray, segments: list[np.ndarray] | None, M: np.ndarray, perspective: float,
+                out_w: int, out_h: int) -> tuple[np.ndarray, bool]:
+    """New xyxy boxes after warping by M: from resampled polygons when every target has one, else from corners."""
+    n = len(targets)
+    use_segments = segments is not None and len(segments) == n and any(len(x) for x in segments)
+    if use_segments:
+        new = np.zeros((n, 4))
+        for i, seg in enumerate(resample_segments(segments)):
+            xy = np.concatenate((seg, np.ones((len(seg), 1))), 1) @ M.T
+            new[i] = segment2box(xy[:, :2] / xy[:, 2:3] if perspective else xy[:, :2], out_w, out_h)
+        return new, True
     xy = np.ones((n * 4, 3))
     xy[:, :2] = targets[:, [1, 2, 3, 4, 1, 4, 3, 2]].reshape(n * 4, 2)  # corners x1y1, x2y2, x1y2, x2y1
     xy = xy @ M.T
@@ -122,10 +133,55 @@ def random_perspective(im: np.ndarray, targets: np.ndarray | None = None, degree
     new = np.stack((x.min(1), y.min(1), x.max(1), y.max(1)), 1)
     new[:, [0, 2]] = new[:, [0, 2]].clip(0, out_w)
     new[:, [1, 3]] = new[:, [1, 3]].clip(0, out_h)
-    keep = box_candidates(targets[:, 1:5].T * s, new.T, area_thr=0.10)
+    return new, False
+
+
+def random_perspective(im: np.ndarray, targets: np.ndarray | None = None, segments: list[np.ndarray] | None = None,
+                       degrees: float = 10, translate: float = 0.1, scale: float = 0.1, shear: float = 10,
+                       perspective: float = 0.0, border: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, np.ndarray]:
+    """Random rotation/scale/shear/translation/perspective of an image and its pixel xyxy targets (n, 5).
+
+    ``border`` (negative for mosaics: -s/2) shrinks the output: out = in + 2 * border, so a 2s mosaic becomes s.
+    Boxes are re-derived from their warped corners, or from the warped polygons when ``segments`` (pixel (k, 2)
+    arrays, one per target) are given, then filtered with ``box_candidates`` (area ratio 0.01 with polygons, else 0.1).
+    """
+    out_h, out_w = im.shape[0] + border[0] * 2, im.shape[1] + border[1] * 2
+    M, s = _perspective_matrix(im.shape[0], im.shape[1], out_h, out_w, degrees, translate, scale, shear, perspective)
+    if border[0] or border[1] or (M != np.eye(3)).any():
+        if perspective:
+            im = cv2.warpPerspective(im, M, dsize=(out_w, out_h), borderValue=GRAY)
+        else:
+            im = cv2.warpAffine(im, M[:2], dsize=(out_w, out_h), borderValue=GRAY)
+    if targets is None or not len(targets):
+        return im, np.zeros((0, 5)) if targets is None else targets
+    new, used_segments = _warp_boxes(targets, segments, M, perspective, out_w, out_h)
+    keep = box_candidates(targets[:, 1:5].T * s, new.T, area_thr=0.01 if used_segments else 0.10)
     targets = targets[keep].copy()
     targets[:, 1:5] = new[keep]
     return im, targets
+
+
+def copy_paste(im: np.ndarray, labels: np.ndarray, segments: list[np.ndarray],
+               p: float = 0.5) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Copy-paste (arXiv:2012.07177) as YOLOv5: mirror a fraction ``p`` of the polygon objects left-right into the
+    same image where the copy covers < 30 % of every existing box. Pixel xyxy labels and pixel polygons."""
+    n = len(segments)
+    if not (p and n) or n != len(labels):  # needs one polygon per label (not so in mosaics of mixed files)
+        return im, labels, segments
+    w = im.shape[1]
+    segments = list(segments)
+    mask = np.zeros(im.shape, np.uint8)
+    for j in random.sample(range(n), k=round(p * n)):
+        lb, seg = labels[j], segments[j]
+        box = np.array([w - lb[3], lb[2], w - lb[1], lb[4]])
+        if (bbox_ioa(box, labels[:, 1:5]) < 0.30).all():
+            labels = np.concatenate((labels, [[lb[0], *box]]), 0)
+            segments.append(np.concatenate((w - seg[:, 0:1], seg[:, 1:2]), 1))
+            cv2.drawContours(mask, [seg.astype(np.int32)], -1, (1, 1, 1), cv2.FILLED)
+    flipped = cv2.flip(im, 1)
+    sel = cv2.flip(mask, 1).astype(bool)
+    im[sel] = flipped[sel]
+    return im, labels, segments
 
 
 def mosaic_placements(s: int, xc: int, yc: int,
@@ -153,23 +209,30 @@ def mosaic_placements(s: int, xc: int, yc: int,
     return out
 
 
-def build_mosaic(ims: list[np.ndarray], labels: list[np.ndarray], s: int) -> tuple[np.ndarray, np.ndarray]:
+def build_mosaic(ims: list[np.ndarray], labels: list[np.ndarray], s: int,
+                 segments: list[list[np.ndarray]] | None = None) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """Place 4 images (each long side ~s) with normalised labels (n, 5) on a 2s x 2s gray canvas.
 
-    The centre is drawn from U(s/2, 3s/2) in x and y; returns (canvas, pixel xyxy labels clipped to [0, 2s]).
+    The centre is drawn from U(s/2, 3s/2) in x and y; returns (canvas, pixel xyxy labels clipped to [0, 2s], the
+    images' normalised polygons (if given) moved to canvas pixels and clipped likewise).
     """
     yc, xc = (int(random.uniform(s // 2, 2 * s - s // 2)) for _ in range(2))
     canvas = np.full((2 * s, 2 * s, ims[0].shape[2]), 114, dtype=np.uint8)
-    out = []
-    for im, lb, (a, b) in zip(ims, labels, mosaic_placements(s, xc, yc, [im.shape[:2] for im in ims])):
+    out, segs_out = [], []
+    segments = segments or [[] for _ in ims]
+    for im, lb, segs, (a, b) in zip(ims, labels, segments, mosaic_placements(s, xc, yc, [x.shape[:2] for x in ims])):
         canvas[a[1]:a[3], a[0]:a[2]] = im[b[1]:b[3], b[0]:b[2]]
+        h, w = im.shape[:2]
+        padw, padh = a[0] - b[0], a[1] - b[1]
         lb = lb.copy()
         if lb.size:
-            lb[:, 1:] = xywhn2xyxy(lb[:, 1:], im.shape[1], im.shape[0], a[0] - b[0], a[1] - b[1])
+            lb[:, 1:] = xywhn2xyxy(lb[:, 1:], w, h, padw, padh)
         out.append(lb.reshape(-1, 5))
+        segs_out += [xyn2xy(x, w, h, padw, padh) for x in segs]
     lab = np.concatenate(out, 0)
-    np.clip(lab[:, 1:], 0, 2 * s, out=lab[:, 1:])
-    return canvas, lab
+    for x in (lab[:, 1:], *segs_out):
+        np.clip(x, 0, 2 * s, out=x)
+    return canvas, lab, segs_out
 
 
 def mixup(im: np.ndarray, labels: np.ndarray, im2: np.ndarray, labels2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

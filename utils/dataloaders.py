@@ -25,7 +25,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, distributed
 from tqdm import tqdm
 
-from utils.augmentations import augment_hsv, build_mosaic, letterbox, mixup, random_perspective
+from utils.augmentations import augment_hsv, build_mosaic, copy_paste, letterbox, mixup, random_perspective
 from utils.boxes import xywhn2xyxy, xyxy2xywhn
 from utils.dataset_config import IMG_FORMATS, VID_FORMATS, DatasetError, image_files_in, load_hyp
 from utils.logging import LOGGER
@@ -34,7 +34,7 @@ __all__ = ('IMG_FORMATS', 'VID_FORMATS', 'img2label_paths', 'exif_size', 'imread
            'LoadImagesAndLabels', 'InfiniteDataLoader', 'create_dataloader', 'collate_fn', 'collate_fn4',
            'seed_worker', 'CACHE_VERSION')
 
-CACHE_VERSION = 1  # bump when the cache layout or the verification rules change
+CACHE_VERSION = 2  # bump when the cache layout or the verification rules change
 BAR_FORMAT = '{l_bar}{bar:10}{r_bar}'
 
 
@@ -76,11 +76,15 @@ def _one_line(e: BaseException | str) -> str:
     return ' '.join(str(e).split())
 
 
-def _parse_labels(lb_file: str) -> np.ndarray:
-    """Rows ``cls cx cy w h`` (or ``cls x1 y1 x2 y2 ...`` polygons -> boxes) as float32 (n, 5); raises ValueError."""
+def _parse_labels(lb_file: str) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Rows ``cls cx cy w h`` or polygons ``cls x1 y1 x2 y2 ...`` -> (boxes (n, 5) float32, polygons).
+
+    Polygons (normalised (k, 2) arrays) are returned only when the file has any, one per row: box rows then get
+    their rectangle, so labels and polygons stay aligned for copy-paste and polygon warping.
+    """
     with open(lb_file, encoding='utf-8-sig') as f:  # -sig: tolerate a byte-order mark
         rows = [line.split() for line in f.read().splitlines() if line.strip()]
-    out = []
+    out, polys = [], []
     for row in rows:
         try:
             v = [float(x) for x in row]
@@ -88,13 +92,19 @@ def _parse_labels(lb_file: str) -> np.ndarray:
             raise ValueError(f'non-numeric label value in row {" ".join(row)!r}') from None
         if len(v) == 5:
             out.append(v)
+            polys.append(None)
         elif len(v) >= 7 and len(v) % 2 == 1:  # polygon segment -> its bounding box
-            xy = np.array(v[1:]).reshape(-1, 2)
+            xy = np.array(v[1:], np.float32).reshape(-1, 2)
             (x1, y1), (x2, y2) = xy.min(0), xy.max(0)
             out.append([v[0], (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1])
+            polys.append(xy)
         else:
             raise ValueError(f'labels require 5 columns, {len(v)} columns detected')
-    return np.array(out, dtype=np.float32).reshape(-1, 5)
+    lb = np.array(out, dtype=np.float32).reshape(-1, 5)
+    if all(p is None for p in polys):
+        return lb, []
+    rect = xywhn2xyxy(lb[:, 1:], 1, 1)
+    return lb, [p if p is not None else rect[i][[0, 1, 2, 1, 2, 3, 0, 3]].reshape(4, 2) for i, p in enumerate(polys)]
 
 
 def _check_labels(lb: np.ndarray) -> None:
@@ -149,29 +159,30 @@ def _check_image(im_file: str, prefix: str) -> tuple[tuple[int, int], str]:
 def verify_image_label(args: tuple[str, str, str]) -> tuple:
     """Check one (image, label file, prefix) pair.
 
-    Returns (im_file | None, labels (n,5) | None, (w,h) | None, found, missing, empty, corrupt, message): exactly one
-    of found/missing/empty/corrupt is 1. Missing and empty label files make background images (zero labels).
+    Returns (im_file | None, labels (n,5) | None, (w,h) | None, polygons, found, missing, empty, corrupt, message):
+    exactly one of found/missing/empty/corrupt is 1. Missing and empty label files make background images.
     """
     im_file, lb_file, prefix = args
     try:
         shape, msg = _check_image(im_file, prefix)
     except Exception as e:
-        return None, None, None, 0, 0, 0, 1, f'{prefix}WARNING ⚠️ {im_file}: ignoring corrupt image: {_one_line(e)}'
+        return None, None, None, [], 0, 0, 0, 1, f'{prefix}WARNING ⚠️ {im_file}: ignoring corrupt image: {_one_line(e)}'
     if not os.path.isfile(lb_file):
-        return im_file, np.zeros((0, 5), np.float32), shape, 0, 1, 0, 0, msg
+        return im_file, np.zeros((0, 5), np.float32), shape, [], 0, 1, 0, 0, msg
     try:
-        lb = _parse_labels(lb_file)
+        lb, segs = _parse_labels(lb_file)
         _check_labels(lb)
     except Exception as e:
-        return None, None, None, 0, 0, 0, 1, f'{prefix}WARNING ⚠️ {lb_file}: ignoring corrupt label: {_one_line(e)}'
+        return None, None, None, [], 0, 0, 0, 1, f'{prefix}WARNING ⚠️ {lb_file}: ignoring corrupt label: {_one_line(e)}'
     if not len(lb):
-        return im_file, lb, shape, 0, 0, 1, 0, msg
+        return im_file, lb, shape, [], 0, 0, 1, 0, msg
     _, keep = np.unique(lb, axis=0, return_index=True)
     if len(keep) < len(lb):
         dup = f'{prefix}WARNING ⚠️ {lb_file}: {len(lb) - len(keep)} duplicate labels removed'
         msg = f'{msg}\n{dup}' if msg else dup
-        lb = lb[np.sort(keep)]
-    return im_file, lb, shape, 1, 0, 0, 0, msg
+        keep = np.sort(keep)
+        lb, segs = lb[keep], [segs[i] for i in keep] if segs else []
+    return im_file, lb, shape, segs, 1, 0, 0, 0, msg
 
 
 def files_hash(paths: list[str]) -> str:
@@ -195,6 +206,9 @@ def load_cache(path: Path) -> dict | None:
             return None
         counts = d['label_counts'].astype(int)
         d['labels'] = np.split(d['labels'].astype(np.float32), np.cumsum(counts)[:-1]) if len(counts) else []
+        flat = np.split(d['seg_points'], np.cumsum(d['seg_lens'])[:-1]) if len(d['seg_lens']) else []
+        ends = np.cumsum(d['seg_per_image'])
+        d['segments'] = [flat[e - k:e] for e, k in zip(ends, d['seg_per_image'])]
         d['im_files'] = [str(x) for x in d['im_files']]
         d['msgs'] = [str(x) for x in d['msgs']]
         d['hash'] = str(d['hash'])
@@ -205,12 +219,15 @@ def load_cache(path: Path) -> dict | None:
 
 def save_cache(path: Path, d: dict, prefix: str = '') -> None:
     """Write the cache atomically (temp file + rename) as plain arrays; warn when the directory is not writeable."""
-    labels = d['labels']
+    labels, flat = d['labels'], [x for segs in d['segments'] for x in segs]
     arrays = dict(version=np.array(CACHE_VERSION), hash=np.array(d['hash']),
                   im_files=np.array(d['im_files'], dtype=str), shapes=np.asarray(d['shapes'], np.int64).reshape(-1, 2),
                   label_counts=np.array([len(x) for x in labels], np.int64),
                   labels=np.concatenate(labels, 0) if labels else np.zeros((0, 5), np.float32),
-                  results=np.array(d['results'], np.int64), msgs=np.array(d['msgs'], dtype=str))
+                  results=np.array(d['results'], np.int64), msgs=np.array(d['msgs'], dtype=str),
+                  seg_points=np.concatenate(flat, 0).astype(np.float32) if flat else np.zeros((0, 2), np.float32),
+                  seg_lens=np.array([len(x) for x in flat], np.int64),
+                  seg_per_image=np.array([len(x) for x in d['segments']], np.int64))
     tmp = path.with_name(f'{path.name}.{os.getpid()}.tmp')
     try:
         with open(tmp, 'wb') as f:
@@ -224,18 +241,19 @@ def save_cache(path: Path, d: dict, prefix: str = '') -> None:
 
 def scan_labels(im_files: list[str], label_files: list[str], cache_path: Path, prefix: str = '') -> dict:
     """Verify every pair in a thread pool with a tqdm bar; returns the cache dict (valid images only)."""
-    x = {'im_files': [], 'labels': [], 'shapes': [], 'msgs': []}
+    x = {'im_files': [], 'labels': [], 'shapes': [], 'segments': [], 'msgs': []}
     nf = nm = ne = nc = 0
     desc = f"{prefix}Scanning '{cache_path.with_suffix('')}'..."
     with ThreadPool(_threads()) as pool:
         it = pool.imap(verify_image_label, zip(im_files, label_files, [prefix] * len(im_files)))
         pbar = tqdm(it, desc=desc, total=len(im_files), bar_format=BAR_FORMAT)
-        for im_file, lb, shape, nf_f, nm_f, ne_f, nc_f, msg in pbar:
+        for im_file, lb, shape, segs, nf_f, nm_f, ne_f, nc_f, msg in pbar:
             nf, nm, ne, nc = nf + nf_f, nm + nm_f, ne + ne_f, nc + nc_f
             if im_file:
                 x['im_files'].append(im_file)
                 x['labels'].append(lb)
                 x['shapes'].append(shape)
+                x['segments'].append(segs)
             if msg:
                 x['msgs'].extend(msg.split('\n'))
             pbar.desc = f'{desc} {nf + ne} images, {nm + ne} backgrounds, {nc} corrupt'
@@ -322,6 +340,7 @@ class LoadImagesAndLabels(Dataset):
         self.label_files = img2label_paths(self.im_files)
         self.labels = [np.asarray(lb, np.float32).reshape(-1, 5) for lb in cache['labels']]
         self.shapes = np.asarray(cache['shapes'], np.float64).reshape(-1, 2)
+        self.segments = [list(x) for x in cache['segments']]  # normalised polygons, [] for box-only files
         self._filter_classes(nc, single_cls)
         self.n = len(self.shapes)
         self.batch = np.floor(np.arange(self.n) / batch_size).astype(int)
@@ -347,6 +366,8 @@ class LoadImagesAndLabels(Dataset):
                 self.msgs.append(m)
                 self.stats['cls_removed'] += int(bad.sum())
                 self.labels[i] = lb[~bad]
+                if self.segments[i]:
+                    self.segments[i] = [x for x, b in zip(self.segments[i], bad) if not b]
             if single_cls and len(self.labels[i]):
                 self.labels[i][:, 0] = 0
 
@@ -357,6 +378,7 @@ class LoadImagesAndLabels(Dataset):
         self.im_files = [self.im_files[i] for i in order]
         self.label_files = [self.label_files[i] for i in order]
         self.labels = [self.labels[i] for i in order]
+        self.segments = [self.segments[i] for i in order]
         self.shapes, ar = self.shapes[order], ar[order]
         nb = self.batch[-1] + 1
         shapes = np.ones((nb, 2))
@@ -431,11 +453,13 @@ class LoadImagesAndLabels(Dataset):
         """4-image mosaic (2s x 2s) warped by random_perspective down to s x s; labels pixel xyxy."""
         idx = [index] + random.choices(self.indices, k=3)
         random.shuffle(idx)
-        img4, labels4 = build_mosaic([self.load_image(i)[0] for i in idx], [self.labels[i] for i in idx],
-                                     self.img_size)
+        img4, labels4, segs4 = build_mosaic([self.load_image(i)[0] for i in idx], [self.labels[i] for i in idx],
+                                            self.img_size, [self.segments[i] for i in idx])
         h = self.hyp
-        return random_perspective(img4, labels4, degrees=h['degrees'], translate=h['translate'], scale=h['scale'],
-                                  shear=h['shear'], perspective=h['perspective'], border=self.mosaic_border)
+        img4, labels4, segs4 = copy_paste(img4, labels4, segs4, p=h['copy_paste'])
+        return random_perspective(img4, labels4, segs4, degrees=h['degrees'], translate=h['translate'],
+                                  scale=h['scale'], shear=h['shear'], perspective=h['perspective'],
+                                  border=self.mosaic_border)
 
     def _load_letterboxed(self, index: int) -> tuple[np.ndarray, np.ndarray, tuple]:
         img, (h0, w0), (h, w) = self.load_image(index)
