@@ -305,7 +305,8 @@ class LoadImagesAndLabels(Dataset):
     """YOLO-format dataset: verified labels (cached), optional RAM/disk image cache, rect batches and augmentation.
 
     ``__getitem__`` returns (img uint8 (3,H,W) RGB, labels (n,6) [0, cls, cx, cy, w, h] normalised, path, shapes)
-    with ``shapes = ((h0, w0), ((h/h0, w/w0), (padw, padh)))``, or None for mosaics.
+    with ``shapes = ((h0, w0), ((h/h0, w/w0), (padw, padh)))``, or None for mosaics. ``stats``: found (label file
+    with boxes), missing / empty (background images), corrupt (skipped), total, cls_removed (rows with class >= nc).
     """
 
     def __init__(self, path: str | Path | list, img_size: int = 640, batch_size: int = 16, augment: bool = False,
