@@ -1,7 +1,8 @@
 """The embedded "shapes" dataset: a deterministic scene generator, so the project trains with no download.
 
 Each image is drawn from its own random stream (seeded by ``(seed, split, index)``), so any image can be regenerated
-alone and the whole dataset is byte-identical on every regeneration (fixed JPEG quality, no timestamps).
+alone and the whole dataset is byte-identical on every regeneration (fixed JPEG quality, no timestamps) with the
+same numpy and OpenCV versions (their random streams and JPEG encoder are what the bytes depend on).
 
 Scenes: a textured, noisy background (two-colour gradient, low-frequency texture, thin lines and soft blobs as
 distractors), then up to ``max_objects`` shapes of six classes (below) with random colour, outline, aspect ratio,
