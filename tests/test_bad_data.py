@@ -74,8 +74,11 @@ def test_jpeg_missing_eoi_is_restored(tmp_path):
     assert f.read_bytes()[-2:] == b'\xff\xd9'
     i = ds.im_files.index(str(f))
     assert ds[i][0].shape == (3, 64, 64)
+    cache = tmp_path / 'labels' / 'train.cache'
+    mtime = cache.stat().st_mtime_ns
     _, lines = _load(tmp_path)  # restored file: the cache stays valid, the message is repeated from it
     _one_warning(lines, f, 'corrupt JPEG restored and saved')
+    assert cache.stat().st_mtime_ns == mtime and not [m for m in lines if 'New cache' in m]
 
 
 @pytest.mark.parametrize('content,why', [

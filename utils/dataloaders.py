@@ -395,7 +395,7 @@ class LoadImagesAndLabels(Dataset):
     def _cache(self, kind: str) -> None:
         """``ram``: resized images in memory (if they fit); ``disk``: raw BGR ``.npy`` beside each image."""
         if kind == 'ram':
-            sample = random.sample(range(self.n), min(self.n, 30))
+            sample = random.Random(0).sample(range(self.n), min(self.n, 30))  # leaves the global RNG alone
             need = sum(self.load_image(i)[0].nbytes for i in sample) * self.n / max(len(sample), 1) * 1.1
             avail = _available_ram()
             if avail is not None and need > avail:
