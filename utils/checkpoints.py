@@ -1,0 +1,271 @@
+"""Checkpoints: our format (a dict of tensors and plain data) and official YOLOv5 v6.x/v7.0 ``.pt`` files.
+
+Our checkpoints hold state dicts, never pickled modules, so ``torch.load(weights_only=True)`` reads them and they do
+not depend on import paths. Official YOLOv5 files pickle whole ``models.yolo.DetectionModel`` objects; we read them
+with ``weights_only=True`` too, allowing exactly the class names such a file uses and mapping YOLOv5's own classes to
+an inert stand-in (``_PickledModule``) whose only use is ``state_dict()``. A pickle naming anything else (e.g.
+``os.system``) is refused before anything is called. The converted checkpoint has our format, so the rest of the
+code handles one kind of file.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import pickle
+import re
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from models.yolo import DetectionModel, ModelConfigError
+from utils.logging import LOGGER
+
+FORMAT = 'yolov5-efficientvit'
+FORMAT_VERSION = 1
+TRAINING_KEYS = ('optimizer', 'ema', 'updates', 'train_state')
+
+
+class CheckpointError(Exception):
+    """A checkpoint that is missing, unreadable, unsafe, of an unknown format or for another architecture."""
+
+
+class _PickledModule(nn.Module):
+    """Inert stand-in for YOLOv5's pickled classes: keeps the unpickled attributes so state_dict() works."""
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise CheckpointError('a module read from an official YOLOv5 pickle cannot run; use load_model()')
+
+
+_YOLOV5_CLASSES = {
+    'models.yolo': ('DetectionModel', 'Model', 'Detect'),
+    'models.common': ('Conv', 'DWConv', 'Bottleneck', 'BottleneckCSP', 'C3', 'SPP', 'SPPF', 'Focus', 'Concat'),
+}
+_TORCH_CLASSES = (nn.Sequential, nn.ModuleList, nn.Conv2d, nn.BatchNorm2d, nn.SiLU, nn.ReLU, nn.LeakyReLU,
+                  nn.Hardswish, nn.Identity, nn.Upsample, nn.MaxPool2d)
+
+
+def _numpy_globals() -> list[tuple[Any, str]]:
+    """numpy pieces YOLOv5 training files may hold (e.g. best_fitness as an array); they only rebuild arrays."""
+    out = []
+    mod = getattr(np, '_core', None) or np.core
+    for prefix in ('numpy.core.multiarray', 'numpy._core.multiarray'):
+        out += [(mod.multiarray._reconstruct, f'{prefix}._reconstruct'), (mod.multiarray.scalar, f'{prefix}.scalar')]
+    out += [(np.ndarray, 'numpy.ndarray'), (np.dtype, 'numpy.dtype')]
+    out += [(type(np.dtype(t)), f'numpy.dtypes.{type(np.dtype(t)).__name__}')
+            for t in ('float64', 'float32', 'int64', 'int32', 'bool')]
+    return out
+
+
+def _allow_list() -> list[Any]:
+    """Globals an official YOLOv5 checkpoint may name, besides torch's own weights-only defaults."""
+    allowed: list[Any] = [(_PickledModule, f'{mod}.{name}') for mod, names in _YOLOV5_CLASSES.items()
+                          for name in names]
+    allowed += list(_TORCH_CLASSES)
+    allowed += _numpy_globals()
+    return allowed
+
+
+def _unsafe_global(e: Exception) -> str | None:
+    m = re.search(r'GLOBAL ([\w.]+)', str(e))
+    return m.group(1) if m else None
+
+
+def _torch_load(path: Path) -> Any:
+    """torch.load(weights_only=True) with the YOLOv5 allow-list; every failure becomes a one-line CheckpointError."""
+    if not path.is_file():
+        raise CheckpointError(f'{path}: checkpoint not found')
+    try:
+        with torch.serialization.safe_globals(_allow_list()):
+            return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        name = _unsafe_global(e)
+        if name:
+            raise CheckpointError(f'{path}: refused: the pickle names {name}, which is not on the allow-list of '
+                                  'classes a YOLOv5 checkpoint may contain') from None
+        raise CheckpointError(f'{path}: not a readable PyTorch checkpoint ({_first_line(e)})') from None
+    except (RuntimeError, EOFError, ValueError, OSError, AttributeError, TypeError) as e:
+        raise CheckpointError(f'{path}: not a readable PyTorch checkpoint ({_first_line(e)})') from None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return f'{type(e).__name__}: {text[0] if text else ""}'.strip()
+
+
+def _plain(obj: Any, where: str) -> Any:
+    """obj with Paths/Namespaces/numpy values made plain, so weights_only loading accepts it; modules are refused."""
+    if isinstance(obj, nn.Module):
+        raise CheckpointError(f'checkpoint entry {where} is a module ({type(obj).__name__}); save its state_dict()')
+    if isinstance(obj, (torch.Tensor, str, int, float, bool, type(None))):
+        return obj
+    if isinstance(obj, dict):
+        return type(obj)((k, _plain(v, f'{where}.{k}')) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v, f'{where}[{i}]') for i, v in enumerate(obj))
+    if isinstance(obj, argparse.Namespace):
+        return _plain(vars(obj), where)
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, (set, frozenset)):
+        return [_plain(v, where) for v in obj]
+    raise CheckpointError(f'checkpoint entry {where} has type {type(obj).__name__}, which weights_only loading '
+                          'cannot read; store plain data')
+
+
+def save_checkpoint(ckpt: dict, path: str | Path) -> Path:
+    """Write ckpt atomically (temp file in the same directory, then os.replace); fills format/version/date."""
+    path = Path(path)
+    data = _plain(dict(ckpt), 'ckpt')
+    data.setdefault('format', FORMAT)
+    data.setdefault('format_version', FORMAT_VERSION)
+    data.setdefault('date', datetime.now().isoformat())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read one of our checkpoints, or an official YOLOv5 v6.x/v7.0 .pt converted to our format."""
+    path = Path(path)
+    obj = _torch_load(path)
+    if isinstance(obj, dict) and obj.get('format') == FORMAT:
+        if int(obj.get('format_version', 0)) > FORMAT_VERSION:
+            raise CheckpointError(f'{path}: format_version {obj["format_version"]} is newer than this code '
+                                  f'({FORMAT_VERSION})')
+        missing = [k for k in ('model', 'model_yaml') if obj.get(k) is None]
+        if missing:
+            raise CheckpointError(f'{path}: checkpoint lacks {", ".join(missing)}')
+        return obj
+    if isinstance(obj, dict) and isinstance(obj.get('ema') or obj.get('model'), _PickledModule):
+        return _convert_official(obj, path)
+    keys = list(obj)[:5] if isinstance(obj, dict) else type(obj).__name__
+    raise CheckpointError(f'{path}: not a {FORMAT} or YOLOv5 checkpoint (found {keys})')
+
+
+def _official_state(m: _PickledModule, path: Path) -> dict[str, torch.Tensor]:
+    try:
+        sd = m.state_dict()
+    except Exception as e:  # a damaged object graph
+        raise CheckpointError(f'{path}: cannot read the pickled YOLOv5 model ({_first_line(e)})') from None
+    return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+
+
+def _convert_official(obj: dict, path: Path) -> dict:
+    """An official YOLOv5 checkpoint dict (pickled models) -> our format (state dicts + yaml + names)."""
+    model = obj.get('model') if isinstance(obj.get('model'), _PickledModule) else obj['ema']
+    attrs = model.__dict__
+    cfg = attrs.get('yaml')
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f'{path}: the pickled YOLOv5 model has no yaml dict; cannot rebuild it')
+    names = attrs.get('names') or [str(i) for i in range(int(cfg.get('nc', 0)))]
+    if isinstance(names, (list, tuple)):
+        names = dict(enumerate(names))
+    ema = obj.get('ema')
+    return {
+        'format': FORMAT, 'format_version': FORMAT_VERSION, 'converted_from': 'yolov5',
+        'model': _official_state(model, path),
+        'ema': _official_state(ema, path) if isinstance(ema, _PickledModule) and ema is not model else None,
+        'updates': int(obj.get('updates') or 0), 'optimizer': None, 'model_yaml': dict(cfg),
+        'names': {int(k): str(v) for k, v in names.items()}, 'nc': int(cfg.get('nc', len(names))),
+        'epoch': int(obj['epoch']) if isinstance(obj.get('epoch'), int) else -1,
+        'best_fitness': 0.0, 'opt': {}, 'hyp': dict(attrs.get('hyp') or {}), 'date': str(obj.get('date') or ''),
+        'train_state': None,
+    }
+
+
+def _without_pretrained(cfg: dict) -> dict:
+    """The yaml with the backbone's pretrained path cleared: a checkpoint carries the weights already."""
+    cfg = dict(cfg)
+    rows = [list(r) for r in cfg.get('backbone', [])]
+    if rows and isinstance(rows[0], list) and len(rows[0]) == 4 and rows[0][3] and isinstance(rows[0][3][0], str) \
+            and rows[0][3][0] not in ('nc', 'anchors'):
+        rows[0][3] = ['', *rows[0][3][1:]]
+        cfg['backbone'] = rows
+    return cfg
+
+
+def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = 'checkpoint') -> None:
+    """Raise CheckpointError (one line) unless state_dict has exactly the model's keys and shapes."""
+    msd = model.state_dict()
+    missing = [k for k in msd if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in msd]
+    shapes = [k for k in msd if k in state_dict and tuple(state_dict[k].shape) != tuple(msd[k].shape)]
+    if missing or unexpected or shapes:
+        example = (shapes or missing or unexpected)[0]
+        raise CheckpointError(f'{source}: weights are for another architecture: {len(missing)} missing, '
+                              f'{len(unexpected)} unexpected and {len(shapes)} mis-shaped tensors (e.g. {example})')
+
+
+def model_from_checkpoint(ckpt: dict, prefer_ema: bool = True, source: str = 'checkpoint') -> DetectionModel:
+    """Build the checkpoint's model from its yaml and load its (EMA) weights; float32, eval mode, names set."""
+    state = ckpt.get('ema') if prefer_ema and ckpt.get('ema') else ckpt.get('model')
+    if not isinstance(state, dict) or not isinstance(ckpt.get('model_yaml'), dict):
+        raise CheckpointError(f'{source}: checkpoint has no model state dict and model_yaml')
+    try:
+        model = DetectionModel(_without_pretrained(ckpt['model_yaml']), nc=ckpt.get('nc'), verbose=False)
+    except ModelConfigError as e:
+        raise CheckpointError(f'{source}: cannot rebuild the model: {e}') from None
+    check_state_dict(model, state, source)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    names = ckpt.get('names') or {}
+    model.names = {int(k): str(v) for k, v in (names.items() if isinstance(names, dict) else enumerate(names))}
+    model.nc = len(model.names) or model.nc
+    if ckpt.get('hyp'):
+        model.hyp = dict(ckpt['hyp'])
+    return model.float().eval()
+
+
+def load_model(weights: str | Path, device: str | torch.device = 'cpu', fuse: bool = True) -> DetectionModel:
+    """A ready-to-run DetectionModel from our checkpoint or an official YOLOv5 .pt (BN fused by default)."""
+    ckpt = load_checkpoint(weights)
+    model = model_from_checkpoint(ckpt, source=str(weights))
+    if fuse:
+        model.fuse()
+    return model.to(device).eval()
+
+
+def transfer_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], exclude: tuple[str, ...] | list = (),
+                     source: str = 'weights') -> tuple[int, int]:
+    """Copy the tensors whose name and shape match (and whose name contains no exclude string); log the count."""
+    msd = model.state_dict()
+    csd = {k: v for k, v in state_dict.items()
+           if k in msd and not any(x in k for x in exclude) and tuple(v.shape) == tuple(msd[k].shape)}
+    model.load_state_dict(csd, strict=False)
+    LOGGER.info(f'Transferred {len(csd)}/{len(msd)} items from {source}')
+    return len(csd), len(msd)
+
+
+def strip_optimizer(path: str | Path, s: str | Path = '') -> Path:
+    """Keep only the model (the EMA weights when present, as fp16) for release; epoch becomes -1. Writes s or path."""
+    path = Path(path)
+    ckpt = load_checkpoint(path)
+    if ckpt.get('ema'):
+        ckpt['model'] = ckpt['ema']
+    ckpt['model'] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt['model'].items()}
+    for k in TRAINING_KEYS:
+        ckpt[k] = 0 if k == 'updates' else None
+    ckpt['epoch'] = -1
+    out = save_checkpoint(ckpt, s or path)
+    mb = out.stat().st_size / 1e6
+    LOGGER.info(f"Optimizer stripped from {path},{f' saved as {s},' if s else ''} {mb:.1f}MB")
+    return out
