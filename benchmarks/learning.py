@@ -1,0 +1,220 @@
+"""Learning benchmark: does training learn? EfficientViT-M0 and yolov5n trained under the same budget on shapes.
+
+Trains each model with train.run(...) on the embedded dataset (data/shapes.yaml, generated on first use) for the same
+epochs, image size and batch size, reads each run's results.csv and writes benchmarks/results/learning.md (mAP50 and
+mAP50-95 per epoch for every model, wall time, final and best numbers) and learning.png (mAP against epoch).
+This is a benchmark to run by hand (minutes to hours on CPU), not a test.
+
+Usage:
+    python benchmarks/learning.py                                 # defaults: 30 epochs, 256 px, batch 16
+    python benchmarks/learning.py --epochs 1 --imgsz 128 --batch-size 8 --out /tmp/learning   # smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))  # entry point: make the repository importable when run as a script
+
+MODELS = ['models/yolov5-efficientvit.yaml', 'models/yolov5n.yaml']
+MAP50, MAP = 'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95'
+
+
+class ResultsError(ValueError):
+    """A results.csv that is missing or lacks the mAP columns."""
+
+
+def read_results(file: str | Path) -> dict[str, list[float]]:
+    """results.csv (YOLOv5 layout: padded header names, one row per epoch) -> {stripped column: values}."""
+    file = Path(file)
+    if not file.is_file():
+        raise ResultsError(f'{file}: results.csv not found')
+    with file.open(newline='') as f:
+        rows = [[c.strip() for c in r] for r in csv.reader(f) if any(c.strip() for c in r)]
+    if not rows:
+        raise ResultsError(f'{file}: empty results.csv')
+    head = rows[0]
+    missing = [k for k in ('epoch', MAP50, MAP) if k not in head]
+    if missing:
+        raise ResultsError(f'{file}: results.csv lacks column(s) {missing}')
+    cols: dict[str, list[float]] = {k: [] for k in head}
+    for i, r in enumerate(rows[1:], 2):
+        if len(r) != len(head):
+            raise ResultsError(f'{file}: line {i} has {len(r)} values, header has {len(head)}')
+        try:
+            for k, v in zip(head, r):
+                cols[k].append(float(v))
+        except ValueError:
+            raise ResultsError(f'{file}: line {i} holds a non-number') from None
+    return cols
+
+
+def summary(res: dict[str, list[float]]) -> dict[str, float]:
+    """Final-epoch and best mAP50 / mAP50-95 (best by YOLOv5 fitness 0.1*mAP50 + 0.9*mAP50-95)."""
+    m50, m = res[MAP50], res[MAP]
+    if not m:
+        return {}
+    best = max(range(len(m)), key=lambda i: 0.1 * m50[i] + 0.9 * m[i])
+    return {'epochs': len(m), 'final_map50': m50[-1], 'final_map': m[-1], 'best_epoch': int(res['epoch'][best]),
+            'best_map50': m50[best], 'best_map': m[best]}
+
+
+def format_summary(runs: dict[str, dict]) -> str:
+    """Markdown table: one row per model with wall time and final/best numbers."""
+    lines = ['| Model | Epochs | Wall time | Final mAP50 | Final mAP50-95 | Best epoch | Best mAP50 | Best mAP50-95 |',
+             '|---|---:|---:|---:|---:|---:|---:|---:|']
+    for name, r in runs.items():
+        s = summary(r['results']) if 'results' in r else {}
+        if not s:
+            lines.append(f"| {name} | - | - | {r.get('error', 'no results')} | | | | |")
+            continue
+        lines.append(f"| {name} | {s['epochs']} | {fmt_time(r.get('wall_s'))} | {s['final_map50']:.3f} | "
+                     f"{s['final_map']:.3f} | {s['best_epoch']} | {s['best_map50']:.3f} | {s['best_map']:.3f} |")
+    return '\n'.join(lines)
+
+
+def fmt_time(s: float | None) -> str:
+    """Seconds as 'Xm Ys' (or '-')."""
+    if s is None:
+        return '-'
+    s = round(s)
+    return f'{s // 60}m {s % 60:02d}s'
+
+
+def format_epochs(runs: dict[str, dict]) -> str:
+    """Markdown table: per epoch, mAP50 and mAP50-95 of every model side by side."""
+    ok = {n: r['results'] for n, r in runs.items() if 'results' in r}
+    head = ['Epoch'] + [f'{n} {k}' for n in ok for k in ('mAP50', 'mAP50-95')]
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + '|'.join(['---:'] * len(head)) + '|']
+    epochs = sorted({int(e) for res in ok.values() for e in res['epoch']})
+    for e in epochs:
+        row = [str(e)]
+        for res in ok.values():
+            idx = [i for i, x in enumerate(res['epoch']) if int(x) == e]
+            row += [f'{res[MAP50][idx[-1]]:.3f}', f'{res[MAP][idx[-1]]:.3f}'] if idx else ['-', '-']
+        lines.append('| ' + ' | '.join(row) + ' |')
+    return '\n'.join(lines)
+
+
+def format_report(runs: dict[str, dict], opts: dict) -> str:
+    """learning.md: setup, summary table, per-epoch table."""
+    return '\n'.join([
+        '# Learning benchmark', '',
+        f"Measured {opts.get('date', '')} on {opts.get('machine', '')}. Same budget for every model: "
+        f"{opts.get('epochs')} epochs, {opts.get('imgsz')} px, batch {opts.get('batch_size')}, "
+        f"data `{opts.get('data')}`, hyp `{opts.get('hyp') or 'train.py default'}`, from scratch.", '',
+        f"Command: `{opts.get('command', '')}`", '',
+        format_summary(runs), '',
+        'mAP is measured by the per-epoch validation of the training run (EMA weights, val split). '
+        'Best = highest YOLOv5 fitness (0.1 mAP50 + 0.9 mAP50-95).', '',
+        '## Per epoch', '', format_epochs(runs), ''])
+
+
+def plot_learning(runs: dict[str, dict], file: str | Path) -> Path | None:
+    """mAP50 (solid) and mAP50-95 (dashed) against epoch for every model; None when there is nothing to plot."""
+    from matplotlib.figure import Figure
+
+    ok = {n: r['results'] for n, r in runs.items() if r.get('results') and r['results']['epoch']}
+    if not ok:
+        return None
+    fig = Figure(figsize=(8, 5), tight_layout=True)
+    ax = fig.add_subplot()
+    for i, (n, res) in enumerate(ok.items()):
+        c = f'C{i}'
+        ax.plot(res['epoch'], res[MAP50], '-', color=c, marker='.', label=f'{n} mAP50')
+        ax.plot(res['epoch'], res[MAP], '--', color=c, marker='.', label=f'{n} mAP50-95')
+    ax.set_xlabel('epoch')
+    ax.set_ylabel('mAP (val)')
+    ax.set_ylim(0, 1)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    ax.set_title('Learning curves under the same budget')
+    fig.savefig(file, dpi=120)
+    return Path(file)
+
+
+def train_one(cfg: str, epochs: int, imgsz: int, batch_size: int, data: str, project: Path, **extra) -> dict:
+    """train.run(...) for one model; returns {'run_dir', 'wall_s', 'results'} or {'error'} when training failed."""
+    import train
+
+    name = Path(cfg).stem
+    t0 = time.time()
+    try:
+        run_dir = train.run(cfg=cfg, data=data, epochs=epochs, imgsz=imgsz, batch_size=batch_size,
+                            project=str(project), name=name, **extra)
+        wall = time.time() - t0
+        return {'run_dir': str(run_dir), 'wall_s': wall, 'results': read_results(Path(run_dir) / 'results.csv')}
+    except Exception as e:  # report the failure of one model and still train the others
+        msg = ' '.join(str(e).split())[:120]
+        return {'error': f'error: {type(e).__name__}: {msg}'.replace('|', '/'), 'wall_s': time.time() - t0}
+
+
+def machine() -> str:
+    """CPU model and core count, for the report."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.lower().startswith('model name'):
+                cpu = line.split(':', 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f'{cpu} ({os.cpu_count()} logical CPUs)'
+
+
+def run(models: list[str] | None = None, epochs: int = 30, imgsz: int = 256, batch_size: int = 16,
+        data: str = str(ROOT / 'data/shapes.yaml'), hyp: str = '', device: str = '', workers: int = 2,
+        project: str | Path = ROOT / 'runs/learning', out: str | Path = ROOT / 'benchmarks/results',
+        command: str = '') -> dict[str, dict]:
+    """Train every model under the same budget and write learning.md / learning.png into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    extra = {'device': device, 'workers': workers}
+    if hyp:
+        extra['hyp'] = hyp
+    opts = {'epochs': epochs, 'imgsz': imgsz, 'batch_size': batch_size, 'data': data, 'hyp': hyp,
+            'command': command or 'benchmarks.learning.run()', 'machine': machine(),
+            'date': datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}
+    runs: dict[str, dict] = {}
+    for cfg in models or MODELS:
+        cfg_path = cfg if Path(cfg).is_absolute() else str(ROOT / cfg)
+        runs[Path(cfg).stem] = train_one(cfg_path, epochs, imgsz, batch_size, data, Path(project), **extra)
+        (out / 'learning.md').write_text(format_report(runs, opts))  # after every model: partial runs leave a report
+        plot_learning(runs, out / 'learning.png')
+    return runs
+
+
+def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--models', nargs='+', default=MODELS, help='model YAMLs trained under the same budget')
+    p.add_argument('--epochs', type=int, default=30)
+    p.add_argument('--imgsz', '--img', type=int, default=256)
+    p.add_argument('--batch-size', type=int, default=16)
+    p.add_argument('--data', default=str(ROOT / 'data/shapes.yaml'))
+    p.add_argument('--hyp', default='', help="hyperparameter YAML ('' = train.py's default)")
+    p.add_argument('--device', default='', help="'' (GPU if any), 'cpu', '0', ...")
+    p.add_argument('--workers', type=int, default=2)
+    p.add_argument('--project', default=str(ROOT / 'runs/learning'), help='where the training runs go')
+    p.add_argument('--out', default=str(ROOT / 'benchmarks/results'), help='where learning.md/.png go')
+    return p.parse_args(argv)
+
+
+def main(opt: argparse.Namespace) -> dict[str, dict]:
+    command = ('python benchmarks/learning.py ' + ' '.join(sys.argv[1:])).strip()
+    runs = run(models=opt.models, epochs=opt.epochs, imgsz=opt.imgsz, batch_size=opt.batch_size, data=opt.data,
+               hyp=opt.hyp, device=opt.device, workers=opt.workers, project=opt.project, out=opt.out,
+               command=command)
+    print((Path(opt.out) / 'learning.md').read_text())
+    return runs
+
+
+if __name__ == '__main__':
+    main(parse_opt())

@@ -1,0 +1,510 @@
+"""Speed benchmark: parameters, GFLOPs and latency of every model YAML, plus the images/s of one training step.
+
+Columns (each a median of ``--runs`` timed runs after ``--warmup`` untimed ones, the models interleaved run by run so
+that a change of machine load hits all of them alike): PyTorch eager, BN-fused, fp32 under ``torch.inference_mode``
+on CPU at each ``--batch-sizes``; ONNX Runtime (CPU provider) at batch 1; fp16 on a CUDA GPU at ``--gpu-batch-sizes``
+when one is present ("no GPU" otherwise); and one SGD training step (forward + ComputeLoss + backward + step) on CPU
+with random images and targets. Every timing also appears as a ratio to yolov5n measured in the same run, which is the
+number to compare: absolute milliseconds on a shared machine swing by tens of percent from run to run.
+
+A model or backend that fails is reported in its cell as "error: <reason>"; the others are still measured.
+
+Usage:
+    python benchmarks/speed.py                                   # every model, writes benchmarks/results/speed.*
+    python benchmarks/speed.py --models yolov5n yolov5-efficientvit --runs 5 --no-train
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))  # entry point: make the repository importable when run as a script
+
+MODELS = ['yolov5n', 'yolov5s', 'yolov5m', 'yolov5l', 'yolov5x', 'yolov5-efficientvit'] + [
+    f'yolov5-efficientvit-m{i}' for i in range(1, 6)]
+BASELINE = 'yolov5n'
+HYP = ROOT / 'data/hyps/hyp.scratch-low.yaml'
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Results: one cell per (model, column), either timing samples in ms or an error/absence text
+# ----------------------------------------------------------------------------------------------------------------
+def short_error(e: BaseException, n: int = 60) -> str:
+    """'error: <Type>: <first line>' cut to n characters, safe inside a Markdown table cell."""
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ''
+    text = f'{type(e).__name__}: {msg}' if msg else type(e).__name__
+    text = text.replace('|', '/')
+    return 'error: ' + (text if len(text) <= n else text[:n - 3] + '...')
+
+
+def model_path(name: str) -> Path:
+    """A model name ('yolov5n') or YAML path -> the YAML path (relative names resolve under ROOT/models)."""
+    p = Path(name)
+    if p.suffix in ('.yaml', '.yml'):
+        return p if p.is_absolute() or p.exists() else ROOT / p
+    return ROOT / 'models' / f'{name}.yaml'
+
+
+def model_label(name: str) -> str:
+    """Row label: the YAML stem."""
+    return Path(name).stem
+
+
+def short_label(name: str) -> str:
+    """Plot label: 'yolov5-efficientvit' -> 'EffViT-M0', 'yolov5-efficientvit-m3' -> 'EffViT-M3', else the stem."""
+    stem = model_label(name)
+    if stem.startswith('yolov5-efficientvit'):
+        return 'EffViT-' + (stem.rsplit('-', 1)[1].upper() if stem.count('-') == 2 else 'M0')
+    return stem
+
+
+def interleaved(tasks: dict[str, Callable[[], None]], runs: int, warmup: int = 1,
+                sync: Callable[[], None] | None = None) -> dict[str, list[float] | str]:
+    """Time every task once per round, rounds alternating direction; return ms samples per task or an error text.
+
+    Interleaving spreads slow drifts of machine load over all tasks instead of over the last ones measured.
+    """
+    out: dict[str, list[float] | str] = {k: [] for k in tasks}
+    live = list(tasks)
+    for r in range(warmup + runs):
+        for name in (live if r % 2 == 0 else live[::-1]):
+            try:
+                t0 = time.perf_counter()
+                tasks[name]()
+                if sync is not None:
+                    sync()
+                dt = (time.perf_counter() - t0) * 1000
+            except Exception as e:  # one failing model must not stop the others
+                out[name] = short_error(e)
+                continue
+            if r >= warmup:
+                out[name].append(dt)
+        live = [k for k in live if isinstance(out[k], list)]
+    return out
+
+
+def median(cell: list[float] | str | None) -> float | None:
+    """Median of the samples, or None for an error/absent cell."""
+    return statistics.median(cell) if isinstance(cell, list) and cell else None
+
+
+def spread(cell: list[float] | str | None) -> float | None:
+    """(max - min) / median of the samples: how noisy this cell was."""
+    m = median(cell)
+    return (max(cell) - min(cell)) / m if m else None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models and the things timed
+# ----------------------------------------------------------------------------------------------------------------
+def build_models(names: list[str], imgsz: int) -> tuple[dict, dict]:
+    """Build every model once: returns ({name: model or error text}, {name: {'params': int, 'gflops': float}})."""
+    from models.yolo import DetectionModel
+    from utils.torch_utils import flops
+
+    models, info = {}, {}
+    for name in names:
+        try:
+            path = model_path(name)
+            if not path.is_file():
+                raise FileNotFoundError(f'no {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}')
+            m = DetectionModel(path, verbose=False)
+            models[name] = m
+            info[name] = {'params': sum(p.numel() for p in m.parameters()), 'gflops': flops(m, imgsz)}
+        except Exception as e:
+            models[name] = short_error(e)
+            info[name] = {}
+        print(f'built {name}: {info[name] or models[name]}', flush=True)
+    return models, info
+
+
+def fused_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """An eval-mode, BN-fused copy without gradients, whose Detect returns only the decoded tensor."""
+    from models.yolo import Detect
+
+    m = copy.deepcopy(model).eval()
+    m.fuse()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    for d in m.modules():
+        if isinstance(d, Detect):
+            d.export = True
+    return m
+
+
+def eager_task(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    """One inference-mode forward of x."""
+    def fn() -> None:
+        with torch.inference_mode():
+            model(x)
+    return fn
+
+
+def export_onnx_file(model: torch.nn.Module, im: torch.Tensor, file: Path, opset: int = 17) -> Path:
+    """ONNX of the fused export-mode model through export.py's exporter (plain torch.onnx.export if unavailable)."""
+    try:
+        from export import export_onnx
+    except ImportError:
+        export_onnx = None
+    if export_onnx is not None:
+        return export_onnx(model, im, file, {'stride': int(model.stride.max())}, opset, False, False)
+    torch.onnx.export(model, im, str(file), opset_version=opset, input_names=['images'], output_names=['output0'],
+                      dynamo=False)
+    return file
+
+
+def ort_task(model: torch.nn.Module, x: torch.Tensor, tmp: Path, name: str, threads: int) -> Callable[[], None]:
+    """Export to ONNX, open a CPU ONNX Runtime session, return one run of x."""
+    import onnxruntime as ort
+
+    f = export_onnx_file(model, x, tmp / f'{name}.onnx')
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    sess = ort.InferenceSession(str(f), so, providers=['CPUExecutionProvider'])
+    feed = {sess.get_inputs()[0].name: x.numpy()}
+    return lambda: sess.run(None, feed)
+
+
+def random_targets(batch: int, nc: int, per_image: int = 4, seed: int = 0) -> torch.Tensor:
+    """(batch*per_image, 6) targets [image, class, cx, cy, w, h], normalised, boxes inside the image."""
+    g = torch.Generator().manual_seed(seed)
+    n = batch * per_image
+    wh = torch.rand(n, 2, generator=g) * 0.45 + 0.05
+    cxy = wh / 2 + torch.rand(n, 2, generator=g) * (1 - wh)
+    img = torch.arange(batch).repeat_interleave(per_image).float()[:, None]
+    cls = torch.randint(0, nc, (n, 1), generator=g).float()
+    return torch.cat((img, cls, cxy, wh), 1)
+
+
+def train_task(model: torch.nn.Module, batch: int, imgsz: int, hyp: dict) -> Callable[[], None]:
+    """One optimizer step on random data: zero_grad, forward, ComputeLoss, backward, SGD step (YOLOv5's SGD)."""
+    from utils.loss import ComputeLoss
+
+    model.train()
+    model.hyp = dict(hyp)
+    loss_fn = ComputeLoss(model)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=hyp.get('lr0', 0.01),
+                          momentum=hyp.get('momentum', 0.937), nesterov=True)
+    x = torch.rand(batch, 3, imgsz, imgsz)
+    targets = random_targets(batch, int(model.nc))
+
+    def fn() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss, _ = loss_fn(model(x), targets)
+        loss.backward()
+        opt.step()
+    return fn
+
+
+def load_hyp() -> dict:
+    """The default training hyperparameters (hyp.scratch-low.yaml), or YOLOv5's loss gains if it cannot be read."""
+    try:
+        from utils.dataset_config import load_hyp as _load
+        return _load(HYP)
+    except Exception:
+        return {'lr0': 0.01, 'momentum': 0.937, 'box': 0.05, 'cls': 0.5, 'cls_pw': 1.0, 'obj': 1.0, 'obj_pw': 1.0,
+                'anchor_t': 4.0, 'fl_gamma': 0.0, 'label_smoothing': 0.0}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stages: each returns {column key: {model name: ms samples or text}}
+# ----------------------------------------------------------------------------------------------------------------
+def bench(models: dict, make: Callable[[str, torch.nn.Module], Callable[[], None]], runs: int, warmup: int,
+          sync: Callable[[], None] | None = None) -> dict[str, list[float] | str]:
+    """Set up one task per usable model (a failing setup becomes that model's error), then time them interleaved."""
+    cells: dict[str, list[float] | str] = {}
+    tasks = {}
+    for name, m in models.items():
+        if isinstance(m, str):
+            cells[name] = m
+            continue
+        try:
+            tasks[name] = make(name, m)
+        except Exception as e:
+            cells[name] = short_error(e)
+    cells.update(interleaved(tasks, runs, warmup, sync))
+    return {name: cells[name] for name in models}
+
+
+def column(key: str, title: str, batch: int, unit: str = 'ms') -> dict:
+    """A table column: key in the results, header title, batch size, unit ('ms' latency or 'img/s' throughput)."""
+    return {'key': key, 'title': title, 'batch': batch, 'unit': unit}
+
+
+def plan_columns(batch_sizes: list[int], gpu_batch_sizes: list[int], onnx: bool, train: bool,
+                 train_batch: int) -> list[dict]:
+    """The table's timing columns in order."""
+    cols = [column(f'cpu_b{b}', f'CPU eager b{b} ms', b) for b in batch_sizes]
+    if onnx:
+        cols.append(column('ort_b1', 'ORT CPU b1 ms', 1))
+    cols += [column(f'gpu_b{b}', f'GPU fp16 b{b} ms', b) for b in gpu_batch_sizes]
+    if train:
+        cols.append(column(f'train_b{train_batch}', f'Train step b{train_batch} img/s', train_batch, 'img/s'))
+    return cols
+
+
+def stage_cpu(fused: dict, batch_sizes: list[int], imgsz: int, runs: int, warmup: int) -> dict:
+    """PyTorch eager fp32 latency on CPU at each batch size."""
+    res = {}
+    for b in batch_sizes:
+        x = torch.rand(b, 3, imgsz, imgsz)
+        print(f'CPU eager batch {b} ...', flush=True)
+        res[f'cpu_b{b}'] = bench(fused, lambda _n, m, x=x: eager_task(m, x), runs, warmup)
+    return res
+
+
+def stage_onnx(fused: dict, imgsz: int, runs: int, warmup: int, threads: int) -> dict:
+    """ONNX Runtime CPU latency at batch 1 (exported from the fused models into a temporary directory)."""
+    x = torch.rand(1, 3, imgsz, imgsz)
+    print('ONNX Runtime CPU batch 1 ...', flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        return {'ort_b1': bench(fused, lambda n, m: ort_task(m, x, Path(tmp), n, threads), runs, warmup)}
+
+
+def stage_gpu(fused: dict, batch_sizes: list[int], imgsz: int, runs: int, warmup: int) -> dict:
+    """fp16 CUDA latency at each batch size, or 'no GPU' cells."""
+    if not torch.cuda.is_available():
+        return {f'gpu_b{b}': dict.fromkeys(fused, 'no GPU') for b in batch_sizes}
+    res = {}
+    on_gpu = {n: m if isinstance(m, str) else copy.deepcopy(m).cuda().half() for n, m in fused.items()}
+    for b in batch_sizes:
+        x = torch.rand(b, 3, imgsz, imgsz, device='cuda').half()
+        print(f'GPU fp16 batch {b} ...', flush=True)
+        res[f'gpu_b{b}'] = bench(on_gpu, lambda _n, m, x=x: eager_task(m, x), runs, max(warmup, 3),
+                                 torch.cuda.synchronize)
+    del on_gpu
+    torch.cuda.empty_cache()
+    return res
+
+
+def stage_train(models: dict, batch: int, imgsz: int, runs: int, warmup: int) -> dict:
+    """Milliseconds of one CPU training step (reported as images/s)."""
+    hyp = load_hyp()
+    print(f'training step batch {batch} ...', flush=True)
+    return {f'train_b{batch}': bench(models, lambda _n, m: train_task(m, batch, imgsz, hyp), runs, warmup)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Report: Markdown table, plot, JSON
+# ----------------------------------------------------------------------------------------------------------------
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else platform.processor()."""
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.lower().startswith('model name'):
+                return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def system_info(threads: int) -> dict:
+    """What the numbers were measured on."""
+    try:
+        import onnxruntime
+        ort_version = onnxruntime.__version__
+    except ImportError:
+        ort_version = 'not installed'
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'
+    return {'date': datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC'), 'cpu': cpu_name(),
+            'logical_cpus': os.cpu_count(), 'threads': threads, 'torch': torch.__version__,
+            'onnxruntime': ort_version, 'python': platform.python_version(), 'gpu': gpu,
+            'loadavg_start': list(os.getloadavg()) if hasattr(os, 'getloadavg') else None}
+
+
+def format_cell(cell: list[float] | str | None, base: list[float] | str | None, col: dict) -> str:
+    """'value (ratio×)': latency in ms or throughput in img/s; ratio = time / baseline time (lower is faster)."""
+    if cell is None:
+        return 'not run'
+    if isinstance(cell, str):
+        return cell
+    m, b = median(cell), median(base)
+    value = col['batch'] * 1000 / m if col['unit'] == 'img/s' else m
+    text = f'{value:.1f}' if value < 1000 else f'{value:.0f}'
+    return f'{text} ({m / b:.2f}×)' if b else text
+
+
+def format_table(names: list[str], info: dict, cells: dict, columns: list[dict], imgsz: int,
+                 baseline: str = BASELINE) -> str:
+    """The Markdown table: one row per model, one column per measurement, ratios against the baseline row."""
+    head = ['Model', 'Params (M)', f'GFLOPs@{imgsz}'] + [c['title'] for c in columns]
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + '|'.join(['---'] + ['---:'] * (len(head) - 1)) + '|']
+    for n in names:
+        i = info.get(n) or {}
+        row = [model_label(n), f"{i['params'] / 1e6:.2f}" if 'params' in i else '-',
+               f"{i['gflops']:.3g}" if i.get('gflops') else '-']
+        for c in columns:
+            col = cells.get(c['key'], {})
+            text = format_cell(col.get(n), col.get(baseline), c)
+            row.append('(same)' if text.startswith('error') and text in row else text)
+        lines.append('| ' + ' | '.join(row) + ' |')
+    return '\n'.join(lines)
+
+
+def noise_line(cells: dict, columns: list[dict]) -> str:
+    """Per column, the median over models of (max - min) / median of the timed runs."""
+    parts = []
+    for c in columns:
+        s = [v for v in (spread(x) for x in cells.get(c['key'], {}).values()) if v is not None]
+        if s:
+            parts.append(f"{c['title'].rsplit(' ', 1)[0]} {100 * statistics.median(s):.0f} %")
+    return ', '.join(parts) if parts else 'n/a'
+
+
+def format_report(names: list[str], info: dict, cells: dict, columns: list[dict], sysinfo: dict, args: dict) -> str:
+    """speed.md: how it was measured, the table, how to read it."""
+    base = BASELINE if BASELINE in names else None
+    lines = ['# Speed benchmark', '',
+             f"Measured {sysinfo['date']} on {sysinfo['cpu']} ({sysinfo['logical_cpus']} logical CPUs), "
+             f"{sysinfo['threads']} torch/ORT threads, torch {sysinfo['torch']}, onnxruntime "
+             f"{sysinfo['onnxruntime']}, Python {sysinfo['python']}, GPU: {sysinfo['gpu']}.", '',
+             f"Command: `{args['command']}`", '',
+             format_table(names, info, cells, columns, args['imgsz'], base or ''), '',
+             f"Input {args['imgsz']}x{args['imgsz']}, random data. Latency: median of {args['runs']} timed runs "
+             f"after {args['warmup']} warm-up run(s), models interleaved run by run; PyTorch columns are the BN-fused "
+             f"fp32 model under torch.inference_mode, ms per batch. ONNX Runtime: the same fused model exported "
+             f"(decoded output, no NMS), CPUExecutionProvider. Train step: forward + ComputeLoss + backward + SGD "
+             f"step on random targets (median of {args['train_runs']} runs), shown as images/s.",
+             f"(n.nn×) is the time relative to {base} in the same run (lower is faster; for the train column the "
+             f"ratio of step times)." if base else 'No yolov5n row: no ratios.',
+             f"Run-to-run spread (max-min)/median, median over models: {noise_line(cells, columns)}. "
+             f"Load average at start {_load(sysinfo.get('loadavg_start'))}, end {_load(sysinfo.get('loadavg_end'))}"
+             ' (other processes share the CPU): compare ratios, not absolute ms across runs.']
+    return '\n'.join(lines) + '\n'
+
+
+def _load(la: list[float] | None) -> str:
+    return '/'.join(f'{x:.1f}' for x in la) if la else 'n/a'
+
+
+def plot_speed(names: list[str], info: dict, cells: dict, key: str, file: Path, title: str) -> Path | None:
+    """Latency (column ``key``) against parameters, one labelled point per model; None when nothing to plot."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import ScalarFormatter
+
+    pts = [(n, info[n]['params'] / 1e6, median(cells.get(key, {}).get(n))) for n in names if info.get(n)]
+    pts = [p for p in pts if p[2] is not None]
+    if not pts:
+        return None
+    fig = Figure(figsize=(8, 5.5), tight_layout=True)
+    ax = fig.add_subplot()
+    for n, p, t in pts:
+        evit = 'efficientvit' in n
+        ax.scatter(p, t, marker='o' if evit else 's', color='tab:orange' if evit else 'tab:blue', s=40)
+        ax.annotate(short_label(n), (p, t), textcoords='offset points', xytext=(5, 4), fontsize=8)
+    ax.scatter([], [], marker='s', color='tab:blue', label='YOLOv5 (CSP-Darknet)')
+    ax.scatter([], [], marker='o', color='tab:orange', label='YOLOv5 + EfficientViT backbone')
+    ax.set_xscale('log')
+    ax.set_yscale('log')
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(ScalarFormatter())
+    ax.margins(0.15)
+    ax.set_xlabel('parameters (M)')
+    ax.set_ylabel(f'{title} (median)')
+    ax.set_title(f'Latency vs size: {title}')
+    ax.grid(True, which='both', alpha=0.3)
+    ax.legend(loc='upper left')
+    fig.savefig(file, dpi=120)
+    return file
+
+
+def write_results(out: Path, names: list[str], info: dict, cells: dict, columns: list[dict], sysinfo: dict,
+                  args: dict) -> None:
+    """Write speed.md, speed.json and speed.png into out (called after every stage, so partial runs leave files)."""
+    out.mkdir(parents=True, exist_ok=True)
+    sysinfo = {**sysinfo, 'loadavg_end': list(os.getloadavg()) if hasattr(os, 'getloadavg') else None}
+    (out / 'speed.md').write_text(format_report(names, info, cells, columns, sysinfo, args))
+    data = {'system': sysinfo, 'args': args, 'columns': columns, 'info': info, 'cells': cells}
+    (out / 'speed.json').write_text(json.dumps(data, indent=1))
+    first = columns[0] if columns else None
+    if first:
+        plot_speed(names, info, cells, first['key'], out / 'speed.png', first['title'])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Entry points
+# ----------------------------------------------------------------------------------------------------------------
+def run(models: list[str] | None = None, imgsz: int = 640, runs: int = 5, warmup: int = 1,
+        batch_sizes: list[int] | tuple = (1, 8), gpu_batch_sizes: list[int] | tuple = (1, 32), onnx: bool = True,
+        train: bool = True, train_batch: int = 8, train_runs: int = 3, threads: int = 0,
+        out: str | Path = ROOT / 'benchmarks/results', command: str = '') -> dict:
+    """Measure every model and write the report into ``out``; returns {'info', 'cells', 'columns', 'system'}."""
+    names = list(models or MODELS)
+    if threads:
+        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    columns = plan_columns(list(batch_sizes), list(gpu_batch_sizes), onnx, train, train_batch)
+    args = {'imgsz': imgsz, 'runs': runs, 'warmup': warmup, 'train_runs': train_runs,
+            'command': command or 'benchmarks.speed.run()'}
+    sysinfo = system_info(threads)
+    built, info = build_models(names, imgsz)
+    cells: dict = {}
+
+    def save() -> None:
+        write_results(Path(out), names, info, cells, columns, sysinfo, args)
+
+    fused = {n: m if isinstance(m, str) else _safe(fused_copy, m) for n, m in built.items()}
+    cells.update(stage_cpu(fused, list(batch_sizes), imgsz, runs, warmup))
+    save()
+    if onnx:
+        cells.update(stage_onnx(fused, imgsz, runs, warmup, threads))
+        save()
+    cells.update(stage_gpu(fused, list(gpu_batch_sizes), imgsz, runs, warmup))
+    del fused
+    if train:
+        cells.update(stage_train(built, train_batch, imgsz, train_runs, warmup))
+    save()
+    return {'info': info, 'cells': cells, 'columns': columns, 'system': sysinfo}
+
+
+def _safe(fn: Callable, *a: object) -> object:
+    """fn(*a), or the short error text when it raises."""
+    try:
+        return fn(*a)
+    except Exception as e:
+        return short_error(e)
+
+
+def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--models', nargs='+', default=None, help=f'model names or YAML paths (default: all of {MODELS})')
+    p.add_argument('--imgsz', type=int, default=640, help='square input size (pixels)')
+    p.add_argument('--runs', type=int, default=5, help='timed runs per cell (median reported)')
+    p.add_argument('--warmup', type=int, default=1, help='untimed runs before timing')
+    p.add_argument('--batch-sizes', nargs='+', type=int, default=[1, 8], help='CPU eager batch sizes')
+    p.add_argument('--gpu-batch-sizes', nargs='+', type=int, default=[1, 32], help='GPU fp16 batch sizes')
+    p.add_argument('--no-onnx', action='store_true', help='skip the ONNX Runtime column')
+    p.add_argument('--no-train', action='store_true', help='skip the training-step column')
+    p.add_argument('--train-batch', type=int, default=8, help='training-step batch size')
+    p.add_argument('--train-runs', type=int, default=3, help='timed training steps per model')
+    p.add_argument('--threads', type=int, default=0, help='torch/ORT threads (0: torch default)')
+    p.add_argument('--out', type=str, default=str(ROOT / 'benchmarks/results'), help='output directory')
+    return p.parse_args(argv)
+
+
+def main(opt: argparse.Namespace) -> dict:
+    command = 'python benchmarks/speed.py ' + ' '.join(sys.argv[1:])
+    res = run(models=opt.models, imgsz=opt.imgsz, runs=opt.runs, warmup=opt.warmup, batch_sizes=opt.batch_sizes,
+              gpu_batch_sizes=opt.gpu_batch_sizes, onnx=not opt.no_onnx, train=not opt.no_train,
+              train_batch=opt.train_batch, train_runs=opt.train_runs, threads=opt.threads, out=opt.out,
+              command=command.strip())
+    print((Path(opt.out) / 'speed.md').read_text())
+    return res
+
+
+if __name__ == '__main__':
+    main(parse_opt())

@@ -1,0 +1,179 @@
+"""Smoke tests of benchmarks/speed.py and benchmarks/learning.py on tiny configs (no timing asserts)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchmarks import learning, speed
+
+# ----------------------------------------------------------------------------------------------------------------
+# speed.py
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_short_error_is_one_table_safe_line():
+    e = ValueError('bad | thing\nsecond line')
+    assert speed.short_error(e) == 'error: ValueError: bad / thing'
+    long = speed.short_error(RuntimeError('x' * 200), n=30)
+    assert long.startswith('error: RuntimeError: xx') and long.endswith('...') and len(long) == len('error: ') + 30
+
+
+def test_interleaved_counts_runs_and_isolates_a_failure():
+    calls = []
+
+    def ok():
+        calls.append('ok')
+
+    def bad():
+        calls.append('bad')
+        raise RuntimeError('boom')
+
+    res = speed.interleaved({'a': ok, 'b': bad}, runs=3, warmup=2)
+    assert len(res['a']) == 3 and all(t >= 0 for t in res['a'])  # warm-up runs are not kept
+    assert res['b'] == 'error: RuntimeError: boom'
+    assert calls.count('ok') == 5 and calls.count('bad') == 1  # a failed task is not retried
+
+
+def test_median_and_spread():
+    assert speed.median([3.0, 1.0, 2.0]) == 2.0
+    assert speed.spread([1.0, 2.0, 3.0]) == pytest.approx(1.0)
+    assert speed.median('error: x') is None and speed.spread(None) is None
+
+
+def test_model_path_and_labels(root):
+    assert speed.model_path('yolov5n') == root / 'models/yolov5n.yaml'
+    assert speed.short_label('yolov5-efficientvit') == 'EffViT-M0'
+    assert speed.short_label('models/yolov5-efficientvit-m5.yaml') == 'EffViT-M5'
+    assert speed.short_label('yolov5x') == 'yolov5x'
+
+
+def test_format_table_ratios_errors_and_throughput():
+    cols = speed.plan_columns([1], [1], onnx=False, train=True, train_batch=8)
+    assert [c['key'] for c in cols] == ['cpu_b1', 'gpu_b1', 'train_b8']
+    info = {'yolov5n': {'params': 1_872_157, 'gflops': 4.468}, 'big': {'params': 7_000_000, 'gflops': 16.49},
+            'broken': {}}
+    cells = {'cpu_b1': {'yolov5n': [50.0, 60.0, 40.0], 'big': [100.0], 'broken': 'error: KeyError: x'},
+             'gpu_b1': dict.fromkeys(info, 'no GPU'),
+             'train_b8': {'yolov5n': [800.0], 'big': [1600.0], 'broken': 'error: KeyError: x'}}
+    lines = speed.format_table(list(info), info, cells, cols, 640).splitlines()
+    assert lines[0] == ('| Model | Params (M) | GFLOPs@640 | CPU eager b1 ms | GPU fp16 b1 ms | '
+                        'Train step b8 img/s |')
+    assert lines[2] == '| yolov5n | 1.87 | 4.47 | 50.0 (1.00×) | no GPU | 10.0 (1.00×) |'
+    assert lines[3] == '| big | 7.00 | 16.5 | 100.0 (2.00×) | no GPU | 5.0 (2.00×) |'
+    assert lines[4] == '| broken | - | - | error: KeyError: x | no GPU | (same) |'
+
+
+def test_format_cell_without_baseline():
+    col = speed.column('cpu_b8', 'CPU eager b8 ms', 8)
+    assert speed.format_cell([1234.4], None, col) == '1234'
+    assert speed.format_cell(None, None, col) == 'not run'
+
+
+def test_random_targets_are_valid():
+    t = speed.random_targets(3, nc=5, per_image=4)
+    assert t.shape == (12, 6)
+    assert t[:, 0].tolist() == [0.0] * 4 + [1.0] * 4 + [2.0] * 4
+    assert ((t[:, 1] >= 0) & (t[:, 1] < 5)).all()
+    x0, x1 = t[:, 2] - t[:, 4] / 2, t[:, 2] + t[:, 4] / 2
+    assert (x0 >= 0).all() and (x1 <= 1 + 1e-6).all()
+
+
+@pytest.mark.slow
+def test_speed_run_tiny(tmp_path):
+    """yolov5n at 64 px, one run of every backend, plus a missing YAML reported in its row, not raised."""
+    res = speed.run(models=['yolov5n', 'models/missing.yaml'], imgsz=64, runs=1, warmup=0, batch_sizes=[1],
+                    gpu_batch_sizes=[1], onnx=True, train=True, train_batch=2, train_runs=1, out=tmp_path)
+    assert res['info']['yolov5n']['params'] == 1_872_157
+    assert 0.01 < res['info']['yolov5n']['gflops'] < 0.1  # 4.47 GFLOPs at 640 -> /100 at 64
+    for key in ('cpu_b1', 'ort_b1', 'train_b2'):
+        assert len(res['cells'][key]['yolov5n']) == 1, key
+        assert res['cells'][key]['models/missing.yaml'].startswith('error: FileNotFoundError'), key
+    md = (tmp_path / 'speed.md').read_text()
+    assert '| yolov5n | 1.87 |' in md and '(1.00×)' in md and '| missing | - | - | error: FileNotFoundError' in md
+    assert (tmp_path / 'speed.png').stat().st_size > 1000
+    assert (tmp_path / 'speed.json').is_file()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# learning.py
+# ----------------------------------------------------------------------------------------------------------------
+KEYS = ['epoch', 'train/box_loss', 'train/obj_loss', 'train/cls_loss', 'metrics/precision', 'metrics/recall',
+        'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95', 'val/box_loss', 'val/obj_loss', 'val/cls_loss', 'x/lr0', 'x/lr1',
+        'x/lr2']
+
+
+def fake_results(file: Path, map50: list[float], mapx: list[float]) -> Path:
+    """A results.csv in YOLOv5's padded layout."""
+    lines = [','.join(f'{k:>20s}' for k in KEYS)]
+    for e, (a, b) in enumerate(zip(map50, mapx)):
+        vals = [e, 0.1, 0.05, 0.02, 0.5, 0.5, a, b, 0.1, 0.05, 0.02, 0.01, 0.01, 0.01]
+        lines.append(','.join(f'{v:20.5g}' for v in vals))
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text('\n'.join(lines) + '\n')
+    return file
+
+
+def test_read_results_and_summary(tmp_path):
+    f = fake_results(tmp_path / 'results.csv', [0.1, 0.6, 0.5], [0.05, 0.3, 0.35])
+    res = learning.read_results(f)
+    assert res['epoch'] == [0.0, 1.0, 2.0] and res['metrics/mAP_0.5'] == [0.1, 0.6, 0.5]
+    s = learning.summary(res)
+    # fitness: epoch 1 = 0.06 + 0.27 = 0.33, epoch 2 = 0.05 + 0.315 = 0.365 -> best is epoch 2
+    assert s == {'epochs': 3, 'final_map50': 0.5, 'final_map': 0.35, 'best_epoch': 2, 'best_map50': 0.5,
+                 'best_map': 0.35}
+
+
+def test_read_results_errors(tmp_path):
+    with pytest.raises(learning.ResultsError, match='nope.csv: results.csv not found'):
+        learning.read_results(tmp_path / 'nope.csv')
+    bad = tmp_path / 'bad.csv'
+    bad.write_text('epoch,train/box_loss\n0,1\n')
+    with pytest.raises(learning.ResultsError, match=r"bad.csv: results.csv lacks column\(s\) \['metrics/mAP_0.5'"):
+        learning.read_results(bad)
+    short = fake_results(tmp_path / 'short.csv', [0.1], [0.1])
+    short.write_text(short.read_text() + '1,2\n')
+    with pytest.raises(learning.ResultsError, match='short.csv: line 3 has 2 values, header has 14'):
+        learning.read_results(short)
+
+
+def test_learning_tables_and_plot(tmp_path):
+    a = learning.read_results(fake_results(tmp_path / 'a.csv', [0.2, 0.9], [0.1, 0.7]))
+    b = learning.read_results(fake_results(tmp_path / 'b.csv', [0.1, 0.5, 0.8], [0.05, 0.3, 0.6]))
+    runs = {'evit': {'results': a, 'wall_s': 125.0}, 'v5n': {'results': b, 'wall_s': 59.6},
+            'dead': {'error': 'error: TrainError: boom'}}
+    summ = learning.format_summary(runs).splitlines()
+    assert summ[2] == '| evit | 2 | 2m 05s | 0.900 | 0.700 | 1 | 0.900 | 0.700 |'
+    assert summ[3] == '| v5n | 3 | 1m 00s | 0.800 | 0.600 | 2 | 0.800 | 0.600 |'
+    assert summ[4].startswith('| dead | - | - | error: TrainError: boom |')
+    ep = learning.format_epochs(runs).splitlines()
+    assert ep[0] == '| Epoch | evit mAP50 | evit mAP50-95 | v5n mAP50 | v5n mAP50-95 |'
+    assert ep[2] == '| 0 | 0.200 | 0.100 | 0.100 | 0.050 |'
+    assert ep[4] == '| 2 | - | - | 0.800 | 0.600 |'
+    assert learning.plot_learning(runs, tmp_path / 'l.png').stat().st_size > 1000
+    assert learning.plot_learning({'dead': runs['dead']}, tmp_path / 'none.png') is None
+
+
+def test_learning_run_with_stub_trainer(tmp_path, monkeypatch):
+    """run() trains every model through train.run, reads its results.csv and writes the report; a failure is a row."""
+    import train
+
+    seen = []
+
+    def fake_run(**kw):
+        seen.append(kw)
+        if 'yolov5n' in kw['cfg']:
+            raise RuntimeError('no data')
+        d = Path(kw['project']) / kw['name']
+        fake_results(d / 'results.csv', [0.3] * kw['epochs'], [0.2] * kw['epochs'])
+        return d
+
+    monkeypatch.setattr(train, 'run', fake_run)
+    runs = learning.run(epochs=2, imgsz=64, batch_size=4, project=tmp_path / 'runs', out=tmp_path / 'out')
+    assert [Path(k['cfg']).name for k in seen] == ['yolov5-efficientvit.yaml', 'yolov5n.yaml']
+    assert {(k['epochs'], k['imgsz'], k['batch_size']) for k in seen} == {(2, 64, 4)}
+    assert learning.summary(runs['yolov5-efficientvit']['results'])['final_map50'] == 0.3
+    assert runs['yolov5n']['error'] == 'error: RuntimeError: no data'
+    md = (tmp_path / 'out/learning.md').read_text()
+    assert '| yolov5n | - | - | error: RuntimeError: no data |' in md and '| 1 | 0.300 | 0.200 |' in md
+    assert (tmp_path / 'out/learning.png').is_file()
