@@ -1,0 +1,552 @@
+"""EfficientViT (MSRA) M0–M5 as a three-output YOLOv5 backbone.
+
+Paper: "EfficientViT: Memory Efficient Vision Transformer with Cascaded Group Attention", Liu et al., CVPR 2023.
+Official code: github.com/microsoft/Cream/tree/main/EfficientViT (classification and mmdet downstream).
+
+This is the detection variant the project's seed describes: the fourth patch-embed conv has stride 1, so the three
+stages come out at strides 8/16/32, and every attention window is 7x7 (biases of shape (heads, 49)). State-dict keys
+are those of the official Cream checkpoints, so their weights load directly; timm's layout is mapped by
+``timm_to_cream``. Differences from the seed, on purpose: output channels and strides are declared (no dummy
+forward), the attention bias is never stale, maps smaller than a window attend over the whole map, ``fuse()`` keeps
+device and dtype, and ``frozen_stages`` holds in train mode.
+
+File order (timm's anatomy): blocks, model, checkpoint filters, variant table, registered factories.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.registry import register_module
+from utils.logging import LOGGER
+
+__all__ = ['EfficientViT', 'EfficientViT_M0', 'EfficientViT_M1', 'EfficientViT_M2', 'EfficientViT_M3',
+           'EfficientViT_M4', 'EfficientViT_M5', 'VARIANTS', 'PretrainedError', 'LoadReport', 'load_pretrained',
+           'timm_to_cream', 'cream_state_dict', 'resize_attention_biases', 'adapt_kernel']
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Blocks
+# ----------------------------------------------------------------------------------------------------------------
+class ConvNorm(nn.Sequential):
+    """Conv2d without bias followed by BatchNorm2d (keys ``c`` and ``bn``); ``fuse()`` folds them into one conv."""
+
+    def __init__(self, c1: int, c2: int, k: int = 1, s: int = 1, p: int = 0, g: int = 1, bn_weight_init: float = 1.0):
+        super().__init__()
+        self.add_module('c', nn.Conv2d(c1, c2, k, s, p, groups=g, bias=False))
+        self.add_module('bn', nn.BatchNorm2d(c2))
+        nn.init.constant_(self.bn.weight, bn_weight_init)
+        nn.init.constant_(self.bn.bias, 0)
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Conv2d:
+        """Return a Conv2d with bias equal to conv+BN in eval mode, on the same device and dtype."""
+        c, bn = self.c, self.bn
+        std = (bn.running_var + bn.eps) ** 0.5  # same operation order as the official fuse: identical bits
+        fused = nn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, c.dilation, c.groups,
+                          bias=True, device=c.weight.device, dtype=c.weight.dtype)
+        fused.weight.copy_(c.weight * (bn.weight / std)[:, None, None, None])
+        fused.bias.copy_(bn.bias - bn.running_mean * bn.weight / std)
+        return fused
+
+
+class Residual(nn.Module):
+    """``x + m(x)`` (the official code's drop-path option is never used, so it is left out)."""
+
+    def __init__(self, m: nn.Module):
+        super().__init__()
+        self.m = m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.m(x)
+
+
+class FFN(nn.Module):
+    """Pointwise expand (ReLU) and project back; the last BN starts at zero, so the residual starts as identity."""
+
+    def __init__(self, c: int, hidden: int):
+        super().__init__()
+        self.pw1 = ConvNorm(c, hidden)
+        self.act = nn.ReLU()
+        self.pw2 = ConvNorm(hidden, c, bn_weight_init=0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pw2(self.act(self.pw1(x)))
+
+
+def make_divisible(v: float, divisor: int = 8) -> int:
+    """Round to the nearest multiple of ``divisor`` (at least ``divisor``), as timm's SE sizes its bottleneck."""
+    return max(divisor, int(v + divisor / 2) // divisor * divisor)
+
+
+class SqueezeExcite(nn.Module):
+    """Channel gate ``x * sigmoid(fc2(relu(fc1(mean(x)))))`` with timm's SEModule keys (``fc1``, ``fc2``)."""
+
+    def __init__(self, c: int, rd_ratio: float = 0.25):
+        super().__init__()
+        rd = make_divisible(c * rd_ratio)
+        self.fc1 = nn.Conv2d(c, rd, 1)
+        self.act = nn.ReLU()
+        self.fc2 = nn.Conv2d(rd, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True))))
+        return x * s.sigmoid()
+
+
+class PatchMerging(nn.Module):
+    """Inverted residual that halves the resolution: 1x1 expand x4, depthwise 3x3 stride 2, SE, 1x1 project."""
+
+    def __init__(self, c1: int, c2: int):
+        super().__init__()
+        hidden = 4 * c1
+        self.conv1 = ConvNorm(c1, hidden)
+        self.act = nn.ReLU()
+        self.conv2 = ConvNorm(hidden, hidden, 3, 2, 1, g=hidden)
+        self.se = SqueezeExcite(hidden, 0.25)
+        self.conv3 = ConvNorm(hidden, c2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv3(self.se(self.act(self.conv2(self.act(self.conv1(x))))))
+
+
+def relative_bias_index(h: int, w: int, r: int, device: torch.device | None = None) -> torch.Tensor:
+    """(h*w, h*w) indices into a (heads, r*r) bias table: ``|dy| * r + |dx|`` for every pair of tokens.
+
+    For h == w == r this is exactly the official ``attention_bias_idxs`` (offsets numbered in first-seen order,
+    which is row-major); for a smaller window it picks the same biases for the same offsets.
+    """
+    ys = torch.arange(h, device=device).repeat_interleave(w)
+    xs = torch.arange(w, device=device).repeat(h)
+    return (ys[:, None] - ys[None, :]).abs() * r + (xs[:, None] - xs[None, :]).abs()
+
+
+def _bias_cache_allowed() -> bool:
+    """A cached bias is only safe outside autograd and outside graph capture (trace, export, compile)."""
+    if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.jit.is_scripting():
+        return False
+    return not torch.compiler.is_compiling()
+
+
+class CascadedGroupAttention(nn.Module):
+    """Cascaded group attention: head i sees split i plus head i-1's output; q gets a depthwise conv.
+
+    The bias table ``attention_biases`` (heads, r*r) is gathered into (heads, N, N) from the parameter itself, so it
+    follows ``load_state_dict``, ``.to()``, ``.half()`` and in-place updates (EMA). Without autograd the gathered
+    tensor is cached under a key of (parameter identity, version, device, dtype, window shape) — any change of the
+    parameter makes a new key, so the cache cannot go stale.
+    """
+
+    def __init__(self, dim: int, key_dim: int, num_heads: int, resolution: int, kernels: Iterable[int]):
+        super().__init__()
+        kernels = list(kernels)
+        self.num_heads, self.key_dim, self.resolution = num_heads, key_dim, resolution
+        self.scale = key_dim ** -0.5
+        self.d = dim // num_heads  # value dim per head == input split size, which the cascade needs
+        self.qkvs = nn.ModuleList(ConvNorm(dim // num_heads, 2 * key_dim + self.d) for _ in range(num_heads))
+        self.dws = nn.ModuleList(ConvNorm(key_dim, key_dim, kernels[i], 1, kernels[i] // 2, g=key_dim)
+                                 for i in range(num_heads))
+        self.proj = nn.Sequential(nn.ReLU(), ConvNorm(self.d * num_heads, dim, bn_weight_init=0.0))
+        self.attention_biases = nn.Parameter(torch.zeros(num_heads, resolution * resolution))
+        # Kept (persistent) because the official checkpoints and the seed's state dict carry it; its value is
+        # always recomputed, whatever a checkpoint holds (see _load_from_state_dict).
+        self.register_buffer('attention_bias_idxs', relative_bias_index(resolution, resolution, resolution))
+        self._bias_cache: dict[tuple, torch.Tensor] = {}
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + 'attention_bias_idxs'
+        if key in state_dict:  # a derived index, never trusted from a file (another resolution would not fit)
+            state_dict[key] = self.attention_bias_idxs.clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def window_bias(self, h: int, w: int) -> torch.Tensor:
+        """(heads, h*w, h*w) additive attention bias for an h x w window (h, w <= resolution)."""
+        p = self.attention_biases
+        if not _bias_cache_allowed():
+            return p[:, relative_bias_index(h, w, self.resolution, p.device)]
+        key = (id(p), p._version, p.data_ptr(), p.device, p.dtype, h, w)
+        bias = self._bias_cache.get(key)
+        if bias is None:
+            self._bias_cache.clear()  # only the current key is worth keeping
+            bias = p[:, relative_bias_index(h, w, self.resolution, p.device)].contiguous()
+            self._bias_cache = {key: bias}
+        return bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        bias = self.window_bias(H, W)
+        splits = x.chunk(self.num_heads, dim=1)
+        outs, feat = [], splits[0]
+        for i, (qkv, dw) in enumerate(zip(self.qkvs, self.dws)):
+            if i > 0:
+                feat = feat + splits[i]
+            q, k, v = qkv(feat).split([self.key_dim, self.key_dim, self.d], dim=1)
+            q = dw(q).flatten(2)
+            attn = (q.transpose(-2, -1) @ k.flatten(2)) * self.scale + bias[i]
+            attn = attn.softmax(dim=-1)
+            feat = (v.flatten(2) @ attn.transpose(-2, -1)).view(B, self.d, H, W)
+            outs.append(feat)
+        return self.proj(torch.cat(outs, dim=1))
+
+
+class LocalWindowAttention(nn.Module):
+    """Attention inside non-overlapping r x r windows (bottom/right zero padding, no mask, as the official code).
+
+    A map no larger than one window in both sides attends over the whole map (the official code crashes there
+    unless the map is exactly r x r; for r x r both agree).
+    """
+
+    def __init__(self, dim: int, key_dim: int, num_heads: int, window: int, kernels: Iterable[int]):
+        super().__init__()
+        self.window = window
+        self.attn = CascadedGroupAttention(dim, key_dim, num_heads, window, kernels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        r = self.window
+        if H <= r and W <= r:
+            return self.attn(x)
+        pad_b, pad_r = (r - H % r) % r, (r - W % r) % r
+        x = x.permute(0, 2, 3, 1)
+        if pad_b or pad_r:
+            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+        pH, pW = H + pad_b, W + pad_r
+        nH, nW = pH // r, pW // r
+        x = x.reshape(B, nH, r, nW, r, C).transpose(2, 3).reshape(B * nH * nW, r, r, C).permute(0, 3, 1, 2)
+        x = self.attn(x)
+        x = x.permute(0, 2, 3, 1).reshape(B, nH, nW, r, r, C).transpose(2, 3).reshape(B, pH, pW, C)
+        if pad_b or pad_r:
+            x = x[:, :H, :W]
+        return x.permute(0, 3, 1, 2).contiguous()
+
+
+class EfficientViTBlock(nn.Module):
+    """The sandwich: depthwise conv, FFN, window attention, depthwise conv, FFN — each one residual."""
+
+    def __init__(self, dim: int, key_dim: int, num_heads: int, window: int, kernels: Iterable[int]):
+        super().__init__()
+        self.dw0 = Residual(ConvNorm(dim, dim, 3, 1, 1, g=dim, bn_weight_init=0.0))
+        self.ffn0 = Residual(FFN(dim, 2 * dim))
+        self.mixer = Residual(LocalWindowAttention(dim, key_dim, num_heads, window, kernels))
+        self.dw1 = Residual(ConvNorm(dim, dim, 3, 1, 1, g=dim, bn_weight_init=0.0))
+        self.ffn1 = Residual(FFN(dim, 2 * dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ffn1(self.dw1(self.mixer(self.ffn0(self.dw0(x)))))
+
+
+def _dw_ffn(dim: int) -> nn.Sequential:
+    """Residual depthwise 3x3 + residual FFN, placed on each side of a PatchMerging."""
+    return nn.Sequential(Residual(ConvNorm(dim, dim, 3, 1, 1, g=dim)), Residual(FFN(dim, 2 * dim)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model
+# ----------------------------------------------------------------------------------------------------------------
+class EfficientViT(nn.Module):
+    """Three-stage EfficientViT returning ``[P3, P4, P5]`` (strides 8/16/32) as a list (the YOLO glue needs a list).
+
+    ``frozen_stages``: 0 none, 1 patch_embed, 2 +blocks1, 3 +blocks2, 4 +blocks3. Frozen parts have
+    ``requires_grad=False`` and their BNs stay in eval mode even when the model is put in train mode.
+    """
+
+    def __init__(self, embed_dim: Iterable[int] = (64, 128, 192), depth: Iterable[int] = (1, 2, 3),
+                 num_heads: Iterable[int] = (4, 4, 4), window_size: Iterable[int] = (7, 7, 7),
+                 kernels: Iterable[int] = (7, 5, 3, 3), key_dim: Iterable[int] = (16, 16, 16), in_chans: int = 3,
+                 frozen_stages: int = 0, distillation: bool = False):
+        super().__init__()
+        ed, depth, nh = list(embed_dim), list(depth), list(num_heads)
+        win, kd, kernels = list(window_size), list(key_dim), list(kernels)
+        if not 0 <= frozen_stages <= 4:
+            raise ValueError(f'frozen_stages must be 0..4 (0 none, 4 whole backbone), got {frozen_stages}')
+        if any(c % h for c, h in zip(ed, nh)):
+            raise ValueError(f'embed_dim {ed} must be divisible by num_heads {nh}')
+        self.out_channels: list[int] = ed
+        self.strides: list[int] = [8, 16, 32]
+        self.frozen_stages = frozen_stages
+        self.distillation = distillation  # accepted for signature compatibility; the backbone has no head
+        c0 = ed[0]
+        self.patch_embed = nn.Sequential(
+            ConvNorm(in_chans, c0 // 8, 3, 2, 1), nn.ReLU(),
+            ConvNorm(c0 // 8, c0 // 4, 3, 2, 1), nn.ReLU(),
+            ConvNorm(c0 // 4, c0 // 2, 3, 2, 1), nn.ReLU(),
+            ConvNorm(c0 // 2, c0, 3, 1, 1))  # stride 1 here: the detection variant (strides 8/16/32)
+        stages: list[list[nn.Module]] = [[], [], []]
+        for i in range(3):
+            if i > 0:  # subsample at the start of stages 2 and 3, inside blocks2/blocks3 (official key layout)
+                stages[i] += [_dw_ffn(ed[i - 1]), PatchMerging(ed[i - 1], ed[i]), _dw_ffn(ed[i])]
+            stages[i] += [EfficientViTBlock(ed[i], kd[i], nh[i], win[i], kernels) for _ in range(depth[i])]
+        self.blocks1, self.blocks2, self.blocks3 = (nn.Sequential(*s) for s in stages)
+        self._freeze()
+
+    def stage_modules(self) -> list[nn.Module]:
+        """The four freezable parts, in order."""
+        return [self.patch_embed, self.blocks1, self.blocks2, self.blocks3]
+
+    def _freeze(self) -> None:
+        for m in self.stage_modules()[:self.frozen_stages]:
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> EfficientViT:
+        super().train(mode)
+        if mode:
+            for m in self.stage_modules()[:self.frozen_stages]:
+                m.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.patch_embed(x)
+        p3 = self.blocks1(x)
+        p4 = self.blocks2(p3)
+        p5 = self.blocks3(p4)
+        return [p3, p4, p5]
+
+    @torch.no_grad()
+    def fuse(self) -> EfficientViT:
+        """Fold every BatchNorm into its conv, in place (same device and dtype); returns self."""
+        for parent in list(self.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, ConvNorm):
+                    setattr(parent, name, child.fuse())
+        return self
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoint filters (pure functions) and loading
+# ----------------------------------------------------------------------------------------------------------------
+class PretrainedError(ValueError):
+    """A pretrained file that cannot be used (unreadable, or not an EfficientViT checkpoint)."""
+
+
+def _map_timm_stage_key(rest: list[str]) -> list[str] | None:
+    """``stages.{s}.{downsample|blocks}...`` -> ``blocks{s+1}.{j}...``; None for keys with no official twin."""
+    s = int(rest[1])
+    if rest[2] == 'blocks':
+        return [f'blocks{s + 1}', str(int(rest[3]) + (3 if s > 0 else 0))] + rest[4:]
+    if rest[2] == 'downsample' and s > 0:
+        j = {'res1': 0, 'patchmerge': 1, 'res2': 2}.get(rest[3])
+        return None if j is None else [f'blocks{s + 1}', str(j)] + rest[4:]
+    return None
+
+
+def timm_to_cream_key(key: str) -> str | None:
+    """Map one timm ``efficientvit_msra`` key to the official (Cream) name; None when it has no counterpart."""
+    parts = key.split('.')
+    if parts[-1] == 'attention_bias_idxs':
+        return None
+    if parts[0] == 'patch_embed' and len(parts) > 1 and parts[1].startswith('conv'):
+        parts = ['patch_embed', str(2 * (int(parts[1][4:]) - 1))] + parts[2:]
+    elif parts[0] == 'stages':
+        mapped = _map_timm_stage_key(parts)
+        if mapped is None:
+            return None
+        parts = mapped
+    elif parts[0] == 'head':
+        parts = ['head'] + [{'linear': 'l'}.get(p, p) for p in parts[1:]]
+    # ConvNorm's conv is called 'conv' in timm and 'c' officially; 'conv1'..'conv3' of PatchMerging stay.
+    return '.'.join('c' if p == 'conv' else p for p in parts)
+
+
+def timm_to_cream(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a timm-format state dict to official keys (keys without a counterpart are dropped)."""
+    out = {}
+    for k, v in state_dict.items():
+        new = timm_to_cream_key(k)
+        if new is not None:
+            out[new] = v
+    return out
+
+
+def _unwrap(obj: object, path: str) -> dict[str, torch.Tensor]:
+    """Find the state dict inside a checkpoint: ``{'model': sd}``, ``{'state_dict': sd}`` or a bare state dict."""
+    if isinstance(obj, dict):
+        for key in ('model', 'state_dict', 'model_ema'):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise PretrainedError(f'{path}: not an EfficientViT checkpoint (no state dict of tensors found)')
+    return obj
+
+
+def cream_state_dict(obj: object, path: str = '<checkpoint>') -> dict[str, torch.Tensor]:
+    """Official-key state dict from a loaded Cream, mmdet or timm checkpoint (prefixes stripped, timm renamed)."""
+    sd = _unwrap(obj, path)
+    stripped = {}
+    for k, v in sd.items():
+        for prefix in ('module.', 'backbone.'):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        stripped[k] = v
+    if any(k.startswith('stages.') or k.startswith('patch_embed.conv1.') for k in stripped):
+        stripped = timm_to_cream(stripped)
+    return stripped
+
+
+def resize_attention_biases(bias: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Bicubic-resize a (heads, S*S) bias table over its (|dy|, |dx|) grid to (heads, resolution**2), as Cream does."""
+    h, n = bias.shape
+    s = math.isqrt(n)
+    if s * s != n:
+        raise ValueError(f'attention bias length {n} is not a square')
+    grid = bias.detach().float().view(1, h, s, s)
+    out = F.interpolate(grid, size=(resolution, resolution), mode='bicubic', align_corners=False)
+    return out.view(h, resolution * resolution).to(bias.dtype)
+
+
+def adapt_kernel(weight: torch.Tensor, k: int) -> tuple[torch.Tensor, bool]:
+    """Fit a (C, 1, ks, ks) depthwise kernel to k x k: zero-pad a smaller one (exact), centre-crop a larger one.
+
+    Returns the kernel and whether it was cropped (which changes the function, so the caller warns).
+    """
+    ks = weight.shape[-1]
+    if ks == k:
+        return weight, False
+    if (ks - k) % 2:
+        raise ValueError(f'cannot centre a {ks}x{ks} kernel in {k}x{k}')
+    if ks < k:
+        p = (k - ks) // 2
+        return F.pad(weight, (p, p, p, p)), False
+    c = (ks - k) // 2
+    return weight[..., c:c + k, c:c + k].contiguous(), True
+
+
+@dataclass
+class LoadReport:
+    """What ``load_pretrained`` did with each tensor of the checkpoint."""
+    path: str
+    loaded: list[str] = field(default_factory=list)
+    adapted: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        reasons: dict[str, int] = {}
+        for why in self.skipped.values():
+            reasons[why] = reasons.get(why, 0) + 1
+        why = '; '.join(f'{n} {r}' for r, n in sorted(reasons.items())) or 'none'
+        return (f'{self.path}: loaded {len(self.loaded)} tensors ({len(self.adapted)} of them adapted), '
+                f'skipped {len(self.skipped)} ({why}), {len(self.missing)} model tensors not in the file')
+
+
+def _adapt(key: str, src: torch.Tensor, dst: torch.Tensor, report: LoadReport) -> torch.Tensor | None:
+    """Make ``src`` fit ``dst``'s shape where the architecture allows it; None (and a skip reason) otherwise."""
+    if key.endswith('attention_biases') and src.dim() == 2 and src.shape[0] == dst.shape[0]:
+        r = math.isqrt(dst.shape[1])
+        report.adapted[key] = f'bias resized {math.isqrt(src.shape[1])}x{math.isqrt(src.shape[1])} -> {r}x{r}'
+        return resize_attention_biases(src, r)
+    if '.dws.' in key and key.endswith('c.weight') and src.shape[:2] == dst.shape[:2] and src.dim() == 4:
+        out, cropped = adapt_kernel(src, dst.shape[-1])
+        how = 'centre-cropped' if cropped else 'zero-padded'
+        report.adapted[key] = f'q kernel {src.shape[-1]}x{src.shape[-1]} {how} to {dst.shape[-1]}x{dst.shape[-1]}'
+        if cropped:
+            LOGGER.warning(f'WARNING: {key}: {report.adapted[key]} (outputs change; fine-tune to recover)')
+        return out
+    report.skipped[key] = 'shape mismatch'
+    return None
+
+
+def load_pretrained(model: nn.Module, path: str | Path) -> LoadReport:
+    """Load Cream/timm/mmdet EfficientViT weights into ``model`` by name, adapting what differs; log a report.
+
+    Head and ``attention_bias_idxs`` tensors are ignored; attention biases of another resolution are resized
+    bicubically; q depthwise kernels of another size are padded or cropped. Raises FileNotFoundError or
+    PretrainedError with a one-line message.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'pretrained weights not found: {path}')
+    try:
+        obj = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # corrupt, truncated, or a pickle with foreign classes
+        raise PretrainedError(f'{path}: cannot read as a weights-only torch checkpoint ({type(e).__name__})') from None
+    sd = cream_state_dict(obj, str(path))
+    own = model.state_dict()
+    report = LoadReport(str(path))
+    new = {}
+    for k, v in sd.items():
+        if k.startswith(('head.', 'head_dist.')) or k.endswith('attention_bias_idxs'):
+            report.skipped[k] = 'classifier head' if k.startswith('head') else 'derived index (recomputed)'
+        elif k not in own:
+            report.skipped[k] = 'not in model'
+        elif v.shape == own[k].shape:
+            new[k] = v
+        elif (a := _adapt(k, v, own[k], report)) is not None:
+            new[k] = a
+    if not new:
+        raise PretrainedError(f'{path}: no tensor matches the EfficientViT backbone (checkpoint of another model?)')
+    model.load_state_dict(new, strict=False)
+    report.loaded = sorted(new)
+    report.missing = sorted(k for k in own if k not in new and not k.endswith('attention_bias_idxs'))
+    LOGGER.info(report.summary())
+    return report
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Variant table and registered factories
+# ----------------------------------------------------------------------------------------------------------------
+VARIANTS: dict[str, dict] = {
+    'm0': dict(embed_dim=(64, 128, 192), depth=(1, 2, 3), num_heads=(4, 4, 4), kernels=(7, 5, 3, 3)),
+    'm1': dict(embed_dim=(128, 144, 192), depth=(1, 2, 3), num_heads=(2, 3, 3), kernels=(7, 5, 3, 3)),
+    'm2': dict(embed_dim=(128, 192, 224), depth=(1, 2, 3), num_heads=(4, 3, 2), kernels=(7, 5, 3, 3)),
+    'm3': dict(embed_dim=(128, 240, 320), depth=(1, 2, 3), num_heads=(4, 3, 4), kernels=(5, 5, 5, 5)),
+    'm4': dict(embed_dim=(128, 256, 384), depth=(1, 2, 3), num_heads=(4, 4, 4), kernels=(7, 5, 3, 3)),
+    'm5': dict(embed_dim=(192, 288, 384), depth=(1, 3, 4), num_heads=(3, 3, 4), kernels=(7, 5, 3, 3)),
+}
+
+
+def _create(variant: str, pretrained: str = '', frozen_stages: int = 0, distillation: bool = False,
+            fuse: bool = False) -> EfficientViT:
+    model = EfficientViT(**VARIANTS[variant], frozen_stages=frozen_stages, distillation=distillation)
+    model.pretrained_report = load_pretrained(model, pretrained) if pretrained else None
+    return model.fuse() if fuse else model
+
+
+@register_module()
+def EfficientViT_M0(pretrained: str = '', frozen_stages: int = 0, distillation: bool = False,
+                    fuse: bool = False) -> EfficientViT:
+    """EfficientViT-M0 backbone: channels 64/128/192 at strides 8/16/32."""
+    return _create('m0', pretrained, frozen_stages, distillation, fuse)
+
+
+@register_module()
+def EfficientViT_M1(pretrained: str = '', frozen_stages: int = 0, distillation: bool = False,
+                    fuse: bool = False) -> EfficientViT:
+    """EfficientViT-M1 backbone: channels 128/144/192 at strides 8/16/32."""
+    return _create('m1', pretrained, frozen_stages, distillation, fuse)
+
+
+@register_module()
+def EfficientViT_M2(pretrained: str = '', frozen_stages: int = 0, distillation: bool = False,
+                    fuse: bool = False) -> EfficientViT:
+    """EfficientViT-M2 backbone: channels 128/192/224 at strides 8/16/32."""
+    return _create('m2', pretrained, frozen_stages, distillation, fuse)
+
+
+@register_module()
+def EfficientViT_M3(pretrained: str = '', frozen_stages: int = 0, distillation: bool = False,
+                    fuse: bool = False) -> EfficientViT:
+    """EfficientViT-M3 backbone: channels 128/240/320 at strides 8/16/32."""
+    return _create('m3', pretrained, frozen_stages, distillation, fuse)
+
+
+@register_module()
+def EfficientViT_M4(pretrained: str = '', frozen_stages: int = 0, distillation: bool = False,
+                    fuse: bool = False) -> EfficientViT:
+    """EfficientViT-M4 backbone: channels 128/256/384 at strides 8/16/32."""
+    return _create('m4', pretrained, frozen_stages, distillation, fuse)
+
+
+@register_module()
+def EfficientViT_M5(pretrained: str = '', frozen_stages: int = 0, distillation: bool = False,
+                    fuse: bool = False) -> EfficientViT:
+    """EfficientViT-M5 backbone: channels 192/288/384 at strides 8/16/32."""
+    return _create('m5', pretrained, frozen_stages, distillation, fuse)

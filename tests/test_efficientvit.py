@@ -1,0 +1,411 @@
+"""EfficientViT backbone: structure, numbers pinned from the seed implementation, bias freshness, odd sizes,
+freezing, fusing and pretrained loading (Cream and timm formats)."""
+import copy
+import logging
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models import efficientvit as ev
+from models.registry import get_module
+from utils.logging import LOGGER
+
+VARIANTS = ['m0', 'm1', 'm2', 'm3', 'm4', 'm5']
+
+# From the seed implementation (run once, outside the repository): parameters and state-dict entries per variant.
+PARAMS = {'m0': 2155680, 'm1': 2787473, 'm2': 3962304, 'm3': 6579478, 'm4': 8418856, 'm5': 12088532}
+SD_LEN = {'m0': 692, 'm1': 608, 'm2': 596, 'm3': 668, 'm4': 692, 'm5': 828}
+CHANNELS = {'m0': [64, 128, 192], 'm1': [128, 144, 192], 'm2': [128, 192, 224], 'm3': [128, 240, 320],
+            'm4': [128, 256, 384], 'm5': [192, 288, 384]}
+# Seed outputs for weights from fill() and a 224x256 input from seed 1: per output (mean |y|, mean y^2,
+# sum of y.flatten()[::997][:3]).
+PINNED = {
+    'm0': [(0.1164676, 0.02457763, 0.1257064), (0.170742, 0.06325815, -0.2672338),
+           (0.2474149, 0.1529551, -0.7431152)],
+    'm1': [(0.1028737, 0.01723923, -0.4504656), (0.1650972, 0.05884725, 0.1037347),
+           (0.2113198, 0.08753825, -0.4289534)],
+    'm2': [(0.1113878, 0.02149011, -0.291774), (0.1684975, 0.05584366, 0.1171294),
+           (0.1990597, 0.08237002, -0.05415834)],
+    'm3': [(0.09367997, 0.01541346, -0.2662293), (0.2039882, 0.08334854, 0.1985557),
+           (0.2192078, 0.1063128, 0.2628027)],
+    'm4': [(0.1011645, 0.01703386, -0.2606977), (0.1941701, 0.07058277, 0.4245478),
+           (0.2146559, 0.09678936, -0.02690905)],
+    'm5': [(0.1093059, 0.01951668, -0.03315344), (0.2362805, 0.1146485, -0.3969479),
+           (0.2323657, 0.1161317, 0.2173067)],
+}
+
+
+def build(v: str, **kwargs) -> ev.EfficientViT:
+    return get_module('EfficientViT_' + v.upper())(**kwargs)
+
+
+def fill(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Deterministic, well-conditioned weights, keyed by state-dict name (the same recipe made PINNED)."""
+    g = torch.Generator().manual_seed(seed)
+    sd = model.state_dict()
+    with torch.no_grad():
+        for k in sorted(sd):
+            t = sd[k]
+            if k.endswith(('num_batches_tracked', 'attention_bias_idxs')):
+                continue
+            r = torch.randn(t.shape, generator=g, dtype=torch.float64)
+            if k.endswith('running_var'):
+                v = 0.75 + 0.5 * torch.rand(t.shape, generator=g, dtype=torch.float64)
+            elif k.endswith('running_mean'):
+                v = 0.05 * r
+            elif k.endswith('attention_biases'):
+                v = 0.5 * r
+            elif t.dim() == 4:
+                v = r / math.sqrt(t[0].numel())
+            elif k.endswith('bn.weight'):
+                v = 0.4 + 0.1 * r
+            else:
+                v = 0.05 * r
+            t.copy_(v.to(t.dtype))
+    return model
+
+
+def rel_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    return max(((x - y).abs().max() / x.abs().max()).item() for x, y in zip(a, b))
+
+
+def stats(outs):
+    return [(o.abs().mean().item(), o.pow(2).mean().item(), o.flatten()[::997][:3].sum().item()) for o in outs]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Structure
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize('v', VARIANTS)
+def test_structure(v):
+    m = build(v)
+    assert sum(p.numel() for p in m.parameters()) == PARAMS[v]
+    sd = m.state_dict()
+    assert len(sd) == SD_LEN[v]
+    assert 'patch_embed.0.c.weight' in sd and 'blocks1.0.mixer.m.attn.qkvs.0.c.weight' in sd
+    assert 'blocks2.1.se.fc1.weight' in sd and 'blocks3.3.mixer.m.attn.attention_biases' in sd
+    assert sd['blocks1.0.mixer.m.attn.attention_biases'].shape[1] == 49
+    assert sd['blocks1.0.mixer.m.attn.attention_bias_idxs'].shape == (49, 49)
+    assert m.out_channels == CHANNELS[v] and m.strides == [8, 16, 32]
+    assert m.patch_embed[6].c.stride == (1, 1)
+    assert all(bn.eps == 1e-5 for bn in m.modules() if isinstance(bn, torch.nn.BatchNorm2d))
+
+
+@pytest.mark.parametrize('v', VARIANTS)
+def test_declared_outputs_match_forward(v):
+    m = build(v).eval()
+    with torch.no_grad():
+        outs = m(torch.zeros(1, 3, 64, 96))
+    assert isinstance(outs, list)
+    assert [o.shape[1] for o in outs] == m.out_channels
+    assert [(64 // o.shape[2], 96 // o.shape[3]) for o in outs] == [(s, s) for s in m.strides]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Numbers: equal to the seed implementation (pinned), before and after fusing
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize('v', VARIANTS)
+def test_outputs_match_seed_and_fuse(v):
+    m = fill(build(v)).eval()
+    x = torch.randn(1, 3, 224, 256, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        outs = m(x)
+        for got, want in zip(stats(outs), PINNED[v]):
+            assert got == pytest.approx(want, rel=1e-4, abs=1e-5)
+        assert m.fuse() is m
+        assert not any(isinstance(b, torch.nn.BatchNorm2d) for b in m.modules())
+        assert rel_diff(outs, m(x)) < 1e-5
+
+
+def test_fuse_keeps_device_dtype_and_shrinks_params():
+    m = fill(build('m0')).double().eval()
+    n = sum(p.numel() for p in m.parameters())
+    m.fuse()
+    assert all(p.dtype == torch.float64 for p in m.parameters())
+    # each BN (2 affine per channel) becomes a conv bias (1 per channel)
+    bn_channels = sum(b.num_features for b in build('m0').modules() if isinstance(b, torch.nn.BatchNorm2d))
+    assert sum(p.numel() for p in m.parameters()) == n - bn_channels
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The attention bias is never stale
+# ---------------------------------------------------------------------------------------------------------------
+def _forward(m, x):
+    with torch.no_grad():
+        return m(x)
+
+
+def test_bias_fresh_after_load_state_dict_in_eval():
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    a, b = fill(build('m0'), 0).eval(), fill(build('m0'), 1).eval()
+    _forward(a, x)  # populate any cache
+    a.load_state_dict(b.state_dict())
+    assert rel_diff(_forward(b, x), _forward(a, x)) == 0
+
+
+def test_bias_fresh_after_inplace_update_in_eval():
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    m = fill(build('m0')).eval()
+    ref = copy.deepcopy(m)
+    _forward(m, x)
+    with torch.no_grad():
+        for mod in (m, ref):
+            for name, p in mod.named_parameters():
+                if name.endswith('attention_biases'):
+                    p.mul_(-2.0)  # what an EMA update does: in place, in eval mode
+    ref_out = _forward(ref, x)
+    assert rel_diff(ref_out, _forward(m, x)) == 0
+    assert rel_diff(ref_out, _forward(fill(build('m0')).eval(), x)) > 1e-3  # the change mattered
+
+
+@pytest.mark.parametrize('order', ['eval-double', 'double-eval', 'eval-double-train-eval', 'train-double'])
+def test_bias_follows_dtype_and_mode_in_any_order(order):
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    m = fill(build('m0'))
+    for bn in m.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            bn.momentum = 0.0  # train-mode forwards below must not move the statistics
+    want = _forward(copy.deepcopy(m).eval(), x)
+    for step in order.split('-'):
+        if step == 'double':
+            m.double()
+        else:
+            getattr(m, step)()
+        _forward(m, x.to(next(m.parameters()).dtype))
+    m.eval()
+    got = _forward(m, x.double())
+    assert all(o.dtype == torch.float64 for o in got)
+    assert rel_diff(want, [o.float() for o in got]) < 1e-5
+
+
+def test_bias_gets_gradient_in_train_and_eval():
+    m = fill(build('m0'))
+    x = torch.randn(1, 3, 64, 64)
+    for mode in (True, False):
+        m.train(mode)
+        m.zero_grad()
+        sum(o.sum() for o in m(x)).backward()
+        for name, p in m.named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, (mode, name)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Any input whose sides are multiples of 32
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize('v', VARIANTS)
+@pytest.mark.parametrize('hw', [(32, 32), (64, 96), (160, 32)])
+def test_small_and_odd_sizes(v, hw):
+    m = build(v).eval()
+    with torch.no_grad():
+        outs = m(torch.randn(1, 3, *hw))
+    assert [tuple(o.shape[2:]) for o in outs] == [(hw[0] // s, hw[1] // s) for s in (8, 16, 32)]
+    assert all(torch.isfinite(o).all() for o in outs)
+
+
+def _naive_cga(attn: ev.CascadedGroupAttention, x: torch.Tensor) -> torch.Tensor:
+    """Cascaded group attention over a whole (B, C, H, W) map, bias looked up offset by offset."""
+    B, C, H, W = x.shape
+    r, pts = attn.resolution, [(i, j) for i in range(H) for j in range(W)]
+    idx = torch.tensor([[abs(a[0] - b[0]) * r + abs(a[1] - b[1]) for b in pts] for a in pts])
+    splits, outs, feat = x.chunk(attn.num_heads, 1), [], None
+    for i in range(attn.num_heads):
+        feat = splits[0] if i == 0 else feat + splits[i]
+        q, k, v = attn.qkvs[i](feat).split([attn.key_dim, attn.key_dim, attn.d], 1)
+        q = attn.dws[i](q)
+        logits = torch.einsum('bcn,bcm->bnm', q.flatten(2), k.flatten(2)) * attn.key_dim ** -0.5
+        w = (logits + attn.attention_biases[i][idx]).softmax(-1)
+        feat = torch.einsum('bcm,bnm->bcn', v.flatten(2), w).reshape(B, attn.d, H, W)
+        outs.append(feat)
+    return attn.proj(torch.cat(outs, 1))
+
+
+@pytest.mark.parametrize('hw', [(4, 6), (7, 7), (2, 3)])
+def test_window_smaller_than_seven_attends_over_whole_map(hw):
+    block = fill(build('m0')).eval().blocks1[0].mixer.m
+    x = torch.randn(2, 64, *hw)
+    with torch.no_grad():
+        assert torch.allclose(block(x), _naive_cga(block.attn, x), rtol=1e-5, atol=1e-6)
+
+
+def test_large_map_pads_bottom_right_into_windows():
+    """A 9x8 map: padded to 14x14, four 7x7 windows; the top-left window sees only real tokens."""
+    block = fill(build('m0')).eval().blocks1[0].mixer.m
+    x = torch.randn(1, 64, 9, 8)
+    with torch.no_grad():
+        out = block(x)
+        padded = F.pad(x, (0, 6, 0, 5))
+        want = _naive_cga(block.attn, padded[:, :, :7, :7])
+        want_br = _naive_cga(block.attn, padded[:, :, 7:, 7:])
+    assert out.shape == x.shape
+    assert torch.allclose(out[:, :, :7, :7], want, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(out[:, :, 7:, 7:], want_br[:, :, :2, :1], rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# frozen_stages
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize('n', [0, 1, 2, 3, 4])
+def test_frozen_stages(n):
+    m = build('m0', frozen_stages=n).train()
+    parts = [m.patch_embed, m.blocks1, m.blocks2, m.blocks3]
+    for i, part in enumerate(parts):
+        frozen = i < n
+        assert all(p.requires_grad != frozen for p in part.parameters())
+        assert all(b.training != frozen for b in part.modules() if isinstance(b, torch.nn.BatchNorm2d))
+    before = [b.running_mean.clone() for b in parts[0].modules() if isinstance(b, torch.nn.BatchNorm2d)]
+    m(torch.randn(2, 3, 64, 64))
+    after = [b.running_mean for b in parts[0].modules() if isinstance(b, torch.nn.BatchNorm2d)]
+    assert all(torch.equal(a, b) for a, b in zip(before, after)) == (n >= 1)
+
+
+def test_frozen_stages_out_of_range():
+    with pytest.raises(ValueError, match='frozen_stages must be 0..4'):
+        build('m0', frozen_stages=5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pretrained weights: Cream and timm formats, adaptation, report, errors
+# ---------------------------------------------------------------------------------------------------------------
+def _cream_checkpoint(model: torch.nn.Module) -> dict:
+    sd = dict(model.state_dict())
+    sd['head.bn.weight'], sd['head.l.weight'] = torch.ones(192), torch.zeros(1000, 192)
+    return {'model': sd, 'epoch': 299}
+
+
+@pytest.mark.parametrize('fmt', ['cream', 'mmdet'])
+def test_load_cream_checkpoint(tmp_path, fmt):
+    src = fill(build('m0'), 3)
+    ckpt = _cream_checkpoint(src)
+    if fmt == 'mmdet':
+        ckpt = {'state_dict': {'backbone.' + k: v for k, v in ckpt['model'].items()}, 'meta': {}}
+    f = tmp_path / 'efficientvit_m0.pth'
+    torch.save(ckpt, f)
+    m = build('m0', pretrained=str(f))
+    rep = m.pretrained_report
+    assert len(rep.loaded) == SD_LEN['m0'] - 6 and not rep.adapted and not rep.missing
+    assert sorted(rep.skipped.values()) == ['classifier head'] * 2 + ['derived index (recomputed)'] * 6
+    x = torch.randn(1, 3, 64, 64)
+    assert rel_diff(_forward(src.eval(), x), _forward(m.eval(), x)) == 0
+
+
+@pytest.fixture
+def log_lines():
+    """Messages sent to the project logger during the test (it does not propagate to pytest's caplog)."""
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    LOGGER.addHandler(handler)
+    yield lines
+    LOGGER.removeHandler(handler)
+
+
+def test_load_classification_checkpoint_adapts_bias_and_kernels(tmp_path, log_lines):
+    """An ImageNet M0 (kernels 5,5,5,5; stage-3 biases 4x4) loads into the detection M0 (7,5,3,3; 7x7)."""
+    src = fill(build('m0'), 4)
+    sd = dict(src.state_dict())
+    for k in list(sd):
+        if '.dws.' in k and k.endswith('c.weight'):
+            sd[k] = torch.randn(16, 1, 5, 5)
+        if k.startswith('blocks3') and k.endswith('attention_biases'):
+            sd[k] = torch.full((4, 16), 0.25)
+        if k.endswith('attention_bias_idxs'):
+            sd[k] = torch.zeros(16, 16, dtype=torch.long) if k.startswith('blocks3') else sd[k]
+    f = tmp_path / 'cls.pth'
+    torch.save({'model': sd}, f)
+    m = build('m0', pretrained=str(f))
+    rep = m.pretrained_report
+    n_dws = sum(1 for k in sd if '.dws.' in k and k.endswith('c.weight'))
+    n_bias3 = sum(1 for k in sd if k.startswith('blocks3') and k.endswith('attention_biases'))
+    assert len(rep.adapted) == n_dws // 4 * 3 + n_bias3  # kernels of heads 0, 2, 3 differ (7, 3, 3 vs 5)
+    assert len(rep.loaded) == SD_LEN['m0'] - 6 and not rep.missing
+    attn = m.blocks3[3].mixer.m.attn
+    assert torch.allclose(attn.attention_biases, torch.full((4, 49), 0.25))  # a constant stays constant
+    k5 = sd['blocks1.0.mixer.m.attn.dws.0.c.weight']
+    k7 = m.blocks1[0].mixer.m.attn.dws[0].c.weight
+    assert torch.equal(k7[..., 1:6, 1:6], k5) and k7[..., 0, :].abs().sum() == 0
+    k3 = m.blocks1[0].mixer.m.attn.dws[2].c.weight
+    assert torch.equal(k3, sd['blocks1.0.mixer.m.attn.dws.2.c.weight'][..., 1:4, 1:4])
+    text = '\n'.join(log_lines)
+    assert text.count('centre-cropped') == 12 and 'loaded 686 tensors (21 of them adapted)' in text
+
+
+def test_zero_padded_kernel_is_exact_and_crop_is_centre():
+    w5, x = torch.randn(16, 1, 5, 5), torch.randn(1, 16, 9, 9)
+    w7, cropped = ev.adapt_kernel(w5, 7)
+    assert not cropped and torch.allclose(F.conv2d(x, w5, padding=2, groups=16), F.conv2d(x, w7, padding=3, groups=16),
+                                          atol=1e-6)
+    w3, cropped = ev.adapt_kernel(w5, 3)
+    assert cropped and torch.equal(w3, w5[..., 1:4, 1:4])
+
+
+def test_resize_attention_biases_bicubic():
+    b = torch.arange(16.0).view(1, 16)
+    out = ev.resize_attention_biases(b, 7)
+    assert out.shape == (1, 49)
+    want = F.interpolate(b.view(1, 1, 4, 4), size=(7, 7), mode='bicubic', align_corners=False).view(1, 49)
+    assert torch.allclose(out, want)
+    assert out[0, 0] < out[0, 6] < out[0, 48]  # monotone grid stays monotone corner to corner
+
+
+@pytest.mark.parametrize('v', VARIANTS)
+def test_timm_key_mapping_covers_every_tensor(v):
+    timm = pytest.importorskip('timm')
+    tm = timm.create_model(f'efficientvit_{v}', pretrained=False)
+    mapped = ev.timm_to_cream(tm.state_dict())
+    ours = build(v).state_dict()
+    backbone = {k: t for k, t in mapped.items() if not k.startswith('head.')}
+    assert set(backbone) == {k for k in ours if not k.endswith('attention_bias_idxs')}
+    differ = {k for k, t in backbone.items() if t.shape != ours[k].shape}
+    want = {k for k in ours if k.startswith('blocks3') and k.endswith('attention_biases')}  # 4x4 at 224 vs 7x7
+    if v == 'm0':  # ImageNet M0 has q kernels 5,5,5,5; the detection M0 7,5,3,3
+        want |= {k for k in ours if '.dws.' in k and k.endswith('c.weight') and '.dws.1.' not in k}
+    assert differ == want and len(want) == {'m0': 21, 'm5': 4}.get(v, 3)
+    assert set(mapped) - set(backbone) == {'head.bn.weight', 'head.bn.bias', 'head.bn.running_mean',
+                                           'head.bn.running_var', 'head.bn.num_batches_tracked', 'head.l.weight',
+                                           'head.l.bias'}
+
+
+def test_timm_key_examples():
+    f = ev.timm_to_cream_key
+    assert f('patch_embed.conv4.conv.weight') == 'patch_embed.6.c.weight'
+    assert f('stages.0.blocks.0.mixer.m.attn.qkvs.1.conv.weight') == 'blocks1.0.mixer.m.attn.qkvs.1.c.weight'
+    assert f('stages.1.downsample.res1.1.m.pw2.bn.bias') == 'blocks2.0.1.m.pw2.bn.bias'
+    assert f('stages.2.downsample.patchmerge.conv3.conv.weight') == 'blocks3.1.conv3.c.weight'
+    assert f('stages.2.downsample.patchmerge.se.fc1.bias') == 'blocks3.1.se.fc1.bias'
+    assert f('stages.1.downsample.res2.0.m.conv.weight') == 'blocks2.2.0.m.c.weight'
+    assert f('stages.2.blocks.1.dw0.m.bn.running_var') == 'blocks3.4.dw0.m.bn.running_var'
+    assert f('head.linear.weight') == 'head.l.weight'
+    assert f('stages.0.blocks.0.mixer.m.attn.attention_bias_idxs') is None
+
+
+def test_load_timm_checkpoint(tmp_path):
+    timm = pytest.importorskip('timm')
+    tm = timm.create_model('efficientvit_m0', pretrained=False)
+    fill(tm, 5)
+    f = tmp_path / 'timm_m0.pth'
+    torch.save(tm.state_dict(), f)
+    m = build('m0', pretrained=str(f))
+    rep = m.pretrained_report
+    assert len(rep.loaded) == SD_LEN['m0'] - 6 and not rep.missing
+    assert len(rep.adapted) == 6 * 3 + 3  # q kernels of heads 0/2/3 in 6 blocks, stage-3 biases in 3 blocks
+    assert torch.equal(m.patch_embed[0].c.weight, tm.patch_embed.conv1.conv.weight)
+    assert torch.equal(m.blocks3[4].ffn1.m.pw2.bn.running_var, tm.stages[2].blocks[1].ffn1.m.pw2.bn.running_var)
+
+
+def test_bad_pretrained_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match='pretrained weights not found: .*nope.pth'):
+        build('m0', pretrained=str(tmp_path / 'nope.pth'))
+    junk = tmp_path / 'junk.pth'
+    junk.write_bytes(b'not a checkpoint')
+    with pytest.raises(ev.PretrainedError, match='junk.pth: cannot read'):
+        build('m0', pretrained=str(junk))
+    foreign = tmp_path / 'resnet.pth'
+    torch.save({'model': {'conv1.weight': torch.zeros(64, 3, 7, 7)}}, foreign)
+    with pytest.raises(ev.PretrainedError, match='resnet.pth: no tensor matches'):
+        build('m0', pretrained=str(foreign))
+    notsd = tmp_path / 'list.pth'
+    torch.save([1, 2, 3], notsd)
+    with pytest.raises(ev.PretrainedError, match='list.pth: not an EfficientViT checkpoint'):
+        build('m0', pretrained=str(notsd))
