@@ -103,9 +103,9 @@ def median(cell: list[float] | str | None) -> float | None:
 
 
 def spread(cell: list[float] | str | None) -> float | None:
-    """(max - min) / median of the samples: how noisy this cell was."""
+    """(max - min) / median of the samples: how noisy this cell was (None below two samples)."""
     m = median(cell)
-    return (max(cell) - min(cell)) / m if m else None
+    return (max(cell) - min(cell)) / m if m and len(cell) > 1 else None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -299,8 +299,11 @@ def stage_train(models: dict, batch: int, imgsz: int, runs: int, warmup: int) ->
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Report: Markdown table, plot, JSON
+# Report: one dict (JSON-able) that several invocations can be merged into, rendered as Markdown and a plot
 # ----------------------------------------------------------------------------------------------------------------
+KIND_ORDER = {'cpu': 0, 'ort': 1, 'gpu': 2, 'train': 3}
+
+
 def cpu_name() -> str:
     """The CPU model from /proc/cpuinfo (Linux), else platform.processor()."""
     try:
@@ -323,7 +326,46 @@ def system_info(threads: int) -> dict:
     return {'date': datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC'), 'cpu': cpu_name(),
             'logical_cpus': os.cpu_count(), 'threads': threads, 'torch': torch.__version__,
             'onnxruntime': ort_version, 'python': platform.python_version(), 'gpu': gpu,
-            'loadavg_start': list(os.getloadavg()) if hasattr(os, 'getloadavg') else None}
+            'loadavg_start': _loadavg()}
+
+
+def _loadavg() -> list[float] | None:
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, 'getloadavg') else None
+
+
+def _order(names: list[str]) -> list[str]:
+    """Known models in MODELS order, then the others as given."""
+    known = [n for n in MODELS if n in names]
+    return known + [n for n in names if n not in known]
+
+
+def merge_report(prev: dict | None, cur: dict) -> dict:
+    """Cells of ``cur`` replace those of ``prev`` model by model; columns and model rows are the union.
+
+    Each cell keeps the baseline samples of the invocation that measured it, so its ratio stays a same-run ratio.
+    """
+    if not prev:
+        return cur
+    if prev['imgsz'] != cur['imgsz']:
+        raise ValueError(f"--merge: the existing speed.json was measured at {prev['imgsz']} px, this run at "
+                         f"{cur['imgsz']} px")
+    rep = {'imgsz': cur['imgsz'], 'names': _order(list(dict.fromkeys(prev['names'] + cur['names']))),
+           'info': {**prev['info'], **cur['info']}, 'cells': {}, 'bases': {},
+           'invocations': prev['invocations'] + cur['invocations']}
+    cols = {c['key']: c for c in prev['columns'] + cur['columns']}
+    rep['columns'] = sorted(cols.values(), key=lambda c: (KIND_ORDER.get(c['key'].split('_')[0], 9), c['batch']))
+    for part in ('cells', 'bases'):
+        for k in cols:
+            rep[part][k] = {**prev[part].get(k, {}), **cur[part].get(k, {})}
+    return rep
+
+
+def new_report(names: list[str], info: dict, cells: dict, columns: list[dict], invocation: dict,
+               imgsz: int) -> dict:
+    """The report of one invocation; bases[col][model] = the baseline's samples of that column in this run."""
+    bases = {k: dict.fromkeys(col, col.get(BASELINE)) for k, col in cells.items()}
+    return {'imgsz': imgsz, 'names': _order(names), 'info': info, 'cells': cells, 'bases': bases,
+            'columns': columns, 'invocations': [invocation]}
 
 
 def format_cell(cell: list[float] | str | None, base: list[float] | str | None, col: dict) -> str:
@@ -338,65 +380,73 @@ def format_cell(cell: list[float] | str | None, base: list[float] | str | None, 
     return f'{text} ({m / b:.2f}×)' if b else text
 
 
-def format_table(names: list[str], info: dict, cells: dict, columns: list[dict], imgsz: int,
-                 baseline: str = BASELINE) -> str:
-    """The Markdown table: one row per model, one column per measurement, ratios against the baseline row."""
-    head = ['Model', 'Params (M)', f'GFLOPs@{imgsz}'] + [c['title'] for c in columns]
+def format_table(rep: dict) -> str:
+    """The Markdown table: one row per model, one column per measurement, ratios against the baseline."""
+    head = ['Model', 'Params (M)', f"GFLOPs@{rep['imgsz']}"] + [c['title'] for c in rep['columns']]
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '|'.join(['---'] + ['---:'] * (len(head) - 1)) + '|']
-    for n in names:
-        i = info.get(n) or {}
+    for n in rep['names']:
+        i = rep['info'].get(n) or {}
         row = [model_label(n), f"{i['params'] / 1e6:.2f}" if 'params' in i else '-',
                f"{i['gflops']:.3g}" if i.get('gflops') else '-']
-        for c in columns:
-            col = cells.get(c['key'], {})
-            text = format_cell(col.get(n), col.get(baseline), c)
+        for c in rep['columns']:
+            k = c['key']
+            text = format_cell(rep['cells'].get(k, {}).get(n), rep['bases'].get(k, {}).get(n), c)
             row.append('(same)' if text.startswith('error') and text in row else text)
         lines.append('| ' + ' | '.join(row) + ' |')
     return '\n'.join(lines)
 
 
-def noise_line(cells: dict, columns: list[dict]) -> str:
+def noise_line(rep: dict) -> str:
     """Per column, the median over models of (max - min) / median of the timed runs."""
     parts = []
-    for c in columns:
-        s = [v for v in (spread(x) for x in cells.get(c['key'], {}).values()) if v is not None]
+    for c in rep['columns']:
+        s = [v for v in (spread(x) for x in rep['cells'].get(c['key'], {}).values()) if v is not None]
         if s:
             parts.append(f"{c['title'].rsplit(' ', 1)[0]} {100 * statistics.median(s):.0f} %")
     return ', '.join(parts) if parts else 'n/a'
-
-
-def format_report(names: list[str], info: dict, cells: dict, columns: list[dict], sysinfo: dict, args: dict) -> str:
-    """speed.md: how it was measured, the table, how to read it."""
-    base = BASELINE if BASELINE in names else None
-    lines = ['# Speed benchmark', '',
-             f"Measured {sysinfo['date']} on {sysinfo['cpu']} ({sysinfo['logical_cpus']} logical CPUs), "
-             f"{sysinfo['threads']} torch/ORT threads, torch {sysinfo['torch']}, onnxruntime "
-             f"{sysinfo['onnxruntime']}, Python {sysinfo['python']}, GPU: {sysinfo['gpu']}.", '',
-             f"Command: `{args['command']}`", '',
-             format_table(names, info, cells, columns, args['imgsz'], base or ''), '',
-             f"Input {args['imgsz']}x{args['imgsz']}, random data. Latency: median of {args['runs']} timed runs "
-             f"after {args['warmup']} warm-up run(s), models interleaved run by run; PyTorch columns are the BN-fused "
-             f"fp32 model under torch.inference_mode, ms per batch. ONNX Runtime: the same fused model exported "
-             f"(decoded output, no NMS), CPUExecutionProvider. Train step: forward + ComputeLoss + backward + SGD "
-             f"step on random targets (median of {args['train_runs']} runs), shown as images/s.",
-             f"(n.nn×) is the time relative to {base} in the same run (lower is faster; for the train column the "
-             f"ratio of step times)." if base else 'No yolov5n row: no ratios.',
-             f"Run-to-run spread (max-min)/median, median over models: {noise_line(cells, columns)}. "
-             f"Load average at start {_load(sysinfo.get('loadavg_start'))}, end {_load(sysinfo.get('loadavg_end'))}"
-             ' (other processes share the CPU): compare ratios, not absolute ms across runs.']
-    return '\n'.join(lines) + '\n'
 
 
 def _load(la: list[float] | None) -> str:
     return '/'.join(f'{x:.1f}' for x in la) if la else 'n/a'
 
 
-def plot_speed(names: list[str], info: dict, cells: dict, key: str, file: Path, title: str) -> Path | None:
-    """Latency (column ``key``) against parameters, one labelled point per model; None when nothing to plot."""
+def format_invocation(inv: dict) -> str:
+    """One bullet: command, date, threads, runs and load of one invocation."""
+    s = inv['system']
+    return (f"- `{inv['command']}` — {s['date']}, {s['threads']} thread(s), median of {inv['runs']} run(s) "
+            f"(train: {inv['train_runs']}) after {inv['warmup']} warm-up; load average "
+            f"{_load(s.get('loadavg_start'))} at start, {_load(s.get('loadavg_end'))} at end")
+
+
+def format_report(rep: dict) -> str:
+    """speed.md: machine, invocations, the table, how to read it."""
+    s = rep['invocations'][-1]['system']
+    return '\n'.join([
+        '# Speed benchmark', '',
+        f"Machine: {s['cpu']} ({s['logical_cpus']} logical CPUs), torch {s['torch']}, onnxruntime "
+        f"{s['onnxruntime']}, Python {s['python']}, GPU: {s['gpu']}. Made by:", '',
+        *[format_invocation(inv) for inv in rep['invocations']], '',
+        format_table(rep), '',
+        f"Input {rep['imgsz']}x{rep['imgsz']}, random data. Each cell: median of the timed runs after warm-up, "
+        'models interleaved run by run. PyTorch columns: BN-fused fp32 model under torch.inference_mode, ms per '
+        'batch. ORT: the same fused model exported to ONNX (decoded output, no NMS), CPUExecutionProvider with the '
+        'same thread count. Train step: forward + ComputeLoss + backward + SGD step on random targets, as images/s.',
+        f'(n.nn×) is the time relative to {BASELINE} measured in the same invocation (lower is faster; for the '
+        'train column the ratio of step times).',
+        f'Run-to-run spread (max-min)/median, median over models: {noise_line(rep)}. Other processes shared the '
+        'CPU (see the load averages): compare ratios, not absolute ms across runs.', ''])
+
+
+def plot_speed(rep: dict, file: Path) -> Path | None:
+    """Latency of the first column against parameters, one labelled point per model; None when nothing to plot."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import ScalarFormatter
 
-    pts = [(n, info[n]['params'] / 1e6, median(cells.get(key, {}).get(n))) for n in names if info.get(n)]
+    if not rep['columns']:
+        return None
+    col = rep['columns'][0]
+    cells, info = rep['cells'].get(col['key'], {}), rep['info']
+    pts = [(n, info[n]['params'] / 1e6, median(cells.get(n))) for n in rep['names'] if info.get(n)]
     pts = [p for p in pts if p[2] is not None]
     if not pts:
         return None
@@ -414,25 +464,33 @@ def plot_speed(names: list[str], info: dict, cells: dict, key: str, file: Path, 
         axis.set_major_formatter(ScalarFormatter())
     ax.margins(0.15)
     ax.set_xlabel('parameters (M)')
-    ax.set_ylabel(f'{title} (median)')
-    ax.set_title(f'Latency vs size: {title}')
+    ax.set_ylabel(f"{col['title']} (median)")
+    ax.set_title(f"Latency vs size at {rep['imgsz']}x{rep['imgsz']}: {col['title']}")
     ax.grid(True, which='both', alpha=0.3)
     ax.legend(loc='upper left')
     fig.savefig(file, dpi=120)
     return file
 
 
-def write_results(out: Path, names: list[str], info: dict, cells: dict, columns: list[dict], sysinfo: dict,
-                  args: dict) -> None:
-    """Write speed.md, speed.json and speed.png into out (called after every stage, so partial runs leave files)."""
+def write_results(out: Path, rep: dict) -> None:
+    """Write speed.md, speed.json and speed.png into out."""
     out.mkdir(parents=True, exist_ok=True)
-    sysinfo = {**sysinfo, 'loadavg_end': list(os.getloadavg()) if hasattr(os, 'getloadavg') else None}
-    (out / 'speed.md').write_text(format_report(names, info, cells, columns, sysinfo, args))
-    data = {'system': sysinfo, 'args': args, 'columns': columns, 'info': info, 'cells': cells}
-    (out / 'speed.json').write_text(json.dumps(data, indent=1))
-    first = columns[0] if columns else None
-    if first:
-        plot_speed(names, info, cells, first['key'], out / 'speed.png', first['title'])
+    (out / 'speed.md').write_text(format_report(rep))
+    (out / 'speed.json').write_text(json.dumps(rep, indent=1))
+    plot_speed(rep, out / 'speed.png')
+
+
+def load_previous(out: Path) -> dict | None:
+    """The speed.json already in out (for --merge), or None."""
+    f = out / 'speed.json'
+    if not f.is_file():
+        return None
+    try:
+        rep = json.loads(f.read_text())
+        assert {'imgsz', 'names', 'info', 'cells', 'bases', 'columns', 'invocations'} <= set(rep)
+        return rep
+    except (ValueError, AssertionError):
+        raise ValueError(f'--merge: {f} is not a speed.json written by this script') from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -441,34 +499,35 @@ def write_results(out: Path, names: list[str], info: dict, cells: dict, columns:
 def run(models: list[str] | None = None, imgsz: int = 640, runs: int = 5, warmup: int = 1,
         batch_sizes: list[int] | tuple = (1, 8), gpu_batch_sizes: list[int] | tuple = (1, 32), onnx: bool = True,
         train: bool = True, train_batch: int = 8, train_runs: int = 3, threads: int = 0,
-        out: str | Path = ROOT / 'benchmarks/results', command: str = '') -> dict:
-    """Measure every model and write the report into ``out``; returns {'info', 'cells', 'columns', 'system'}."""
-    names = list(models or MODELS)
+        out: str | Path = ROOT / 'benchmarks/results', merge: bool = False, command: str = '') -> dict:
+    """Measure every model, write the report into ``out`` (merged into the one there with merge=True); return it."""
+    out, names = Path(out), list(models or MODELS)
+    prev = load_previous(out) if merge else None
     if threads:
         torch.set_num_threads(threads)
-    threads = torch.get_num_threads()
     columns = plan_columns(list(batch_sizes), list(gpu_batch_sizes), onnx, train, train_batch)
-    args = {'imgsz': imgsz, 'runs': runs, 'warmup': warmup, 'train_runs': train_runs,
-            'command': command or 'benchmarks.speed.run()'}
-    sysinfo = system_info(threads)
+    inv = {'command': command or 'benchmarks.speed.run()', 'runs': runs, 'warmup': warmup,
+           'train_runs': train_runs, 'system': system_info(torch.get_num_threads())}
     built, info = build_models(names, imgsz)
     cells: dict = {}
 
-    def save() -> None:
-        write_results(Path(out), names, info, cells, columns, sysinfo, args)
+    def save() -> dict:
+        inv['system']['loadavg_end'] = _loadavg()
+        rep = merge_report(prev, new_report(names, info, cells, columns, inv, imgsz))
+        write_results(out, rep)
+        return rep
 
     fused = {n: m if isinstance(m, str) else _safe(fused_copy, m) for n, m in built.items()}
     cells.update(stage_cpu(fused, list(batch_sizes), imgsz, runs, warmup))
     save()
     if onnx:
-        cells.update(stage_onnx(fused, imgsz, runs, warmup, threads))
+        cells.update(stage_onnx(fused, imgsz, runs, warmup, torch.get_num_threads()))
         save()
     cells.update(stage_gpu(fused, list(gpu_batch_sizes), imgsz, runs, warmup))
     del fused
     if train:
         cells.update(stage_train(built, train_batch, imgsz, train_runs, warmup))
-    save()
-    return {'info': info, 'cells': cells, 'columns': columns, 'system': sysinfo}
+    return save()
 
 
 def _safe(fn: Callable, *a: object) -> object:
@@ -485,25 +544,30 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--imgsz', type=int, default=640, help='square input size (pixels)')
     p.add_argument('--runs', type=int, default=5, help='timed runs per cell (median reported)')
     p.add_argument('--warmup', type=int, default=1, help='untimed runs before timing')
-    p.add_argument('--batch-sizes', nargs='+', type=int, default=[1, 8], help='CPU eager batch sizes')
-    p.add_argument('--gpu-batch-sizes', nargs='+', type=int, default=[1, 32], help='GPU fp16 batch sizes')
+    p.add_argument('--batch-sizes', nargs='*', type=int, default=[1, 8], help='CPU eager batch sizes (none: skip)')
+    p.add_argument('--gpu-batch-sizes', nargs='*', type=int, default=[1, 32], help='GPU fp16 batch sizes')
     p.add_argument('--no-onnx', action='store_true', help='skip the ONNX Runtime column')
     p.add_argument('--no-train', action='store_true', help='skip the training-step column')
     p.add_argument('--train-batch', type=int, default=8, help='training-step batch size')
     p.add_argument('--train-runs', type=int, default=3, help='timed training steps per model')
     p.add_argument('--threads', type=int, default=0, help='torch/ORT threads (0: torch default)')
     p.add_argument('--out', type=str, default=str(ROOT / 'benchmarks/results'), help='output directory')
+    p.add_argument('--merge', action='store_true',
+                   help="merge into out/speed.json: this run's cells replace those models' cells, others are kept")
     return p.parse_args(argv)
 
 
 def main(opt: argparse.Namespace) -> dict:
     command = 'python benchmarks/speed.py ' + ' '.join(sys.argv[1:])
-    res = run(models=opt.models, imgsz=opt.imgsz, runs=opt.runs, warmup=opt.warmup, batch_sizes=opt.batch_sizes,
-              gpu_batch_sizes=opt.gpu_batch_sizes, onnx=not opt.no_onnx, train=not opt.no_train,
-              train_batch=opt.train_batch, train_runs=opt.train_runs, threads=opt.threads, out=opt.out,
-              command=command.strip())
+    try:
+        rep = run(models=opt.models, imgsz=opt.imgsz, runs=opt.runs, warmup=opt.warmup, batch_sizes=opt.batch_sizes,
+                  gpu_batch_sizes=opt.gpu_batch_sizes, onnx=not opt.no_onnx, train=not opt.no_train,
+                  train_batch=opt.train_batch, train_runs=opt.train_runs, threads=opt.threads, out=opt.out,
+                  merge=opt.merge, command=command.strip())
+    except ValueError as e:
+        sys.exit(f'speed.py: {e}')
     print((Path(opt.out) / 'speed.md').read_text())
-    return res
+    return rep
 
 
 if __name__ == '__main__':

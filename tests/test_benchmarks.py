@@ -38,7 +38,7 @@ def test_interleaved_counts_runs_and_isolates_a_failure():
 def test_median_and_spread():
     assert speed.median([3.0, 1.0, 2.0]) == 2.0
     assert speed.spread([1.0, 2.0, 3.0]) == pytest.approx(1.0)
-    assert speed.median('error: x') is None and speed.spread(None) is None
+    assert speed.median('error: x') is None and speed.spread(None) is None and speed.spread([5.0]) is None
 
 
 def test_model_path_and_labels(root):
@@ -48,7 +48,13 @@ def test_model_path_and_labels(root):
     assert speed.short_label('yolov5x') == 'yolov5x'
 
 
-def test_format_table_ratios_errors_and_throughput():
+def fake_report(cells: dict, info: dict, cols: list[dict], command: str = 'x') -> dict:
+    inv = {'command': command, 'runs': 3, 'warmup': 1, 'train_runs': 1,
+           'system': {**speed.system_info(2), 'loadavg_end': [1.0, 2.0, 3.0]}}
+    return speed.new_report(list(info), info, cells, cols, inv, 640)
+
+
+def test_format_table_ratios_errors_and_throughput(tmp_path):
     cols = speed.plan_columns([1], [1], onnx=False, train=True, train_batch=8)
     assert [c['key'] for c in cols] == ['cpu_b1', 'gpu_b1', 'train_b8']
     info = {'yolov5n': {'params': 1_872_157, 'gflops': 4.468}, 'big': {'params': 7_000_000, 'gflops': 16.49},
@@ -56,12 +62,36 @@ def test_format_table_ratios_errors_and_throughput():
     cells = {'cpu_b1': {'yolov5n': [50.0, 60.0, 40.0], 'big': [100.0], 'broken': 'error: KeyError: x'},
              'gpu_b1': dict.fromkeys(info, 'no GPU'),
              'train_b8': {'yolov5n': [800.0], 'big': [1600.0], 'broken': 'error: KeyError: x'}}
-    lines = speed.format_table(list(info), info, cells, cols, 640).splitlines()
+    rep = fake_report(cells, info, cols)
+    lines = speed.format_table(rep).splitlines()
     assert lines[0] == ('| Model | Params (M) | GFLOPs@640 | CPU eager b1 ms | GPU fp16 b1 ms | '
                         'Train step b8 img/s |')
     assert lines[2] == '| yolov5n | 1.87 | 4.47 | 50.0 (1.00×) | no GPU | 10.0 (1.00×) |'
     assert lines[3] == '| big | 7.00 | 16.5 | 100.0 (2.00×) | no GPU | 5.0 (2.00×) |'
     assert lines[4] == '| broken | - | - | error: KeyError: x | no GPU | (same) |'
+    assert speed.noise_line(rep) == 'CPU eager b1 40 %'  # (60 - 40) / 50; single runs have no spread
+    speed.write_results(tmp_path, rep)
+    assert speed.load_previous(tmp_path) == rep
+    assert (tmp_path / 'speed.png').stat().st_size > 1000
+
+
+def test_merge_keeps_same_run_ratios(tmp_path):
+    c1, c8 = speed.column('cpu_b1', 'CPU eager b1 ms', 1), speed.column('cpu_b8', 'CPU eager b8 ms', 8)
+    info = {'yolov5x': {'params': 8e7, 'gflops': 200.0}, 'yolov5n': {'params': 1e6, 'gflops': 1.0}}
+    first = fake_report({'cpu_b1': {'yolov5n': [10.0], 'yolov5x': [100.0]}}, info, [c1], 'first')
+    # second run: machine twice as loaded; b8 column only, and a new b1 number for yolov5n only
+    second = fake_report({'cpu_b8': {'yolov5n': [200.0], 'yolov5x': [1000.0]}}, info, [c8], 'second')
+    rep = speed.merge_report(first, second)
+    assert [c['key'] for c in rep['columns']] == ['cpu_b1', 'cpu_b8']
+    assert [i['command'] for i in rep['invocations']] == ['first', 'second']
+    table = speed.format_table(rep).splitlines()
+    assert table[2].endswith('| 10.0 (1.00×) | 200.0 (1.00×) |')  # rows in MODELS order: yolov5n first
+    assert table[3].endswith('| 100.0 (10.00×) | 1000 (5.00×) |')
+    with pytest.raises(ValueError, match='measured at 640 px, this run at 64 px'):
+        speed.merge_report(first, {**second, 'imgsz': 64})
+    (tmp_path / 'speed.json').write_text('{"a": 1}')
+    with pytest.raises(ValueError, match='speed.json is not a speed.json written by this script'):
+        speed.load_previous(tmp_path)
 
 
 def test_format_cell_without_baseline():
