@@ -32,7 +32,7 @@ from models import common  # noqa: E402,F401  (registers the YOLOv5 blocks)
 from models.common import Conv, YamlContext  # noqa: E402
 from models.registry import get_module, register_module  # noqa: E402
 from utils.logging import LOGGER  # noqa: E402
-from utils.torch_utils import initialize_weights, model_info  # noqa: E402
+from utils.torch_utils import initialize_weights, meta_copy, model_info  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKBONE_SLOTS = 5  # a multi-output backbone occupies layer indices 0..4 (YOLOv5-EfficientViT convention)
@@ -341,25 +341,30 @@ class DetectionModel(nn.Module):
         return isinstance(getattr(layer, 'out_channels', None), (list, tuple))
 
     def _probe_strides(self, ch: int) -> torch.Tensor:
-        """Detect's strides from one forward of a zero image (eval mode: no BN statistics change).
-
-        A backbone's measured output strides must equal the strides it declares.
+        """Detect's strides from one forward of a 256x256 image, run on a shape-only (meta) copy of the model: no
+        compute and no BN statistics change. A backbone's measured output strides must equal the ones it declares.
         """
-        was_training = self.training
-        self.eval()
+        x = torch.zeros(1, ch, PROBE_SIZE, PROBE_SIZE)
         try:
             with torch.no_grad():
-                y = self._forward_layers(torch.zeros(1, ch, PROBE_SIZE, PROBE_SIZE), stop=len(self.model) - 1)
-        finally:
-            self.train(was_training)
+                shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else None
+                          for t in meta_copy(self).eval()._forward_layers(x.to('meta'), stop=len(self.model) - 1)]
+        except (NotImplementedError, RuntimeError):  # an op without a meta kernel: probe for real, in eval mode
+            was_training = self.training
+            try:
+                with torch.no_grad():
+                    shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else None
+                              for t in self.eval()._forward_layers(x, stop=len(self.model) - 1)]
+            finally:
+                self.train(was_training)
         layer0 = self.model[0]
         if self._is_backbone(layer0):
             declared = [int(s) for s in layer0.strides]
-            measured = [PROBE_SIZE // y[m.i].shape[-2] for m in self.model[1:BACKBONE_SLOTS] if m.index is not None]
+            measured = [PROBE_SIZE // shapes[m.i][-2] for m in self.model[1:BACKBONE_SLOTS] if m.index is not None]
             if measured != declared:
                 raise ModelConfigError(f'{self.yaml_file}: backbone {layer0.type} declares strides {declared} '
                                        f'but its outputs have strides {measured}')
-        return torch.tensor([PROBE_SIZE / y[j].shape[-2] for j in self.model[-1].f])
+        return torch.tensor([PROBE_SIZE / shapes[j][-2] for j in self.model[-1].f])
 
     def _initialize_biases(self, cf: torch.Tensor | None = None) -> None:
         """Detect bias priors: objectness ~8 objects per 640x640 image, classes 0.6/nc (or class frequencies cf)."""

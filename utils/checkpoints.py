@@ -189,7 +189,7 @@ def _convert_official(obj: dict, path: Path) -> dict:
         'names': {int(k): str(v) for k, v in names.items()}, 'nc': int(cfg.get('nc', len(names))),
         'epoch': int(obj['epoch']) if isinstance(obj.get('epoch'), int) else -1,
         'best_fitness': 0.0, 'opt': {}, 'hyp': dict(attrs.get('hyp') or {}), 'date': str(obj.get('date') or ''),
-        'train_state': None,
+        'train_state': None, 'yaml_file': str(attrs.get('yaml_file') or ''),
     }
 
 
@@ -225,6 +225,7 @@ def model_from_checkpoint(ckpt: dict, prefer_ema: bool = True, source: str = 'ch
         model = DetectionModel(_without_pretrained(ckpt['model_yaml']), nc=ckpt.get('nc'), verbose=False)
     except ModelConfigError as e:
         raise CheckpointError(f'{source}: cannot rebuild the model: {e}') from None
+    model.yaml_file = str(ckpt.get('yaml_file') or '')  # optional key: the summary is then named after the yaml
     check_state_dict(model, state, source)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     names = ckpt.get('names') or {}

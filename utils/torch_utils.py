@@ -153,7 +153,7 @@ def _input_channels(model: nn.Module) -> int:
     return 3
 
 
-def _meta_copy(model: nn.Module) -> nn.Module:
+def meta_copy(model: nn.Module) -> nn.Module:
     """A deep copy whose parameters and buffers are shape-only meta tensors (copies no tensor data)."""
     memo: dict[int, Any] = {}
     for p in model.parameters():
@@ -181,7 +181,7 @@ def flops(model: nn.Module, imgsz: int | tuple[int, int] = 640) -> float:
     h, w = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
     ch = _input_channels(model)
     try:
-        meta = _meta_copy(model).train()  # train mode: no caches, same conv/matmul work as eval
+        meta = meta_copy(model).train()  # train mode: no caches, same conv/matmul work as eval
         return _count(meta, torch.zeros(1, ch, h, w, device='meta')) / 1e9
     except Exception:  # an op without a meta kernel: count a real forward instead (slower, still exact)
         pass
