@@ -1,0 +1,234 @@
+"""Run a detector on images, videos, directories, globs, .txt lists, webcams and streams (YOLOv5 v7.0 detect.py).
+
+Usage:
+    python detect.py --weights best.pt --source data/images        # default source, generated when missing
+    python detect.py --weights best.onnx --source video.mp4 --save-txt --save-crop
+    python detect.py --weights best.pt --source 0                   # webcam
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))
+
+from utils.augmentations import letterbox  # noqa: E402
+from utils.backends import BackendError, DetectBackend, check_img_size  # noqa: E402
+from utils.boxes import scale_boxes, xyxy2xywh  # noqa: E402
+from utils.logging import LOGGER, colorstr, increment_path  # noqa: E402
+from utils.nms import non_max_suppression  # noqa: E402
+from utils.plots import Annotator, colors, save_one_box  # noqa: E402
+from utils.sources import Frame, SourceError, load_source  # noqa: E402
+from utils.torch_utils import select_device  # noqa: E402
+from utils.validator import Timer  # noqa: E402
+
+DEFAULT_SOURCE = ROOT / 'data/images'
+
+
+def _resolve_source(source: str | Path) -> str | Path:
+    """The default ``data/images`` is generated on demand (a few synthetic scenes) when it is missing."""
+    if Path(source).resolve() == DEFAULT_SOURCE.resolve() and not any(DEFAULT_SOURCE.glob('*.*')):
+        from utils.synthetic import ensure_sample_images
+
+        ensure_sample_images(DEFAULT_SOURCE)
+    return source
+
+
+def preprocess(im0: np.ndarray, imgsz: tuple[int, int], stride: int, auto: bool, device: torch.device,
+               fp16: bool) -> torch.Tensor:
+    """BGR HWC uint8 -> letterboxed RGB (1, 3, h, w) in [0, 1] (minimum rectangle when ``auto``)."""
+    im = letterbox(im0, imgsz, stride=stride, auto=auto)[0]
+    im = np.ascontiguousarray(im.transpose((2, 0, 1))[::-1])
+    im = torch.from_numpy(im).to(device)
+    return (im.half() if fp16 else im.float())[None] / 255
+
+
+def _label_line(xyxy, conf: float, cls: float, gn: torch.Tensor, save_conf: bool) -> str:
+    xywh = (xyxy2xywh(torch.tensor(xyxy).view(1, 4)) / gn).view(-1).tolist()
+    line = (cls, *xywh, conf) if save_conf else (cls, *xywh)
+    return ('%g ' * len(line)).rstrip() % line + '\n'
+
+
+class _VideoSink:
+    """One cv2.VideoWriter per output path (mp4v ``.mp4``), opened on the first frame of each video or stream."""
+
+    def __init__(self):
+        self.writers: dict[str, cv2.VideoWriter] = {}
+
+    def write(self, save_path: Path, im: np.ndarray, fps: float) -> None:
+        key = str(save_path.with_suffix('.mp4'))
+        if key not in self.writers:
+            h, w = im.shape[:2]
+            self.writers[key] = cv2.VideoWriter(key, cv2.VideoWriter_fourcc(*'mp4v'), fps or 30.0, (w, h))
+        self.writers[key].write(im)
+
+    def close(self) -> None:
+        for w in self.writers.values():
+            w.release()
+        self.writers = {}
+
+
+def _handle_detections(frame: Frame, det: torch.Tensor, names: dict, save_dir: Path, opt: dict) -> np.ndarray:
+    """Write labels and crops, draw boxes; returns the annotated image."""
+    im0, p = frame.im0, Path(frame.path)
+    imc = im0.copy() if opt['save_crop'] else im0
+    stem = p.stem if frame.kind == 'image' else f'{p.stem}_{frame.frame}'
+    gn = torch.tensor(im0.shape, dtype=torch.float32)[[1, 0, 1, 0]]
+    annotator = Annotator(im0, line_width=opt['line_thickness'], example=str(names))
+    for *xyxy, conf, cls in reversed(det.tolist()):
+        c = int(cls)
+        if opt['save_txt']:
+            with open(save_dir / 'labels' / f'{stem}.txt', 'a') as f:
+                f.write(_label_line(xyxy, conf, cls, gn, opt['save_conf']))
+        if opt['save_img'] or opt['save_crop'] or opt['view_img']:
+            label = None if opt['hide_labels'] else (names[c] if opt['hide_conf'] else f'{names[c]} {conf:.2f}')
+            annotator.box_label(xyxy, label, color=colors(c, True))
+        if opt['save_crop']:
+            save_one_box(torch.tensor(xyxy), imc, file=save_dir / 'crops' / names[c] / f'{p.stem}.jpg', BGR=True)
+    return annotator.result()
+
+
+def _summary(det: torch.Tensor, names: dict) -> str:
+    """``2 circles, 1 square, `` as YOLOv5 prints per image."""
+    s = ''
+    for c in det[:, 5].unique():
+        n = int((det[:, 5] == c).sum())
+        s += f"{n} {names[int(c)]}{'s' * (n > 1)}, "
+    return s
+
+
+def _show(window: str, im: np.ndarray, state: dict) -> None:
+    """cv2.imshow when a display exists; headless OpenCV builds get one warning and no window."""
+    if state.get('no_display'):
+        return
+    try:
+        cv2.imshow(window, im)
+        cv2.waitKey(1)
+    except cv2.error:
+        state['no_display'] = True
+        LOGGER.warning('WARNING ⚠️ --view-img needs an OpenCV build with a display; images are not shown')
+
+
+def run(weights: str | Path | list = 'yolov5s.pt', source: str | Path = DEFAULT_SOURCE, data: str | Path | None = None,
+        imgsz: int | tuple | list = (640, 640), conf_thres: float = 0.25, iou_thres: float = 0.45, max_det: int = 1000,
+        device: str = '', view_img: bool = False, save_txt: bool = False, save_conf: bool = False,
+        save_crop: bool = False, nosave: bool = False, classes: list[int] | None = None, agnostic_nms: bool = False,
+        augment: bool = False, visualize: bool = False, update: bool = False,
+        project: str | Path = ROOT / 'runs/detect', name: str = 'exp', exist_ok: bool = False,
+        line_thickness: int = 3, hide_labels: bool = False, hide_conf: bool = False, half: bool = False,
+        dnn: bool = False, vid_stride: int = 1) -> Path:
+    """Detect objects in ``source`` with ``weights``; returns the run directory (runs/detect/exp{N})."""
+    source = _resolve_source(source)
+    save_img = not nosave and not str(source).endswith('.txt')
+    dataset = load_source(source, vid_stride=vid_stride)
+    save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
+    (save_dir / 'labels' if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
+
+    device = select_device(device)
+    data_dict = None
+    if data:
+        from utils.dataset_config import check_dataset
+
+        data_dict = check_dataset(data, autogenerate=False)
+    model = DetectBackend(weights, device=device, fp16=half, data=data_dict)
+    stride, names = model.stride, model.names
+    imgsz = [imgsz] * 2 if isinstance(imgsz, int) else list(imgsz) * (2 if len(imgsz) == 1 else 1)
+    imgsz = model.static_shape or tuple(check_img_size(imgsz, s=stride))
+    model.warmup(imgsz=(1, 3, *imgsz))
+    opt = dict(save_txt=save_txt, save_conf=save_conf, save_crop=save_crop, save_img=save_img, view_img=view_img,
+               line_thickness=line_thickness, hide_labels=hide_labels, hide_conf=hide_conf)
+    dt, seen, sink, display = (Timer(device), Timer(device), Timer(device)), 0, _VideoSink(), {}
+    try:
+        for frame in dataset:
+            with dt[0]:
+                im = preprocess(frame.im0, imgsz, stride, model.dynamic, device, model.fp16)
+            with dt[1]:
+                t = dt[1].t
+                pred = model(im, augment=augment)
+            with dt[2]:
+                det = non_max_suppression(pred, conf_thres, iou_thres, classes, agnostic_nms, max_det=max_det)[0]
+            seen += 1
+            det[:, :4] = scale_boxes(im.shape[2:], det[:, :4], frame.im0.shape).round()
+            s = f'{frame.describe()} %gx%g ' % im.shape[2:] + _summary(det, names)
+            im0 = _handle_detections(frame, det.cpu(), names, save_dir, opt)
+            if view_img:
+                _show(str(frame.path), im0, display)
+            if save_img:
+                save_path = save_dir / Path(frame.path).name
+                if frame.kind == 'image':
+                    cv2.imwrite(str(save_path), im0)
+                else:
+                    sink.write(save_path, im0, frame.meta.get('fps', 30.0))
+            LOGGER.info(f"{s}{'' if len(det) else '(no detections), '}{(dt[1].t - t) * 1e3:.1f}ms")
+    finally:
+        sink.close()
+    if seen == 0:
+        raise SourceError(f'no readable images or videos in {source}')
+    times = tuple(x.t / seen * 1e3 for x in dt)
+    LOGGER.info(f'Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image at shape {(1, 3, *imgsz)}'
+                % times)
+    if save_txt or save_img:
+        n = len(list(save_dir.glob('labels/*.txt')))
+        s = f"\n{n} label{'s' * (n != 1)} saved to {save_dir / 'labels'}" if save_txt else ''
+        LOGGER.info(f"Results saved to {colorstr('bold', str(save_dir))}{s}")
+    if update:
+        from utils.checkpoints import strip_optimizer
+
+        strip_optimizer(weights[0] if isinstance(weights, (list, tuple)) else weights)
+    return save_dir
+
+
+def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
+    """YOLOv5 v7.0 detect.py flags."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--weights', nargs='+', type=str, default='yolov5s.pt', help='model path(s)')
+    p.add_argument('--source', type=str, default=str(DEFAULT_SOURCE),
+                   help='file/dir/URL/glob/.txt/.streams, 0 for webcam')
+    p.add_argument('--data', type=str, default=None, help='(optional) dataset.yaml for class names')
+    p.add_argument('--imgsz', '--img', '--img-size', nargs='+', type=int, default=[640], help='inference size h,w')
+    p.add_argument('--conf-thres', type=float, default=0.25, help='confidence threshold')
+    p.add_argument('--iou-thres', type=float, default=0.45, help='NMS IoU threshold')
+    p.add_argument('--max-det', type=int, default=1000, help='maximum detections per image')
+    p.add_argument('--device', default='', help='cuda device, i.e. 0 or 0,1,2,3 or cpu')
+    p.add_argument('--view-img', action='store_true', help='show results')
+    p.add_argument('--save-txt', action='store_true', help='save results to *.txt')
+    p.add_argument('--save-conf', action='store_true', help='save confidences in --save-txt labels')
+    p.add_argument('--save-crop', action='store_true', help='save cropped prediction boxes')
+    p.add_argument('--nosave', action='store_true', help='do not save images/videos')
+    p.add_argument('--classes', nargs='+', type=int, help='filter by class: --classes 0, or --classes 0 2 3')
+    p.add_argument('--agnostic-nms', action='store_true', help='class-agnostic NMS')
+    p.add_argument('--augment', action='store_true', help='augmented inference')
+    p.add_argument('--visualize', action='store_true', help='accepted for compatibility; not implemented')
+    p.add_argument('--update', action='store_true', help='strip the optimizer from the weights file')
+    p.add_argument('--project', default=str(ROOT / 'runs/detect'), help='save results to project/name')
+    p.add_argument('--name', default='exp', help='save results to project/name')
+    p.add_argument('--exist-ok', action='store_true', help='existing project/name ok, do not increment')
+    p.add_argument('--line-thickness', default=3, type=int, help='bounding box thickness (pixels)')
+    p.add_argument('--hide-labels', default=False, action='store_true', help='hide labels')
+    p.add_argument('--hide-conf', default=False, action='store_true', help='hide confidences')
+    p.add_argument('--half', action='store_true', help='use FP16 half-precision inference')
+    p.add_argument('--dnn', action='store_true', help='accepted for compatibility; ONNX runs on onnxruntime')
+    p.add_argument('--vid-stride', type=int, default=1, help='video frame-rate stride')
+    opt = p.parse_args(argv)
+    opt.imgsz *= 2 if len(opt.imgsz) == 1 else 1
+    return opt
+
+
+def main(opt: argparse.Namespace) -> None:
+    from utils.dataset_config import ConfigError
+
+    try:
+        run(**vars(opt))
+    except (BackendError, SourceError, ConfigError, FileNotFoundError) as e:
+        sys.exit(f'detect.py: {e}')
+
+
+if __name__ == '__main__':
+    main(parse_opt())

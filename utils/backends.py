@@ -1,0 +1,157 @@
+"""One inference interface over every weight format detect.py and val.py accept.
+
+``.pt`` (this project's checkpoints and official YOLOv5 v6.x/v7.0 files, through utils.checkpoints.load_model, fused),
+``.torchscript`` and ``.onnx`` (onnxruntime) all give ``forward(im) -> pred (B, N, 5+nc)`` plus ``stride``, ``names``
+and ``fp16``. Exported files carry ``stride`` and ``names`` as metadata (see export.py).
+"""
+from __future__ import annotations
+
+import ast
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from utils.logging import LOGGER
+
+FORMATS = {'.pt': 'pt', '.torchscript': 'jit', '.onnx': 'onnx'}
+
+
+def check_img_size(imgsz: int | list[int], s: int = 32, floor: int = 0) -> int | list[int]:
+    """Round image size(s) up to a multiple of stride ``s`` (warning when changed), as YOLOv5's check_img_size."""
+    def up(x: int) -> int:
+        return max(int(math.ceil(int(x) / s) * s), floor)
+
+    new = up(imgsz) if isinstance(imgsz, int) else [up(x) for x in imgsz]
+    if new != imgsz:
+        LOGGER.warning(f'WARNING ⚠️ --img-size {imgsz} must be multiple of max stride {s}, updating to {new}')
+    return new
+
+
+class BackendError(Exception):
+    """A weights file that is missing, of an unsupported format, or that cannot be loaded."""
+
+
+def parse_names(value) -> dict[int, str]:
+    """Class names from metadata: a dict, a list, or their text (JSON or a Python literal, never evaluated)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            value = ast.literal_eval(value)
+    if isinstance(value, (list, tuple)):
+        value = dict(enumerate(value))
+    return {int(k): str(v) for k, v in value.items()}
+
+
+def default_names(n: int = 999) -> dict[int, str]:
+    """YOLOv5's fallback names ``class0`` … when a model carries none."""
+    return {i: f'class{i}' for i in range(n)}
+
+
+class DetectBackend(nn.Module):
+    """Load ``weights`` (.pt, .torchscript or .onnx) for inference on ``device``.
+
+    ``fp16`` applies on CUDA only (silently off on CPU, as YOLOv5); ``fuse`` folds BatchNorms of .pt models.
+    """
+
+    is_backend = True  # the validator does not wrap backends in autocast: fp16 is handled here
+
+    def __init__(self, weights: str | Path | list, device: torch.device | str = 'cpu', fp16: bool = False,
+                 fuse: bool = True, data: dict | None = None):
+        super().__init__()
+        w = Path(str(weights[0] if isinstance(weights, (list, tuple)) else weights))
+        self.format = FORMATS.get(w.suffix.lower())
+        if self.format is None:
+            raise BackendError(f'{w}: unsupported model format {w.suffix!r}; supported: {", ".join(FORMATS)}')
+        if not w.is_file():
+            raise BackendError(f'{w} does not exist')
+        self.device = torch.device(device)
+        self.fp16 = bool(fp16) and self.device.type == 'cuda'
+        self.pt, self.jit, self.onnx = (self.format == f for f in ('pt', 'jit', 'onnx'))
+        self.weights, self.stride, self.names = w, 32, None
+        try:
+            getattr(self, f'_load_{self.format}')(w, fuse)
+        except BackendError:
+            raise
+        except Exception as e:  # corrupt or foreign files: one clear line naming the file
+            raise BackendError(f'{w}: cannot load {self.format} model ({type(e).__name__}: {e})') from None
+        if self.names is None:
+            self.names = parse_names(data['names']) if data and 'names' in data else default_names()
+
+    def _load_pt(self, w: Path, fuse: bool) -> None:
+        from utils.checkpoints import load_model
+
+        model = load_model(w, device=self.device, fuse=fuse)
+        self.model = model.half() if self.fp16 else model.float()
+        self.model.eval()
+        self.stride = max(int(model.stride.max()), 32)
+        self.names = parse_names(model.names)
+
+    def _load_jit(self, w: Path, fuse: bool) -> None:
+        extra = {'config.txt': ''}
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', FutureWarning)  # torch.jit deprecation notice
+            model = torch.jit.load(str(w), _extra_files=extra, map_location=self.device)
+        self.model = model.half() if self.fp16 else model.float()
+        self.model.eval()
+        if extra['config.txt']:
+            meta = json.loads(extra['config.txt'])
+            self.stride, self.names = int(meta['stride']), parse_names(meta['names'])
+
+    def _load_onnx(self, w: Path, fuse: bool) -> None:
+        import onnxruntime
+
+        providers = ['CPUExecutionProvider']
+        if self.device.type == 'cuda' and 'CUDAExecutionProvider' in onnxruntime.get_available_providers():
+            providers.insert(0, ('CUDAExecutionProvider', {'device_id': self.device.index or 0}))
+        self.session = onnxruntime.InferenceSession(str(w), providers=providers)
+        inp = self.session.get_inputs()[0]
+        self.input_name, self.input_shape = inp.name, inp.shape
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.fp16 = inp.type == 'tensor(float16)'
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if 'stride' in meta:
+            self.stride = int(meta['stride'])
+        if 'names' in meta:
+            self.names = parse_names(meta['names'])
+
+    @property
+    def dynamic(self) -> bool:
+        """True when the model takes any input size (.pt, ONNX exported with --dynamic): rectangular inference."""
+        return self.pt or (self.onnx and self.static_shape is None)
+
+    @property
+    def static_shape(self) -> tuple[int, int] | None:
+        """(h, w) an exported model was fixed to, or None when it takes any size (.pt, dynamic ONNX)."""
+        if self.onnx and all(isinstance(d, int) for d in self.input_shape[2:]):
+            return tuple(self.input_shape[2:])
+        return None
+
+    def forward(self, im: torch.Tensor, augment: bool = False) -> torch.Tensor:
+        """Decoded predictions (B, N, 5+nc) in input-image pixels, before NMS."""
+        if self.fp16 and im.dtype != torch.float16:
+            im = im.half()
+        elif not self.fp16 and im.dtype != torch.float32:
+            im = im.float()
+        if self.pt:
+            y = self.model(im, augment=augment) if augment else self.model(im)
+        elif self.jit:
+            y = self.model(im)
+        else:
+            y = self.session.run(self.output_names, {self.input_name: im.cpu().numpy()})[0]
+            y = torch.from_numpy(np.asarray(y)).to(self.device)
+        if isinstance(y, (list, tuple)):
+            y = y[0]
+        return y
+
+    def warmup(self, imgsz: tuple[int, int, int, int] = (1, 3, 640, 640)) -> None:
+        """One forward on zeros so the first real image is not timed with lazy initialisation (GPU only)."""
+        if self.device.type != 'cpu':
+            im = torch.zeros(*imgsz, dtype=torch.half if self.fp16 else torch.float, device=self.device)
+            self.forward(im)
+            LOGGER.debug(f'warmed up {self.weights.name} at {tuple(imgsz)}')

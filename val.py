@@ -1,0 +1,129 @@
+"""Validate a trained detector on a dataset split (YOLOv5 v7.0 val.py flags, metrics and outputs).
+
+Usage:
+    python val.py --weights runs/train/exp/weights/best.pt --data data/shapes.yaml --img 640
+    python val.py --weights best.onnx --data data/shapes.yaml --save-json   # also .torchscript, official YOLOv5 .pt
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))
+
+from utils.backends import BackendError, DetectBackend, check_img_size  # noqa: E402
+from utils.coco import coco80_to_coco91_class, find_coco_annotations  # noqa: E402
+from utils.dataloaders import create_dataloader  # noqa: E402
+from utils.dataset_config import ConfigError, check_dataset  # noqa: E402
+from utils.logging import LOGGER, colorstr, increment_path  # noqa: E402
+from utils.torch_utils import select_device  # noqa: E402
+from utils.validator import validate  # noqa: E402
+
+
+def _is_coco(data: dict) -> bool:
+    val = data.get('val')
+    return isinstance(val, str) and val.replace('\\', '/').endswith('coco/val2017.txt')
+
+
+def _check_classes(model: DetectBackend, data: dict, weights, single_cls: bool) -> None:
+    """A PyTorch model's nc must equal the data nc unless --single-cls (YOLOv5's check, as a one-line error)."""
+    if model.pt and not single_cls:
+        ncm = model.model.nc
+        if ncm != data['nc']:
+            raise ConfigError(f'{weights} ({ncm} classes) trained on different --data than what you passed '
+                              f'({data["nc"]} classes). Pass correct combination of --weights and --data that '
+                              f'are trained together.')
+
+
+def run(data: str | Path | dict = ROOT / 'data/shapes.yaml', weights: str | Path | list = 'yolov5s.pt',
+        batch_size: int = 32, imgsz: int = 640, conf_thres: float = 0.001, iou_thres: float = 0.6,
+        max_det: int = 300, task: str = 'val', device: str = '', workers: int = 8, single_cls: bool = False,
+        augment: bool = False, verbose: bool = False, save_txt: bool = False, save_hybrid: bool = False,
+        save_conf: bool = False, save_json: bool = False, project: str | Path = ROOT / 'runs/val',
+        name: str = 'exp', exist_ok: bool = False, half: bool = True, dnn: bool = False, plots: bool = True,
+        rect: bool | None = None):
+    """Validate ``weights`` on ``data[task]`` -> ((mp, mr, map50, map, 0, 0, 0), maps, times).
+
+    ``rect`` (Python only; default: when the model takes any input size, i.e. .pt or a --dynamic ONNX) selects
+    rectangular batches with pad 0.5, as YOLOv5 uses for .pt models; fixed-size exports run square images.
+    """
+    if save_hybrid:
+        LOGGER.warning('WARNING ⚠️ --save-hybrid returns high mAP from hybrid labels, not from predictions alone')
+    if conf_thres > 0.001:
+        LOGGER.warning(f'WARNING ⚠️ confidence threshold {conf_thres} > 0.001 produces invalid results')
+    if task == 'speed':  # speed benchmark: detect.py-like thresholds, square images, no json
+        conf_thres, iou_thres, save_json = 0.25, 0.45, False
+    device = select_device(device, batch_size=batch_size)
+    save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
+    (save_dir / 'labels' if save_txt or save_hybrid else save_dir).mkdir(parents=True, exist_ok=True)
+
+    model = DetectBackend(weights, device=device, fp16=half)
+    stride, pt = model.stride, model.pt
+    imgsz = check_img_size(imgsz, s=stride)
+    if model.static_shape and model.static_shape != (imgsz, imgsz):
+        raise BackendError(f'{model.weights} was exported for {model.static_shape[0]}x{model.static_shape[1]} '
+                           f'inputs; pass --imgsz {model.static_shape[0]} or export with --dynamic')
+    if not pt:
+        batch_size = 1
+        LOGGER.info(f'Forcing --batch-size 1 square inference (1,3,{imgsz},{imgsz}) for non-PyTorch models')
+    data = check_dataset(data)
+    is_coco = _is_coco(data)
+    _check_classes(model, data, weights, single_cls)
+    model.warmup(imgsz=(1 if pt else batch_size, 3, imgsz, imgsz))
+    pad, rect = (0.0, False) if task == 'speed' else (0.5, model.dynamic if rect is None else rect)
+    split = task if task in ('train', 'val', 'test') else 'val'
+    if not data.get(split):
+        raise ConfigError(f'{data.get("yaml_file", "dataset")}: no {split!r} split defined')
+    dataloader = create_dataloader(data[split], imgsz, batch_size, stride, single_cls, pad=pad, rect=rect,
+                                   workers=workers, prefix=colorstr(f'{split}: '), nc=data['nc'])[0]
+    stem = Path(str(weights[0] if isinstance(weights, (list, tuple)) else weights)).stem
+    return validate(model, dataloader, model.names, conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det,
+                    single_cls=single_cls, half=half and device.type == 'cuda', augment=augment, save_dir=save_dir,
+                    plots=plots, verbose=verbose, save_txt=save_txt, save_hybrid=save_hybrid, save_conf=save_conf,
+                    save_json=save_json or is_coco, anno_json=find_coco_annotations(data) if is_coco else None,
+                    class_map=coco80_to_coco91_class() if is_coco else None, json_name=stem)
+
+
+def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
+    """YOLOv5 v7.0 val.py flags."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--data', type=str, default=str(ROOT / 'data/shapes.yaml'), help='dataset.yaml path')
+    p.add_argument('--weights', nargs='+', type=str, default='yolov5s.pt', help='model path(s)')
+    p.add_argument('--batch-size', type=int, default=32, help='batch size')
+    p.add_argument('--imgsz', '--img', '--img-size', type=int, default=640, help='inference size (pixels)')
+    p.add_argument('--conf-thres', type=float, default=0.001, help='confidence threshold')
+    p.add_argument('--iou-thres', type=float, default=0.6, help='NMS IoU threshold')
+    p.add_argument('--max-det', type=int, default=300, help='maximum detections per image')
+    p.add_argument('--task', default='val', choices=('train', 'val', 'test', 'speed'), help='split or speed')
+    p.add_argument('--device', default='', help='cuda device, i.e. 0 or 0,1,2,3 or cpu')
+    p.add_argument('--workers', type=int, default=8, help='max dataloader workers')
+    p.add_argument('--single-cls', action='store_true', help='treat as single-class dataset')
+    p.add_argument('--augment', action='store_true', help='augmented inference')
+    p.add_argument('--verbose', action='store_true', help='report mAP by class')
+    p.add_argument('--save-txt', action='store_true', help='save results to *.txt')
+    p.add_argument('--save-hybrid', action='store_true', help='save label+prediction hybrid results to *.txt')
+    p.add_argument('--save-conf', action='store_true', help='save confidences in --save-txt labels')
+    p.add_argument('--save-json', action='store_true', help='save a COCO-JSON results file')
+    p.add_argument('--project', default=str(ROOT / 'runs/val'), help='save to project/name')
+    p.add_argument('--name', default='exp', help='save to project/name')
+    p.add_argument('--exist-ok', action='store_true', help='existing project/name ok, do not increment')
+    p.add_argument('--half', action='store_true', help='use FP16 half-precision inference')
+    p.add_argument('--dnn', action='store_true', help='accepted for compatibility; ONNX runs on onnxruntime')
+    opt = p.parse_args(argv)
+    opt.save_json |= opt.data.endswith('coco.yaml')
+    opt.save_txt |= opt.save_hybrid
+    return opt
+
+
+def main(opt: argparse.Namespace) -> None:
+    try:
+        run(**vars(opt))
+    except (BackendError, ConfigError, FileNotFoundError) as e:
+        sys.exit(f'val.py: {e}')
+
+
+if __name__ == '__main__':
+    main(parse_opt())
