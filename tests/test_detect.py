@@ -1,0 +1,206 @@
+"""detect.py on images and a video: annotated outputs, labels, crops, console lines; bad sources; official YOLOv5
+.pt files through detect.py and val.py."""
+import copy
+import io
+import logging
+import re
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import detect
+import val
+from tests.helpers import draw_image
+from tests.test_export import NAMES, make_checkpoint, make_model, read_labels
+from utils.logging import LOGGER
+from utils.sources import SourceError
+
+IMGSZ = 64
+
+
+@pytest.fixture
+def log():
+    buf = io.StringIO()
+    h = logging.StreamHandler(buf)
+    LOGGER.addHandler(h)
+    yield buf
+    LOGGER.removeHandler(h)
+
+
+@pytest.fixture(scope='module')
+def model():
+    return make_model('yolov5n.yaml')
+
+
+@pytest.fixture(scope='module')
+def weights(model, tmp_path_factory):
+    return make_checkpoint(model, tmp_path_factory.mktemp('w') / 'model.pt')
+
+
+def write_video(path, n=4, w=80, h=64, seed=3):
+    rng = np.random.default_rng(seed)
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'mp4v'), 5, (w, h))
+    for _ in range(n):
+        im, _ = draw_image(rng, max(w, h), 2)
+        vw.write(np.ascontiguousarray(im[:h, :w]))
+    vw.release()
+    return path
+
+
+@pytest.fixture
+def source(tmp_path):
+    d = tmp_path / 'src'
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for i, size in enumerate((64, 96)):
+        im, _ = draw_image(rng, size, 2)
+        cv2.imwrite(str(d / f'im{i}.jpg'), im)
+    write_video(d / 'clip.avi')
+    return d
+
+
+def run_detect(weights, source, tmp_path, **kw):
+    kw = {'imgsz': [IMGSZ], 'conf_thres': 0.3, 'project': tmp_path / 'runs', 'name': 'exp', **kw}
+    return detect.run(weights=weights, source=source, **kw)
+
+
+def test_images_and_video(weights, source, tmp_path, log):
+    run = run_detect(weights, source, tmp_path, save_txt=True, save_conf=True, save_crop=True)
+    assert run == tmp_path / 'runs/exp'
+    # annotated images keep their names and sizes; the video is written as .mp4 with every frame
+    assert cv2.imread(str(run / 'im0.jpg')).shape == (64, 64, 3)
+    assert cv2.imread(str(run / 'im1.jpg')).shape == (96, 96, 3)
+    cap = cv2.VideoCapture(str(run / 'clip.mp4'))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 4
+    assert (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))) == (80, 64)
+    cap.release()
+    labels = read_labels(run / 'labels')
+    assert set(labels) <= {'im0.txt', 'im1.txt', 'clip_1.txt', 'clip_2.txt', 'clip_3.txt', 'clip_4.txt'}
+    rows = np.concatenate(list(labels.values()))
+    assert len(rows) >= 4 and rows.shape[1] == 6
+    assert set(rows[:, 0]) <= {0, 1} and (rows[:, 1:5] >= 0).all() and (rows[:, 1:5] <= 1).all()
+    assert ((rows[:, 5] >= 0.3) & (rows[:, 5] <= 1)).all()
+    crops = list((run / 'crops').rglob('*.jpg'))
+    assert {c.parent.name for c in crops} <= set(NAMES.values())
+    assert len(crops) == len(rows)  # one crop per detection
+    out = log.getvalue()
+    assert len(re.findall(r'^image [12]/3 .*im[01]\.jpg: \d+x\d+ ', out, re.M)) == 2
+    assert len(re.findall(r'^video 3/3 \([1-4]/4\) .*clip\.avi: 64x64 ', out, re.M)) == 4
+    assert re.search(r'Speed: [\d.]+ms pre-process, [\d.]+ms inference, [\d.]+ms NMS per image at shape '
+                     r'\(1, 3, 64, 64\)', out)
+    assert f'labels saved to {run / "labels"}' in out and 'Results saved to' in out
+
+
+def test_label_values_match_model(weights, model, tmp_path):
+    """Labels are the model's NMS output rescaled to the original image, normalised (cx cy w h)."""
+    from utils.nms import non_max_suppression
+
+    rng = np.random.default_rng(5)
+    im, _ = draw_image(rng, IMGSZ, 2)
+    cv2.imwrite(str(tmp_path / 'a.png'), im)
+    run = run_detect(weights, tmp_path / 'a.png', tmp_path, save_txt=True, save_conf=True)
+    m = copy.deepcopy(model).fuse().eval()
+    x = torch.from_numpy(im[:, :, ::-1].copy()).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        det = non_max_suppression(m(x)[0], 0.3, 0.45, max_det=1000)[0]
+    xyxy = det[:, :4].clamp(0, IMGSZ).round()  # scale_boxes clips to the image, then detect.py rounds
+    ref = np.c_[det[:, 5], (xyxy[:, 0] + xyxy[:, 2]) / 2 / IMGSZ, (xyxy[:, 1] + xyxy[:, 3]) / 2 / IMGSZ,
+                (xyxy[:, 2] - xyxy[:, 0]) / IMGSZ, (xyxy[:, 3] - xyxy[:, 1]) / IMGSZ, det[:, 4]]
+    got = read_labels(run / 'labels')['a.txt']
+    np.testing.assert_allclose(got, ref[np.lexsort(ref.T[::-1])], atol=1e-4)
+
+
+def test_vid_stride_nosave_classes(weights, source, tmp_path):
+    run = run_detect(weights, source / 'clip.avi', tmp_path, vid_stride=2, save_txt=True, nosave=True, classes=[1])
+    assert not list(run.glob('*.mp4'))  # --nosave
+    labels = read_labels(run / 'labels')
+    assert set(labels) <= {'clip_1.txt', 'clip_2.txt'}  # 4 frames, every 2nd
+    assert all((v[:, 0] == 1).all() for v in labels.values())  # --classes 1
+
+
+def test_default_source_generated(weights, tmp_path, monkeypatch):
+    default = tmp_path / 'data/images'
+    monkeypatch.setattr(detect, 'DEFAULT_SOURCE', default)
+    run = run_detect(weights, default, tmp_path)
+    assert sorted(p.name for p in default.iterdir()) == [f'shapes_{i}.jpg' for i in range(4)]
+    assert sorted(p.name for p in run.glob('*.jpg')) == [f'shapes_{i}.jpg' for i in range(4)]
+
+
+def test_bad_sources(weights, source, tmp_path, log):
+    with pytest.raises(SourceError, match=r'nothere\.jpg does not exist'):
+        run_detect(weights, tmp_path / 'nothere.jpg', tmp_path)
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(SourceError, match=r'No images or videos found in .*empty'):
+        run_detect(weights, tmp_path / 'empty', tmp_path)
+    # an unreadable image and a video that cannot be opened, next to good files: warned, the rest is processed
+    (source / 'broken.jpg').write_bytes(b'\xff\xd8 not really a jpeg')
+    (source / 'broken.mp4').write_bytes(b'\x00' * 64)
+    run = run_detect(weights, source, tmp_path)
+    out = log.getvalue()
+    assert re.search(r'skipping .*broken\.jpg: unreadable or corrupt image', out)
+    assert re.search(r'skipping .*broken\.mp4: video', out)
+    assert sorted(p.name for p in run.iterdir() if p.is_file()) == ['clip.mp4', 'im0.jpg', 'im1.jpg']
+    # only bad files: a clear error after the warnings
+    bad = tmp_path / 'bad'
+    bad.mkdir()
+    (bad / 'x.png').write_bytes(b'nope')
+    with pytest.raises(SourceError, match='no readable images or videos in .*bad'):
+        run_detect(weights, bad, tmp_path)
+
+
+def test_cli_messages(weights, tmp_path):
+    opt = detect.parse_opt(['--weights', str(weights), '--source', str(tmp_path / 'missing'), '--img', '64'])
+    assert opt.imgsz == [64, 64] and opt.conf_thres == 0.25 and opt.max_det == 1000 and opt.vid_stride == 1
+    with pytest.raises(SystemExit, match=r'detect\.py: .*missing does not exist'):
+        detect.main(opt)
+    (tmp_path / 'a.jpg').write_bytes(b'')
+    opt = detect.parse_opt(['--weights', str(tmp_path / 'w.pt'), '--source', str(tmp_path / 'a.jpg')])
+    with pytest.raises(SystemExit, match=r'detect\.py: .*w\.pt does not exist'):
+        detect.main(opt)
+
+
+# ----------------------------------------------------------------- official YOLOv5 .pt files
+
+@pytest.fixture(scope='module')
+def official(model, tmp_path_factory):
+    """An official-format YOLOv5 v7.0 file (pickled fp16 model) and our checkpoint of the same fp16 weights."""
+    tmp = tmp_path_factory.mktemp('official')
+    m = copy.deepcopy(model).half()
+    m.names = dict(NAMES)
+    path = tmp / 'yolov5n_official.pt'
+    torch.save({'epoch': -1, 'best_fitness': None, 'model': m, 'ema': None, 'updates': None, 'optimizer': None,
+                'opt': {}, 'git': {}, 'date': '2022-11-22T00:00:00'}, path)
+    ours = make_checkpoint(copy.deepcopy(model).half().float(), tmp / 'ours.pt')
+    return path, ours
+
+
+def test_official_pt_detect(official, source, tmp_path):
+    path, ours = official
+    a = run_detect(path, source, tmp_path, name='official', save_txt=True, save_conf=True)
+    b = run_detect(ours, source, tmp_path, name='ours', save_txt=True, save_conf=True)
+    la, lb = read_labels(a / 'labels'), read_labels(b / 'labels')
+    assert la.keys() == lb.keys() and len(la) >= 2
+    for k in la:
+        np.testing.assert_allclose(la[k], lb[k], atol=1e-5)
+
+
+def test_official_pt_val(official, source, tmp_path):
+    path, ours = official
+    ds = tmp_path / 'ds'
+    (ds / 'images').mkdir(parents=True)
+    (ds / 'labels').mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        im, lb = draw_image(rng, IMGSZ, 2)
+        cv2.imwrite(str(ds / 'images' / f'{i}.png'), im)
+        (ds / 'labels' / f'{i}.txt').write_text(''.join(f'{int(r[0])} {r[1]} {r[2]} {r[3]} {r[4]}\n' for r in lb))
+    data = tmp_path / 'data.yaml'
+    data.write_text(yaml.safe_dump({'path': str(ds), 'train': 'images', 'val': 'images', 'names': NAMES}))
+    kw = dict(data=data, imgsz=IMGSZ, batch_size=2, workers=0, plots=False, project=tmp_path / 'val')
+    ra, ma, _ = val.run(weights=path, **kw)
+    rb, mb, _ = val.run(weights=ours, **kw)
+    assert ra == pytest.approx(rb, abs=1e-6) and np.allclose(ma, mb)
+    assert all(np.isfinite(ra))
