@@ -6,6 +6,7 @@ loader produced), so every number the validator prints can be derived by hand.
 import io
 import json
 import logging
+import re
 
 import cv2
 import numpy as np
@@ -13,7 +14,9 @@ import pytest
 import torch
 from torch import nn
 
+import val
 from utils.dataloaders import create_dataloader
+from utils.dataset_config import ConfigError
 from utils.logging import LOGGER
 from utils.validator import HEADER, validate
 
@@ -282,3 +285,56 @@ def test_training_call_losses_and_quiet(gt_dir, log):
 def test_save_dir_required(gt_dir):
     with pytest.raises(ValueError, match='save_dir is required'):
         run_validate(gt_dir, perfect(), save_json=True)
+
+
+# ----------------------------------------------------------------- val.py end to end
+
+
+@pytest.fixture(scope='module')
+def trained_like(tmp_path_factory):
+    """A checkpoint (2 classes) and a 2-class dataset YAML."""
+    from tests.helpers import write_dataset
+    from tests.test_export import make_checkpoint, make_model
+
+    tmp = tmp_path_factory.mktemp('valpy')
+    pt = make_checkpoint(make_model('yolov5n.yaml'), tmp / 'best.pt', names={0: 'class0', 1: 'class1'})
+    return pt, write_dataset(tmp / 'ds', n_train=1, n_val=4, nc=2, imgsz=64)
+
+
+def test_val_py_outputs(trained_like, tmp_path, log):
+    pt, data = trained_like
+    (mp, mr, map50, map_, *losses), maps, times = val.run(
+        data=data, weights=[str(pt)], imgsz=64, batch_size=2, workers=0, project=tmp_path, name='exp',
+        save_json=True, save_txt=True, save_conf=True, verbose=True)
+    run = tmp_path / 'exp'
+    assert maps.shape == (2,) and len(times) == 3 and losses == [0.0, 0.0, 0.0]
+    for f in ('confusion_matrix.png', 'PR_curve.png', 'val_batch0_labels.jpg', 'val_batch1_pred.jpg',
+              'best_predictions.json', 'annotations.json'):
+        assert (run / f).is_file(), f
+    assert len(list((run / 'labels').glob('*.txt'))) >= 1
+    out = log.getvalue()
+    m = re.search(r'pycocotools mAP50 (\S+) mAP50-95 (\S+) \| this project mAP50 (\S+) mAP50-95 (\S+)', out)
+    assert m and float(m.group(1)) == pytest.approx(map50, abs=1e-3) and float(m.group(2)) == pytest.approx(map_,
+                                                                                                          abs=1e-3)
+    assert 'Speed: ' in out and 'at shape (2, 3, 64, 64)' in out
+    # a second run increments the run directory, as YOLOv5
+    val.run(data=data, weights=pt, imgsz=64, batch_size=2, workers=0, project=tmp_path, name='exp', plots=False,
+            task='speed')
+    assert (tmp_path / 'exp2').is_dir()
+
+
+def test_val_py_errors(trained_like, tmp_path):
+    pt, data = trained_like
+    from tests.helpers import write_dataset
+
+    data3 = write_dataset(tmp_path / 'ds3', n_train=1, n_val=1, nc=3, imgsz=64)
+    with pytest.raises(ConfigError, match=r'best\.pt \(2 classes\) trained on different --data than what you passed '
+                                          r'\(3 classes\)'):
+        val.run(data=data3, weights=pt, imgsz=64, workers=0, project=tmp_path)
+    opt = val.parse_opt(['--weights', str(tmp_path / 'nope.pt'), '--data', str(data), '--img', '64'])
+    assert (opt.conf_thres, opt.iou_thres, opt.max_det, opt.batch_size, opt.task) == (0.001, 0.6, 300, 32, 'val')
+    with pytest.raises(SystemExit, match=r'val\.py: .*nope\.pt does not exist'):
+        val.main(opt)
+    opt = val.parse_opt(['--weights', str(pt), '--data', str(tmp_path / 'missing.yaml')])
+    with pytest.raises(SystemExit, match=r'val\.py: .*missing\.yaml'):
+        val.main(opt)
