@@ -18,7 +18,6 @@ if __name__ == '__main__':  # entry point only: make the repository root importa
 
 import argparse  # noqa: E402
 import ast  # noqa: E402
-import contextlib  # noqa: E402
 import math  # noqa: E402
 from copy import deepcopy  # noqa: E402
 from typing import Any  # noqa: E402
@@ -28,7 +27,7 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import yaml  # noqa: E402
 
-from models import common  # noqa: E402,F401  (registers the YOLOv5 blocks)
+from models import common, efficientvit  # noqa: E402,F401  (registers the YOLOv5 blocks and EfficientViT_M0..M5)
 from models.common import Conv, YamlContext  # noqa: E402
 from models.registry import get_module, register_module  # noqa: E402
 from utils.logging import LOGGER  # noqa: E402
@@ -45,12 +44,6 @@ class ModelConfigError(ValueError):
 
 class InputSizeError(ValueError):
     """An input image whose sides are not multiples of the model's largest stride."""
-
-
-def _import_backbones() -> None:
-    """Import modules that register backbones (EfficientViT_M0..M5) so YAMLs can name them."""
-    with contextlib.suppress(ModuleNotFoundError):
-        import models.efficientvit  # noqa: F401
 
 
 @register_module()
@@ -250,7 +243,6 @@ def parse_model(d: dict, ch: list[int], yaml_file: str = '') -> tuple[nn.Sequent
     """Build the layers of a model YAML dict; return (nn.Sequential, sorted indices whose outputs are kept)."""
     where = yaml_file or 'model yaml'
     _check_keys(d, where)
-    _import_backbones()
     nc, anchors = d['nc'], d['anchors']
     na = (len(anchors[0]) // 2) if isinstance(anchors, list) else anchors
     ctx = YamlContext(d['depth_multiple'], d['width_multiple'], d.get('channel_multiple', 8), na * (nc + 5))

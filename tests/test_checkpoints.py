@@ -220,3 +220,16 @@ def test_pickle_naming_other_globals_is_refused(tmp_path):
                                               'not on the allow-list'):
         load_model(path)
     assert not marker.exists()
+
+
+def test_efficientvit_checkpoint_ignores_pretrained_path(tmp_path):
+    """A checkpoint carries the backbone weights: a pretrained path in its yaml (gone by now) is not re-read."""
+    torch.manual_seed(0)
+    model = DetectionModel('yolov5-efficientvit.yaml', nc=2, verbose=False).eval()
+    ckpt = our_ckpt(model, names=NAMES, yaml_file='yolov5-efficientvit.yaml')
+    ckpt['model_yaml'] = copy.deepcopy(model.yaml)
+    ckpt['model_yaml']['backbone'][0] = [-1, 1, 'EfficientViT_M0', [str(tmp_path / 'deleted.pth'), 0]]
+    path = save_checkpoint(ckpt, tmp_path / 'evit.pt')
+    m2 = load_model(path, fuse=True)
+    assert m2.yaml_file == 'yolov5-efficientvit.yaml' and m2.names == NAMES
+    torch.testing.assert_close(predict(m2), predict(model), rtol=1e-4, atol=1e-3)

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from models import registry
+from models.efficientvit import EfficientViT_M0
 from models.yolo import (
     Detect,
     DetectionModel,
@@ -25,7 +26,8 @@ from utils.logging import LOGGER
 
 ROOT = Path(__file__).resolve().parents[1]
 YAMLS = sorted(p.name for p in (ROOT / 'models').glob('*.yaml'))
-SLOW_YAMLS = {'yolov5l.yaml', 'yolov5x.yaml', 'yolov5-efficientvit-m4.yaml', 'yolov5-efficientvit-m5.yaml'}
+SLOW_YAMLS = {'yolov5l.yaml', 'yolov5x.yaml', 'yolov5-efficientvit-m1.yaml', 'yolov5-efficientvit-m4.yaml',
+              'yolov5-efficientvit-m5.yaml'}
 ANCHORS = [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]]
 
 # YOLOv5 v7.0 published numbers: parameters (exact) and GFLOPs at 640 (thop MACs x 2)
@@ -321,3 +323,62 @@ def test_cli_prints_table_and_summary():
                        text=True, timeout=300)
     assert r.returncode != 0 and "ERROR: model config 'missing.yaml' not found" in r.stderr
     assert 'Traceback' not in r.stderr
+
+
+# ----------------------------------------------------------------- EfficientViT YAMLs
+
+EVIT = {  # yaml: (variant, backbone out_channels, width_multiple, parameters at nc=80, GFLOPs at 640)
+    'yolov5-efficientvit.yaml': (0, [64, 128, 192], 0.25, 3098909, 6.2),
+    'yolov5-efficientvit-m1.yaml': (1, [128, 144, 192], 0.25, 3736846, 10.8),
+    'yolov5-efficientvit-m2.yaml': (2, [128, 192, 224], 0.25, 4940893, 13.0),
+    'yolov5-efficientvit-m3.yaml': (3, [128, 240, 320], 0.50, 10019539, 21.1),
+    'yolov5-efficientvit-m4.yaml': (4, [128, 256, 384], 0.50, 11951141, 23.2),
+    'yolov5-efficientvit-m5.yaml': (5, [192, 288, 384], 0.50, 15637201, 35.7),
+}
+
+
+def test_every_efficientvit_variant_has_a_yaml():
+    assert sorted(EVIT) == sorted(n for n in YAMLS if 'efficientvit' in n)
+
+
+@pytest.mark.parametrize('cfg', list(EVIT))
+def test_efficientvit_yaml_layout(cfg):
+    """Backbone at model.0 (declared widths/strides), SPPF at 5, head widths from the documented multiple,
+    YOLO init only outside the backbone, --freeze 5 == the backbone's parameters."""
+    variant, outs, width, params, gflops = EVIT[cfg]
+    model = DetectionModel(cfg, verbose=False)
+    bb = model.model[0]
+    assert model.yaml['width_multiple'] == width and model.yaml['depth_multiple'] == 0.33
+    assert bb.type == f'models.efficientvit.EfficientViT_M{variant}' and bb.out_channels == outs
+    assert bb.strides == [8, 16, 32] and model.stride.tolist() == [8.0, 16.0, 32.0]
+    assert model.model[5].cv1.conv.in_channels == outs[2] and model.model[5].cv2.conv.out_channels == 1024 * width
+    assert model.model[12].f == [-1, 2] and model.model[13].cv1.conv.in_channels == 256 * width + outs[0]
+    assert [c.in_channels for c in model.model[-1].m] == [int(256 * width), int(512 * width), int(1024 * width)]
+    sd = model.state_dict()
+    assert {k[len('model.0.'):] for k in sd if k.startswith('model.0.')} == set(bb.state_dict())
+    assert 'model.5.cv1.conv.weight' in sd and 'model.20.anchors' in sd
+    frozen = {n for n, _ in model.named_parameters() if n.startswith(tuple(f'model.{i}.' for i in range(5)))}
+    assert frozen == {f'model.0.{n}' for n, _ in bb.named_parameters()}
+    assert all(m.eps == 1e-5 for m in bb.modules() if isinstance(m, nn.BatchNorm2d))
+    assert all(m.eps == 1e-3 for m in model.model[5:].modules() if isinstance(m, nn.BatchNorm2d))
+    _, n_params, _, gf = model.info(table=False)
+    assert n_params == params and gf == pytest.approx(gflops, rel=0.03)
+
+
+def test_backbone_pretrained_path_argument(tmp_path):
+    """The backbone row's optional argument loads ImageNet weights (Cream format); the stride probe leaves the
+    loaded BN statistics untouched."""
+    torch.manual_seed(0)
+    donor = EfficientViT_M0()
+    for m in donor.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+    weights = tmp_path / 'efficientvit_m0.pth'
+    torch.save({'model': donor.state_dict()}, weights)
+    cfg, _ = load_model_cfg('yolov5-efficientvit.yaml')
+    cfg['backbone'][0] = [-1, 1, 'EfficientViT_M0', [str(weights)]]
+    model = DetectionModel(cfg, nc=2, verbose=False)
+    assert model.model[0].args == [str(weights)]
+    got = model.model[0].state_dict()
+    for k, v in donor.state_dict().items():
+        assert torch.equal(got[k], v), k
