@@ -387,7 +387,7 @@ class DetectionModel(nn.Module):
         return x
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if self.stride is None or torch.jit.is_tracing() or torch.jit.is_scripting():
+        if self.stride is None or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
             return
         gs = int(self.stride.max())
         h, w = int(x.shape[-2]), int(x.shape[-1])
@@ -424,7 +424,7 @@ class DetectionModel(nn.Module):
 
     def _apply(self, fn: Any, recurse: bool = True) -> DetectionModel:
         """.to()/.half()/.cuda() also convert Detect's stride and grid caches (plain attributes, not buffers)."""
-        self = super()._apply(fn)
+        self = super()._apply(fn, recurse)
         m = self.model[-1]
         if m.stride is not None:
             m.stride = fn(m.stride)

@@ -313,12 +313,18 @@ def test_yaml_args_are_literals_not_code():
         DetectionModel(cfg, verbose=False)
 
 
-def test_cli_prints_table_and_summary():
-    r = subprocess.run([sys.executable, 'models/yolo.py', '--cfg', 'yolov5n.yaml'], cwd=ROOT, capture_output=True,
-                       text=True, timeout=300)
+@pytest.mark.parametrize('cfg, name, params', [('yolov5n.yaml', 'YOLOv5n', 1872157),
+                                               ('models/yolov5-efficientvit.yaml', 'YOLOv5-efficientvit', 3098909)])
+def test_cli_prints_table_and_summary(cfg, name, params):
+    r = subprocess.run([sys.executable, 'models/yolo.py', '--cfg', cfg], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
     assert r.returncode == 0, r.stderr
-    assert 'YOLOv5n summary: ' in r.stdout and '1872157 parameters' in r.stdout and 'Fusing layers' in r.stdout
-    assert 'models.common.SPPF' in r.stdout
+    summaries = [line for line in r.stdout.splitlines() if line.startswith(f'{name} summary: ')]
+    assert len(summaries) == 2 and f'{params} parameters' in summaries[0] and 'GFLOPs' in summaries[1]
+    assert 'Fusing layers' in r.stdout and 'models.common.SPPF' in r.stdout
+
+
+def test_cli_missing_cfg_is_one_line():
     r = subprocess.run([sys.executable, 'models/yolo.py', '--cfg', 'missing.yaml'], cwd=ROOT, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode != 0 and "ERROR: model config 'missing.yaml' not found" in r.stderr
