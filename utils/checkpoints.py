@@ -193,7 +193,7 @@ def _convert_official(obj: dict, path: Path) -> dict:
     }
 
 
-def _without_pretrained(cfg: dict) -> dict:
+def without_pretrained(cfg: dict) -> dict:
     """The yaml with the backbone's pretrained path cleared: a checkpoint carries the weights already."""
     cfg = dict(cfg)
     rows = [list(r) for r in cfg.get('backbone', [])]
@@ -222,7 +222,7 @@ def model_from_checkpoint(ckpt: dict, prefer_ema: bool = True, source: str = 'ch
     if not isinstance(state, dict) or not isinstance(ckpt.get('model_yaml'), dict):
         raise CheckpointError(f'{source}: checkpoint has no model state dict and model_yaml')
     try:
-        model = DetectionModel(_without_pretrained(ckpt['model_yaml']), nc=ckpt.get('nc'), verbose=False)
+        model = DetectionModel(without_pretrained(ckpt['model_yaml']), nc=ckpt.get('nc'), verbose=False)
     except ModelConfigError as e:
         raise CheckpointError(f'{source}: cannot rebuild the model: {e}') from None
     model.yaml_file = str(ckpt.get('yaml_file') or '')  # optional key: the summary is then named after the yaml
