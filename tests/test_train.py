@@ -1,0 +1,185 @@
+"""train.py end to end on a tiny dataset the tests write (64 px images, 1 epoch, no workers), plus the CLI surface."""
+import logging
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import train
+from tests.helpers import write_dataset, write_hyp
+from utils.callbacks import RESULT_KEYS, read_results_csv
+from utils.trainer import TrainError
+
+ROOT = Path(__file__).resolve().parents[1]
+HYP = ROOT / 'data/hyps/hyp.scratch-low.yaml'
+RUN_FILES = ('weights/last.pt', 'weights/best.pt', 'hyp.yaml', 'opt.yaml', 'results.csv', 'results.png',
+             'labels.jpg', 'train_batch0.jpg', 'train_batch1.jpg', 'train_batch2.jpg',  # before / during training
+             'confusion_matrix.png', 'val_batch0_labels.jpg', 'val_batch0_pred.jpg')  # final validation of best.pt
+# PR/F1/P/R curves are drawn only when some prediction is a true positive (as YOLOv5): not after 1 tiny epoch.
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory) -> Path:
+    """6 train images (3 batches of 2, so train_batch0..2 are drawn) and 2 val images, 3 classes, 64 px."""
+    return write_dataset(tmp_path_factory.mktemp('tiny'), n_train=6, n_val=2, nc=3, imgsz=64)
+
+
+@pytest.fixture(scope='module')
+def finished_run(data, tmp_path_factory) -> Path:
+    """One finished 1-epoch yolov5n run (seed 0, no plots) shared by the checkpoint, seed and transfer tests."""
+    return tiny_run(data, tmp_path_factory.mktemp('base'), noplots=True, noautoanchor=True, seed=0)
+
+
+@pytest.fixture
+def log_lines():
+    """Messages sent to the project logger during a test (its handler writes to the real stdout, not capsys)."""
+    from utils.logging import LOGGER
+    lines = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    LOGGER.addHandler(handler)
+    yield lines
+    LOGGER.removeHandler(handler)
+
+
+def tiny_run(data: Path, project: Path, **kw) -> Path:
+    opts = dict(data=str(data), cfg='models/yolov5n.yaml', epochs=1, imgsz=64, batch_size=2, workers=0,
+                project=str(project), name='exp', device='cpu')
+    opts.update(kw)
+    return train.run(**opts)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('cfg', ['models/yolov5-efficientvit.yaml', 'models/yolov5n.yaml'])
+def test_one_epoch_writes_every_output(data, tmp_path, cfg):
+    save_dir = tiny_run(data, tmp_path, cfg=cfg)
+    assert save_dir == tmp_path / 'exp'
+    missing = [f for f in RUN_FILES if not (save_dir / f).is_file() or (save_dir / f).stat().st_size == 0]
+    assert missing == []
+
+    # results.csv: YOLOv5's columns, 20-wide padded fields, one row for epoch 0
+    lines = (save_dir / 'results.csv').read_text().splitlines()
+    assert len(lines) == 2 and all(len(f) == 20 for f in lines[0].split(','))
+    keys, rows = read_results_csv(save_dir / 'results.csv')
+    assert keys == ['epoch', *RESULT_KEYS] and len(keys) == 14
+    row = dict(zip(keys, rows[0]))
+    assert row['epoch'] == 0
+    assert all(math.isfinite(row[k]) and row[k] > 0 for k in keys[1:4])  # train box/obj/cls losses
+    assert all(math.isfinite(row[k]) and row[k] > 0 for k in keys[8:11])  # val losses from compute_loss
+    # 3 iterations of warmup (nw=100): last ni=2 -> bias lr 0.1 + 2/100*(0.01-0.1), weights 0.01*2/100
+    assert row['x/lr0'] == pytest.approx(0.0982) and row['x/lr1'] == pytest.approx(0.0002)
+    assert row['x/lr2'] == pytest.approx(0.0002)
+
+    assert yaml.safe_load((save_dir / 'hyp.yaml').read_text()) == yaml.safe_load(HYP.read_text())  # unscaled
+    opt = yaml.safe_load((save_dir / 'opt.yaml').read_text())
+    assert (opt['epochs'], opt['imgsz'], opt['batch_size'], opt['save_dir']) == (1, 64, 2, str(save_dir))
+    assert opt['cfg'].endswith(cfg) and opt['hyp']['lr0'] == 0.01
+
+    ckpt = torch.load(save_dir / 'weights/last.pt', map_location='cpu', weights_only=True)
+    assert ckpt['format'] == 'yolov5-efficientvit' and ckpt['epoch'] == -1 and ckpt['optimizer'] is None
+    assert ckpt['nc'] == 3 and ckpt['names'] == {0: 'class0', 1: 'class1', 2: 'class2'}
+    assert ckpt['opt']['epochs'] == 1 and ckpt['model_yaml']['nc'] == 3
+
+
+def test_last_pt_loads_weights_only_and_rebuilds(finished_run):
+    save_dir = finished_run
+    assert not (save_dir / 'labels.jpg').exists() and not (save_dir / 'results.png').exists()  # --noplots
+    ckpt = torch.load(save_dir / 'weights/last.pt', map_location='cpu', weights_only=True)
+    from utils.checkpoints import model_from_checkpoint
+    model = model_from_checkpoint(ckpt)
+    assert set(model.state_dict()) == set(ckpt['model'])
+    assert all(v.dtype == torch.float16 for v in ckpt['model'].values() if v.is_floating_point())  # stripped
+    pred, _ = model(torch.zeros(1, 3, 64, 64))
+    assert pred.shape == (1, 3 * (8 * 8 + 4 * 4 + 2 * 2), 8)  # 3 anchors x cells of strides 8/16/32, 5 + nc
+
+
+@pytest.mark.slow
+def test_seeded_runs_repeat_first_epoch_losses(data, finished_run, tmp_path):
+    def losses(d):
+        return read_results_csv(d / 'results.csv')[1][0][1:4]
+    again = tiny_run(data, tmp_path, name='again', noplots=True, noautoanchor=True, seed=0)
+    other = tiny_run(data, tmp_path, name='other', noplots=True, noautoanchor=True, seed=1)
+    assert losses(again) == losses(finished_run)
+    assert losses(other) != losses(finished_run)  # the seed matters (model init, augmentation, data order)
+
+
+@pytest.mark.slow
+def test_loss_falls_on_learnable_data(tmp_path):
+    """8 images in one batch, no augmentation: the same batch every epoch. Adam moves weights even inside YOLOv5's
+    100-iteration warmup (SGD's warmed-up LR is ~1e-4 here, too small to show in 12 steps)."""
+    data = write_dataset(tmp_path / 'learn', n_train=8, n_val=2, nc=2, imgsz=64, seed=1)
+    hyp = write_hyp(tmp_path / 'hyp.yaml', ROOT / 'data/hyps/hyp.no-augmentation.yaml', lr0=0.01, warmup_bias_lr=0.01)
+    save_dir = tiny_run(data, tmp_path, epochs=12, batch_size=8, hyp=str(hyp), optimizer='Adam', noplots=True,
+                        noval=True, noautoanchor=True)
+    _, rows = read_results_csv(save_dir / 'results.csv')
+    assert [r[0] for r in rows] == list(range(12))
+    total = [sum(r[1:4]) for r in rows]  # box + obj + cls
+    assert sum(total[-2:]) / 2 < 0.92 * total[0], total  # measured: 0.147 -> 0.122 (-17%)
+
+
+def test_freeze_5_freezes_the_whole_efficientvit_backbone(data, tmp_path):
+    from models.yolo import Model
+    from utils import optim
+    model = Model('models/yolov5-efficientvit.yaml', nc=3, verbose=False)
+    frozen = optim.freeze_layers(model, [5])
+    backbone = [n for n, _ in model.named_parameters() if n.startswith('model.0.')]
+    assert len(backbone) > 100 and frozen == backbone
+    assert all(p.requires_grad for n, p in model.named_parameters() if not n.startswith('model.0.'))
+    decay, no_decay, biases = optim.split_params(model)
+    ab = [p for n, p in model.named_parameters() if n.endswith('attention_biases')]
+    assert len(ab) > 0 and {id(p) for p in ab} <= {id(p) for p in no_decay}
+    assert len(decay) + len(no_decay) + len(biases) == len(list(model.parameters()))
+
+
+def test_weights_from_our_checkpoint_transfer(data, finished_run, tmp_path, log_lines):
+    best = finished_run / 'weights/best.pt'
+    tiny_run(data, tmp_path, noplots=True, noautoanchor=True, noval=True, cfg='', weights=str(best))
+    n_items = len(torch.load(best, weights_only=True)['model'])
+    assert f'Transferred {n_items}/{n_items} items from {best}' in log_lines  # same architecture: all of it
+    assert any(line.startswith('optimizer: SGD(lr=0.01) with parameter groups 57 weight(decay=0.0), 60 weight('
+                               'decay=0.0005), 60 bias') for line in log_lines)  # YOLOv5's yolov5s/n group counts
+
+
+# ------------------------------------------------------------------------------------------------ options / errors
+def test_parse_opt_defaults_match_yolov5_v7():
+    opt = train.parse_opt(args=[])
+    assert (opt.weights, opt.cfg, opt.data) == ('', 'models/yolov5-efficientvit.yaml', 'data/shapes.yaml')
+    assert opt.hyp == 'data/hyps/hyp.scratch-low.yaml'
+    assert (opt.epochs, opt.batch_size, opt.imgsz, opt.workers, opt.patience, opt.seed) == (100, 16, 640, 8, 100, 0)
+    assert (opt.optimizer, opt.freeze, opt.save_period, opt.label_smoothing) == ('SGD', [0], -1, 0.0)
+    assert opt.resume is False and opt.cache is None and opt.evolve is None and opt.name == 'exp'
+    assert Path(opt.project).parts[-2:] == ('runs', 'train')
+    flags = train.parse_opt(args=['--img', '320', '--resume', '--cache', '--evolve', '--freeze', '0', '1'])
+    assert (flags.imgsz, flags.resume, flags.cache, flags.evolve, flags.freeze) == (320, True, 'ram', 300, [0, 1])
+
+
+def test_run_rejects_unknown_option():
+    with pytest.raises(TypeError, match="unknown option 'epoch'"):
+        train.run(epoch=3)
+
+
+def test_missing_official_weights_is_a_clear_error_not_a_download(data, tmp_path):
+    with pytest.raises(TrainError, match=r'weights yolov5s\.pt not found; nothing is downloaded'):
+        tiny_run(data, tmp_path, weights='yolov5s.pt')
+    assert not (tmp_path / 'exp').exists()
+
+
+def test_missing_cfg_and_nothing_to_build(data, tmp_path):
+    with pytest.raises(TrainError, match='model YAML nope.yaml not found'):
+        tiny_run(data, tmp_path, cfg='nope.yaml')
+    with pytest.raises(TrainError, match='either --cfg or --weights must be specified'):
+        tiny_run(data, tmp_path, cfg='')
+
+
+def test_cli_reports_bad_dataset_in_one_line(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / 'train.py'), '--data', str(tmp_path / 'missing.yaml'),
+                        '--cfg', 'models/yolov5n.yaml', '--device', 'cpu', '--project', str(tmp_path)],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 1
+    assert 'Traceback' not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith('train.py: DatasetError: dataset YAML')
+    assert 'missing.yaml not found' in r.stderr

@@ -1,0 +1,99 @@
+"""Train a YOLOv5 detector (EfficientViT or CSP-Darknet backbone) on a YOLO-format dataset.
+
+Same flags, defaults and outputs as YOLOv5 v7.0's train.py, except: nothing is ever downloaded (``--weights`` must be a
+local file), ``--data`` defaults to the embedded shapes dataset and ``--cfg`` to the EfficientViT-M0 model.
+
+Usage:
+    python train.py --data data/shapes.yaml --cfg models/yolov5-efficientvit.yaml --epochs 100 --img 640
+    python train.py --weights path/to/yolov5s.pt --cfg models/yolov5s.yaml       # fine-tune official weights
+    python train.py --resume runs/train/exp/weights/last.pt                      # continue a killed run
+    python -m torch.distributed.run --nproc_per_node 2 train.py --batch 16 --device 0,1   # DDP (gloo with cpu)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))  # entry point: make the repository importable when run from elsewhere
+
+DEFAULT_CFG = 'models/yolov5-efficientvit.yaml'
+DEFAULT_DATA = 'data/shapes.yaml'
+DEFAULT_HYP = 'data/hyps/hyp.scratch-low.yaml'
+
+
+def parse_opt(known: bool = False, args: list[str] | None = None) -> argparse.Namespace:
+    """YOLOv5 v7.0's train.py flags (logger flags accepted and ignored). ``known`` ignores unknown arguments."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--weights', type=str, default='', help="initial weights path ('' = from scratch; no downloads)")
+    p.add_argument('--cfg', type=str, default=DEFAULT_CFG, help="model.yaml path ('' = the YAML inside --weights)")
+    p.add_argument('--data', type=str, default=DEFAULT_DATA, help='dataset.yaml path')
+    p.add_argument('--hyp', type=str, default=DEFAULT_HYP, help='hyperparameters path')
+    p.add_argument('--epochs', type=int, default=100, help='total training epochs')
+    p.add_argument('--batch-size', type=int, default=16, help='total batch size for all GPUs')
+    p.add_argument('--imgsz', '--img', '--img-size', type=int, default=640, help='train, val image size (pixels)')
+    p.add_argument('--rect', action='store_true', help='rectangular training')
+    p.add_argument('--resume', nargs='?', const=True, default=False, help='resume most recent training')
+    p.add_argument('--nosave', action='store_true', help='only save final checkpoint')
+    p.add_argument('--noval', action='store_true', help='only validate final epoch')
+    p.add_argument('--noautoanchor', action='store_true', help='disable AutoAnchor')
+    p.add_argument('--noplots', action='store_true', help='save no plot files')
+    p.add_argument('--evolve', type=int, nargs='?', const=300, help='evolve hyperparameters for x generations')
+    p.add_argument('--bucket', type=str, default='', help='gsutil bucket (unused: no uploads)')
+    p.add_argument('--cache', type=str, nargs='?', const='ram', help='image --cache ram/disk')
+    p.add_argument('--image-weights', action='store_true', help='use weighted image selection for training')
+    p.add_argument('--device', default='', help='cuda device, i.e. 0 or 0,1,2,3 or cpu')
+    p.add_argument('--multi-scale', action='store_true', help='vary img-size +/- 50%%')
+    p.add_argument('--single-cls', action='store_true', help='train multi-class data as single-class')
+    p.add_argument('--optimizer', type=str, choices=['SGD', 'Adam', 'AdamW'], default='SGD', help='optimizer')
+    p.add_argument('--sync-bn', action='store_true', help='use SyncBatchNorm, only available in DDP mode')
+    p.add_argument('--workers', type=int, default=8, help='max dataloader workers (per RANK in DDP mode)')
+    p.add_argument('--project', default=str(ROOT / 'runs/train'), help='save to project/name')
+    p.add_argument('--name', default='exp', help='save to project/name')
+    p.add_argument('--exist-ok', action='store_true', help='existing project/name ok, do not increment')
+    p.add_argument('--quad', action='store_true', help='quad dataloader')
+    p.add_argument('--cos-lr', action='store_true', help='cosine LR scheduler')
+    p.add_argument('--label-smoothing', type=float, default=0.0, help='Label smoothing epsilon')
+    p.add_argument('--patience', type=int, default=100, help='EarlyStopping patience (epochs without improvement)')
+    p.add_argument('--freeze', nargs='+', type=int, default=[0], help='Freeze layers: backbone=10, first3=0 1 2')
+    p.add_argument('--save-period', type=int, default=-1, help='Save checkpoint every x epochs (disabled if < 1)')
+    p.add_argument('--seed', type=int, default=0, help='Global training seed')
+    p.add_argument('--local_rank', type=int, default=-1, help='Automatic DDP Multi-GPU argument, do not modify')
+    # Logger arguments of v7.0 (W&B / ClearML): accepted for compatibility, not used.
+    p.add_argument('--entity', default=None, help='Entity (unused)')
+    p.add_argument('--upload_dataset', nargs='?', const=True, default=False, help='Upload data (unused)')
+    p.add_argument('--bbox_interval', type=int, default=-1, help='Set bounding-box image logging interval (unused)')
+    p.add_argument('--artifact_alias', type=str, default='latest', help='Version of dataset artifact (unused)')
+    return p.parse_known_args(args)[0] if known else p.parse_args(args)
+
+
+def main(opt: argparse.Namespace) -> Path:
+    """Resolve options (resume, files, run dir), join DDP if launched that way, train; returns the run dir."""
+    from utils.trainer import train
+    return train(opt)
+
+
+def run(**kwargs) -> Path:
+    """Python API: ``train.run(data='data.yaml', cfg='yolov5n.yaml', epochs=1, imgsz=64)``; returns the run dir."""
+    opt = parse_opt(True, args=[])
+    for k, v in kwargs.items():
+        if not hasattr(opt, k):
+            raise TypeError(f'train.run() got an unknown option {k!r}')
+        setattr(opt, k, v)
+    return main(opt)
+
+
+def cli(args: list[str] | None = None) -> None:
+    """Command line: expected problems (bad files, finished checkpoints) end with one line, not a traceback."""
+    from utils.trainer import TrainError, expected_errors
+    try:
+        main(parse_opt(args=args))
+    except expected_errors() as e:
+        msg = ' '.join(str(e).split())
+        sys.exit(f'train.py: {msg}' if isinstance(e, TrainError) else f'train.py: {type(e).__name__}: {msg}')
+
+
+if __name__ == '__main__':
+    cli()

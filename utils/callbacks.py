@@ -1,0 +1,113 @@
+"""What a training run records besides checkpoints: results.csv (YOLOv5 layout), TensorBoard scalars, the console
+progress columns, and early stopping.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from utils.logging import LOGGER, colorstr
+
+RESULT_KEYS = ('train/box_loss', 'train/obj_loss', 'train/cls_loss',  # train loss
+               'metrics/precision', 'metrics/recall', 'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95',  # metrics
+               'val/box_loss', 'val/obj_loss', 'val/cls_loss',  # val loss
+               'x/lr0', 'x/lr1', 'x/lr2')  # param-group LRs: biases, decayed weights, undecayed weights
+PROGRESS_COLUMNS = ('Epoch', 'GPU_mem', 'box_loss', 'obj_loss', 'cls_loss', 'Instances', 'Size')
+TQDM_BAR_FORMAT = '{l_bar}{bar:10}{r_bar}'
+
+
+def progress_header() -> str:
+    """The line printed above each epoch's progress bar (each column ``%11s``, as YOLOv5)."""
+    return ('%11s' * len(PROGRESS_COLUMNS)) % PROGRESS_COLUMNS
+
+
+def progress_row(epoch: int, epochs: int, mem_gb: float, losses, instances: int, size: int) -> str:
+    """One progress description: ``epoch/epochs-1``, GPU memory like ``3.2G``, then 5 values ``%11.4g``."""
+    return ('%11s' * 2 + '%11.4g' * 5) % (f'{epoch}/{epochs - 1}', f'{mem_gb:.3g}G', *losses, instances, size)
+
+
+def csv_header(keys=RESULT_KEYS) -> str:
+    """results.csv header: every field right-aligned to 20 characters (``%20s``), comma separated."""
+    return ('%20s,' * (len(keys) + 1) % ('epoch', *keys)).rstrip(',') + '\n'
+
+
+def csv_row(epoch: int, values) -> str:
+    """results.csv row: ``%20.5g`` per value, so numbers are padded with leading spaces as YOLOv5 writes them."""
+    return ('%20.5g,' * (len(values) + 1) % (epoch, *values)).rstrip(',') + '\n'
+
+
+def read_results_csv(file: str | Path) -> tuple[list[str], list[list[float]]]:
+    """Parse results.csv (stripping YOLOv5's padding): returns (column names, rows of floats)."""
+    lines = Path(file).read_text().splitlines()
+    keys = [k.strip() for k in lines[0].split(',')]
+    return keys, [[float(v) for v in line.split(',')] for line in lines[1:] if line.strip()]
+
+
+class RunLogger:
+    """Appends one results.csv row per epoch and mirrors it to TensorBoard when tensorboard is installed."""
+
+    def __init__(self, save_dir: Path, tensorboard: bool = True):
+        self.csv = Path(save_dir) / 'results.csv'
+        self.tb = _tensorboard_writer(save_dir) if tensorboard else None
+
+    def truncate(self, start_epoch: int) -> None:
+        """Drop rows for epochs >= start_epoch (a resumed run may have logged an epoch it never checkpointed)."""
+        if not self.csv.exists():
+            return
+        keys, rows = read_results_csv(self.csv)
+        kept = [r for r in rows if r[0] < start_epoch]
+        if len(kept) != len(rows):
+            self.csv.write_text(csv_header(keys[1:]) + ''.join(csv_row(int(r[0]), r[1:]) for r in kept))
+
+    def log_epoch(self, epoch: int, values) -> None:
+        """Write one row (values in RESULT_KEYS order)."""
+        values = [float(v) for v in values]
+        head = '' if self.csv.exists() else csv_header()
+        with open(self.csv, 'a') as f:
+            f.write(head + csv_row(epoch, values))
+        if self.tb:
+            for k, v in zip(RESULT_KEYS, values):
+                self.tb.add_scalar(k, v, epoch)
+
+    def close(self) -> None:
+        if self.tb:
+            self.tb.close()
+
+
+def _tensorboard_writer(save_dir: Path):
+    """A SummaryWriter when tensorboard is installed (it is optional), else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    LOGGER.info(f"{colorstr('TensorBoard: ')}Start with 'tensorboard --logdir {Path(save_dir).parent}'")
+    return SummaryWriter(str(save_dir))
+
+
+class EarlyStopping:
+    """Stop when fitness has not improved for ``patience`` epochs (0 = never), as YOLOv5's EarlyStopping."""
+
+    def __init__(self, patience: int = 30):
+        self.best_fitness = 0.0
+        self.best_epoch = 0
+        self.patience = patience or float('inf')
+        self.possible_stop = False  # True when the next epoch may stop training (forces validation)
+
+    def __call__(self, epoch: int, fitness: float) -> bool:
+        if fitness >= self.best_fitness:  # >= so a zero fitness early in training still moves best_epoch
+            self.best_epoch = epoch
+            self.best_fitness = fitness
+        delta = epoch - self.best_epoch
+        self.possible_stop = delta >= (self.patience - 1)
+        stop = delta >= self.patience
+        if stop:
+            LOGGER.info(f'Stopping training early as no improvement observed in last {self.patience} epochs. '
+                        f'Best results observed at epoch {self.best_epoch}, best model saved as best.pt.\n'
+                        f'To update EarlyStopping(patience={self.patience}) pass a new patience value, '
+                        f'i.e. `python train.py --patience 300` or use `--patience 0` to disable EarlyStopping.')
+        return stop
+
+    def state_dict(self) -> dict:
+        return {'best_fitness': float(self.best_fitness), 'best_epoch': int(self.best_epoch)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_fitness, self.best_epoch = state['best_fitness'], state['best_epoch']
