@@ -178,6 +178,25 @@ class CascadedGroupAttention(nn.Module):
             self._bias_cache = {key: bias}
         return bias
 
+    def forward_tokens(self, t: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Fast inference form on (windows, h*w, C) tokens; needs fused convs. Same math as ``forward``."""
+        Bw, N, C = t.shape
+        bias = self.window_bias(h, w)
+        kd, d = self.key_dim, self.d
+        splits = t.split(C // self.num_heads, dim=-1)
+        outs, feat = [], splits[0]
+        for i, (qkv, dw) in enumerate(zip(self.qkvs, self.dws)):
+            if i > 0:
+                feat = feat + splits[i]
+            q, k, v = F.linear(feat, qkv.weight.flatten(1), qkv.bias).split([kd, kd, d], dim=-1)
+            q = F.conv2d(q.reshape(Bw, h, w, kd).permute(0, 3, 1, 2), dw.weight, dw.bias, padding=dw.padding, groups=kd)
+            q = q.permute(0, 2, 3, 1).reshape(Bw, N, kd)
+            attn = torch.baddbmm(bias[i], q, k.transpose(1, 2), alpha=self.scale).softmax(dim=-1)
+            feat = attn @ v
+            outs.append(feat)
+        proj = self.proj[1]
+        return F.linear(torch.cat(outs, dim=-1).relu_(), proj.weight.flatten(1), proj.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         bias = self.window_bias(H, W)
@@ -206,6 +225,19 @@ class LocalWindowAttention(nn.Module):
         super().__init__()
         self.window = window
         self.attn = CascadedGroupAttention(dim, key_dim, num_heads, window, kernels)
+
+    def forward_nhwc(self, t: torch.Tensor) -> torch.Tensor:
+        """Inference form on (B, H, W, C): windows as (B*nH*nW, r*r, C) tokens, one copy in and one out."""
+        B, H, W, C = t.shape
+        r = self.window
+        if H <= r and W <= r:
+            return self.attn.forward_tokens(t.reshape(B, H * W, C), H, W).view(B, H, W, C)
+        pad_b, pad_r = (r - H % r) % r, (r - W % r) % r
+        t = F.pad(t, (0, 0, 0, pad_r, 0, pad_b))
+        nH, nW = (H + pad_b) // r, (W + pad_r) // r
+        t = t.view(B, nH, r, nW, r, C).transpose(2, 3).reshape(B * nH * nW, r * r, C)
+        t = self.attn.forward_tokens(t, r, r)
+        return t.view(B, nH, nW, r, r, C).transpose(2, 3).reshape(B, nH * r, nW * r, C)[:, :H, :W]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
@@ -246,6 +278,57 @@ def _dw_ffn(dim: int) -> nn.Sequential:
     return nn.Sequential(Residual(ConvNorm(dim, dim, 3, 1, 1, g=dim)), Residual(FFN(dim, 2 * dim)))
 
 
+def _linear(conv: nn.Conv2d, t: torch.Tensor) -> torch.Tensor:
+    """A fused 1x1 conv applied to (..., C) tokens as one GEMM."""
+    return F.linear(t, conv.weight.flatten(1), conv.bias)
+
+
+def _conv_nhwc(conv: nn.Conv2d, t: torch.Tensor) -> torch.Tensor:
+    """A fused k x k conv on (B, H, W, C): a channels-last NCHW view in, (B, H', W', C') view out."""
+    return conv(t.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+def _nhwc(m: nn.Module, t: torch.Tensor) -> torch.Tensor:
+    """Fast-path forward of one fused backbone module on (B, H, W, C) tokens (same math as ``m(x)``)."""
+    if isinstance(m, EfficientViTBlock):
+        for part in (m.dw0, m.ffn0, m.mixer, m.dw1, m.ffn1):
+            t = _nhwc(part, t)
+        return t
+    if isinstance(m, nn.Sequential):
+        for part in m:
+            t = _nhwc(part, t)
+        return t
+    if isinstance(m, nn.Conv2d):  # a residual depthwise conv with the identity folded in
+        return _conv_nhwc(m, t)
+    if isinstance(m, Residual) and isinstance(m.m, FFN):
+        return _linear(m.m.pw2, _linear(m.m.pw1, t).relu_()).add_(t)
+    if isinstance(m, Residual) and isinstance(m.m, LocalWindowAttention):
+        return m.m.forward_nhwc(t).add_(t)
+    if isinstance(m, Residual):
+        return t + _nhwc(m.m, t)
+    if isinstance(m, PatchMerging):
+        t = _conv_nhwc(m.conv2, _linear(m.conv1, t).relu_()).relu_()
+        se = m.se
+        gate = se.fc2(se.fc1(t.mean((1, 2), keepdim=True).permute(0, 3, 1, 2)).relu_()).sigmoid()
+        return _linear(m.conv3, t * gate.permute(0, 2, 3, 1))
+    raise TypeError(f'no fast path for {type(m).__name__}')
+
+
+def _is_depthwise(m: nn.Module) -> bool:
+    return isinstance(m, nn.Conv2d) and m.groups == m.in_channels == m.out_channels and m.stride == (1, 1)
+
+
+@torch.no_grad()
+def _fold_identity(conv: nn.Conv2d) -> nn.Conv2d:
+    """``x + conv(x)`` as one depthwise conv: add 1 at the kernel centre (odd kernel, 'same' padding)."""
+    out = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, 1, conv.padding, groups=conv.groups,
+                    bias=conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype)
+    out.load_state_dict(conv.state_dict())
+    kh, kw = conv.kernel_size
+    out.weight[:, 0, kh // 2, kw // 2] += 1
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Model
 # ----------------------------------------------------------------------------------------------------------------
@@ -270,6 +353,7 @@ class EfficientViT(nn.Module):
         self.out_channels: list[int] = ed
         self.strides: list[int] = [8, 16, 32]
         self.frozen_stages = frozen_stages
+        self.fast = False
         self.distillation = distillation  # accepted for signature compatibility; the backbone has no head
         c0 = ed[0]
         self.patch_embed = nn.Sequential(
@@ -303,19 +387,49 @@ class EfficientViT(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.fast and not self.training:
+            return self.forward_fast(x)
         x = self.patch_embed(x)
         p3 = self.blocks1(x)
         p4 = self.blocks2(p3)
         p5 = self.blocks3(p4)
         return [p3, p4, p5]
 
+    def forward_fast(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Fused inference in (B, H, W, C) layout: 1x1 convs as GEMMs, depthwise convs channels-last."""
+        x = self.patch_embed(x.contiguous(memory_format=torch.channels_last))
+        t = x.permute(0, 2, 3, 1)
+        outs = []
+        for stage in (self.blocks1, self.blocks2, self.blocks3):
+            for m in stage:
+                t = _nhwc(m, t)
+            outs.append(t.permute(0, 3, 1, 2).contiguous())  # plain NCHW out (YOLO heads .view() them)
+        return outs
+
     @torch.no_grad()
-    def fuse(self) -> EfficientViT:
-        """Fold every BatchNorm into its conv, in place (same device and dtype); returns self."""
+    def fuse(self, fast: bool = False) -> EfficientViT:
+        """Fold every BatchNorm into its conv, in place (same device and dtype); returns self.
+
+        ``fast=True`` also folds each residual depthwise conv into one conv (identity added to the kernel centre)
+        and switches eval-mode forwards to the channels-last, token-layout attention path.
+        """
         for parent in list(self.modules()):
             for name, child in list(parent.named_children()):
                 if isinstance(child, ConvNorm):
                     setattr(parent, name, child.fuse())
+        if fast:
+            for parent in list(self.modules()):
+                for name, child in list(parent.named_children()):
+                    if isinstance(child, Residual) and _is_depthwise(child.m):
+                        setattr(parent, name, _fold_identity(child.m))
+            self.set_fast(True)
+        return self
+
+    def set_fast(self, on: bool = True) -> EfficientViT:
+        """Use the fast inference path in eval mode (needs a fused model); training always uses the plain path."""
+        if on and any(isinstance(m, ConvNorm) for m in self.modules()):
+            raise RuntimeError('EfficientViT fast path needs fused convs: call fuse() first')
+        self.fast = on
         return self
 
 

@@ -114,9 +114,11 @@ def test_outputs_match_seed_and_fuse(v):
         outs = m(x)
         for got, want in zip(stats(outs), PINNED[v]):
             assert got == pytest.approx(want, rel=1e-4, abs=1e-5)
+        fast = copy.deepcopy(m).fuse(fast=True)
         assert m.fuse() is m
         assert not any(isinstance(b, torch.nn.BatchNorm2d) for b in m.modules())
         assert rel_diff(outs, m(x)) < 1e-5
+        assert rel_diff(outs, fast(x)) < 1e-5
 
 
 def test_fuse_keeps_device_dtype_and_shrinks_params():
@@ -409,3 +411,73 @@ def test_bad_pretrained_files(tmp_path):
     torch.save([1, 2, 3], notsd)
     with pytest.raises(ev.PretrainedError, match='list.pth: not an EfficientViT checkpoint'):
         build('m0', pretrained=str(notsd))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The fast inference path: same function as the plain path, only in eval mode, exportable and compilable
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize('v', VARIANTS)
+def test_fast_path_equals_plain_math_in_float64(v):
+    m = fill(build(v)).double().eval()
+    plain, fast = copy.deepcopy(m).fuse(), copy.deepcopy(m).fuse(fast=True)
+    assert fast.fast and not plain.fast
+    def residual_dw(model):
+        return sum(1 for mod in model.modules() if isinstance(mod, ev.Residual) and ev._is_depthwise(mod.m))
+    depth = {'m5': 8}.get(v, 6)
+    assert residual_dw(plain) == 2 * depth + 4 and residual_dw(fast) == 0  # identity folded into the kernels
+    for hw in [(64, 96), (96, 128)]:
+        x = torch.randn(2, 3, *hw, dtype=torch.float64)
+        with torch.no_grad():
+            want, got = plain(x), fast(x)
+        assert rel_diff(want, got) < 1e-10
+        assert all(g.is_contiguous() for g in got)
+
+
+def test_fast_path_input_gradient_equals_plain():
+    m = fill(build('m0')).double().eval()
+    plain, fast = copy.deepcopy(m).fuse(), copy.deepcopy(m).fuse(fast=True)
+    grads = []
+    for model in (plain, fast):
+        x = torch.randn(1, 3, 64, 96, dtype=torch.float64, generator=torch.Generator().manual_seed(0),
+                        requires_grad=True)
+        sum((o * o).sum() for o in model(x)).backward()
+        grads.append(x.grad)
+    assert torch.allclose(grads[0], grads[1], rtol=1e-9, atol=1e-12)
+
+
+def test_fast_path_only_in_eval_and_needs_fuse():
+    m = fill(build('m0'))
+    with pytest.raises(RuntimeError, match='needs fused convs'):
+        m.set_fast(True)
+    plain, fast = copy.deepcopy(m).fuse(), copy.deepcopy(m).fuse(fast=True)
+    x = torch.randn(1, 3, 64, 64)
+    calls = []
+    fast.forward_fast = lambda t: calls.append(1) or ev.EfficientViT.forward_fast(fast, t)
+    fast.train()
+    out = fast(x)
+    assert not calls  # train mode never takes the inference path
+    assert rel_diff(plain.train()(x), out) < 1e-5
+    fast.eval()
+    _forward(fast, x)
+    assert calls == [1]
+
+
+@pytest.mark.filterwarnings('ignore::torch.jit.TracerWarning')
+def test_fast_path_onnx_export_dynamic_sizes(tmp_path):
+    ort = pytest.importorskip('onnxruntime')
+    m = fill(build('m0')).eval().fuse(fast=True)
+    f = tmp_path / 'm0.onnx'
+    torch.onnx.export(m, (torch.zeros(1, 3, 64, 96),), str(f), input_names=['images'], output_names=['p3', 'p4', 'p5'],
+                      dynamic_axes={'images': {0: 'batch', 2: 'height', 3: 'width'}}, opset_version=17, dynamo=False)
+    session = ort.InferenceSession(str(f), providers=['CPUExecutionProvider'])
+    for shape in [(1, 3, 64, 96), (2, 3, 96, 64)]:  # same window branches (stage 1 windowed, stages 2-3 whole map)
+        x = torch.randn(*shape)
+        got = [torch.from_numpy(o) for o in session.run(None, {'images': x.numpy()})]
+        assert rel_diff(_forward(m, x), got) < 1e-4
+
+
+def test_fast_path_compiles_without_graph_breaks():
+    m = fill(build('m0')).eval().fuse(fast=True)
+    compiled = torch.compile(m, backend='aot_eager', fullgraph=True)
+    x = torch.randn(1, 3, 64, 96)
+    assert rel_diff(_forward(m, x), _forward(compiled, x)) < 1e-5
