@@ -28,12 +28,12 @@ def _is_coco(data: dict) -> bool:
     return isinstance(val, str) and val.replace('\\', '/').endswith('coco/val2017.txt')
 
 
-def _check_classes(model: DetectBackend, data: dict, weights, single_cls: bool) -> None:
+def _check_classes(model: DetectBackend, data: dict, single_cls: bool) -> None:
     """A PyTorch model's nc must equal the data nc unless --single-cls (YOLOv5's check, as a one-line error)."""
     if model.pt and not single_cls:
         ncm = model.model.nc
         if ncm != data['nc']:
-            raise ConfigError(f'{weights} ({ncm} classes) trained on different --data than what you passed '
+            raise ConfigError(f'{model.weights} ({ncm} classes) trained on different --data than what you passed '
                               f'({data["nc"]} classes). Pass correct combination of --weights and --data that '
                               f'are trained together.')
 
@@ -71,7 +71,7 @@ def run(data: str | Path | dict = ROOT / 'data/shapes.yaml', weights: str | Path
         LOGGER.info(f'Forcing --batch-size 1 square inference (1,3,{imgsz},{imgsz}) for non-PyTorch models')
     data = check_dataset(data)
     is_coco = _is_coco(data)
-    _check_classes(model, data, weights, single_cls)
+    _check_classes(model, data, single_cls)
     model.warmup(imgsz=(1 if pt else batch_size, 3, imgsz, imgsz))
     pad, rect = (0.0, False) if task == 'speed' else (0.5, model.dynamic if rect is None else rect)
     split = task if task in ('train', 'val', 'test') else 'val'
