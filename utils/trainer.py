@@ -31,6 +31,7 @@ from utils.checkpoints import (
     save_checkpoint,
     strip_optimizer,
     transfer_weights,
+    without_pretrained,
 )
 from utils.dataloaders import create_dataloader
 from utils.dataset_config import ConfigError, check_dataset, find_config, load_hyp
@@ -222,7 +223,9 @@ class Trainer:
         ckpt = None
         if opt.resume:
             ckpt = load_checkpoint(opt.weights)
-            model = Model(ckpt['model_yaml'], ch=3, nc=self.nc, anchors=hyp.get('anchors'), verbose=False)
+            # the checkpoint carries the weights: do not re-read a pretrained backbone file named in the YAML
+            model = Model(without_pretrained(ckpt['model_yaml']), ch=3, nc=self.nc, anchors=hyp.get('anchors'),
+                          verbose=False)
             model.load_state_dict(ckpt['model'])
         elif opt.weights:
             src = load_model(opt.weights, device='cpu', fuse=False)
@@ -436,7 +439,8 @@ class Trainer:
             'format': CKPT_FORMAT, 'format_version': CKPT_VERSION,
             'model': deepcopy(model.state_dict()), 'ema': deepcopy(self.ema.ema.state_dict()),
             'updates': int(self.ema.updates), 'optimizer': self.optimizer.state_dict(),
-            'model_yaml': _plain(model.yaml), 'names': dict(self.names), 'nc': int(self.nc),
+            'model_yaml': _plain(model.yaml), 'yaml_file': str(getattr(model, 'yaml_file', '') or ''),
+            'names': dict(self.names), 'nc': int(self.nc),
             'epoch': int(epoch), 'best_fitness': float(self.best_fitness), 'opt': _plain(vars(self.opt)),
             'hyp': dict(self.opt.hyp), 'date': datetime.now().isoformat(),
             'train_state': {'scheduler': _plain_sched(self.scheduler.state_dict()),
