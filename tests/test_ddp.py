@@ -1,0 +1,70 @@
+"""Two-process DDP training on CPU (gloo) through torch.distributed.run, and the DDP helpers outside a launch."""
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import write_dataset
+from utils.callbacks import read_results_csv
+from utils.distributed import DistInfo, broadcast_object, check_ddp_options, dist_info, wrap_ddp
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_gloo_training(tmp_path):
+    data = write_dataset(tmp_path / 'tiny', n_train=8, n_val=2, nc=3, imgsz=64)
+    env = {k: v for k, v in os.environ.items() if k not in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE')}
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_addr', '127.0.0.1',
+           '--master_port', str(free_port()), str(ROOT / 'train.py'), '--data', str(data), '--cfg',
+           'models/yolov5n.yaml', '--epochs', '1', '--img', '64', '--batch-size', '4', '--workers', '0',
+           '--device', 'cpu', '--project', str(tmp_path / 'runs'), '--name', 'ddp', '--noplots', '--sync-bn']
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    assert 'DDP: rank 0/2 on cpu (gloo)' in out and 'DDP: rank 1/2 on cpu (gloo)' in out
+    assert 'WARNING --sync-bn needs CUDA devices; ignored on CPU' in out
+    assert out.count('Starting training for 1 epochs') == 1  # rank 0 alone logs
+    save_dir = tmp_path / 'runs/ddp'
+    assert sorted(p.name for p in (tmp_path / 'runs').iterdir()) == ['ddp']  # one run dir, named by rank 0
+    _, rows = read_results_csv(save_dir / 'results.csv')
+    assert [row[0] for row in rows] == [0]
+    # 8 images / (2 ranks x 2 per rank) = 2 iterations: bias LR after warmup step ni=1 is 0.1 - 0.09 * 1/100
+    assert rows[0][11] == pytest.approx(0.0991)
+    ckpt = torch.load(save_dir / 'weights/last.pt', map_location='cpu', weights_only=True)
+    assert ckpt['epoch'] == -1 and not any(k.startswith('module.') for k in ckpt['model'])  # de-paralleled
+
+
+def test_helpers_outside_a_launch(monkeypatch):
+    for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE'):
+        monkeypatch.delenv(k, raising=False)
+    info = dist_info()
+    assert info == DistInfo(-1, -1, 1) and info.is_main and not info.ddp
+    model = torch.nn.Linear(2, 2)
+    assert wrap_ddp(model, info, torch.device('cpu'), sync_bn=True) is model
+    assert broadcast_object({'stop': True}, info) == {'stop': True}
+    check_ddp_options(info, batch_size=3)  # no constraints without DDP
+
+
+def test_ddp_option_checks(monkeypatch):
+    monkeypatch.setenv('LOCAL_RANK', '1')
+    monkeypatch.setenv('RANK', '1')
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    info = dist_info()
+    assert info == DistInfo(1, 1, 2) and not info.is_main and info.ddp
+    with pytest.raises(ValueError, match='--batch-size 5 must be a multiple of WORLD_SIZE 2'):
+        check_ddp_options(info, 5)
+    with pytest.raises(ValueError, match=r'AutoBatch \(--batch-size -1\) is not supported with DDP'):
+        check_ddp_options(info, -1)
+    with pytest.raises(ValueError, match='--image-weights is not supported with DDP'):
+        check_ddp_options(info, 4, image_weights=True)
