@@ -144,6 +144,40 @@ def test_weights_from_our_checkpoint_transfer(data, finished_run, tmp_path, log_
                                'decay=0.0005), 60 bias') for line in log_lines)  # YOLOv5's yolov5s/n group counts
 
 
+def test_official_yolov5_pt_transfers_all_but_detect_outputs(data, tmp_path, log_lines):
+    """A file as YOLOv5 v7.0 writes it (pickled fp16 model, 80 classes) fine-tuned on 3 classes with --cfg."""
+    from models.yolo import Model
+    official = Model('models/yolov5n.yaml', verbose=False).half()
+    official.names = {i: f'coco{i}' for i in range(80)}
+    path = tmp_path / 'yolov5n.pt'
+    torch.save({'epoch': -1, 'best_fitness': None, 'model': official, 'ema': None, 'updates': None,
+                'optimizer': None, 'opt': {}, 'git': {}, 'date': '2022-11-22T00:00:00'}, path)
+    tiny_run(data, tmp_path, weights=str(path), noplots=True, noautoanchor=True, noval=True)
+    total = len(Model('models/yolov5n.yaml', nc=3, verbose=False).state_dict())
+    # skipped: 3 Detect output convs x (weight, bias) for nc 80 -> 3, and the anchors (--cfg given: YOLOv5 rule)
+    assert f'Transferred {total - 7}/{total} items from {path}' in log_lines
+
+
+@pytest.mark.slow
+def test_many_flags_in_one_run(data, tmp_path):
+    """--cos-lr --image-weights --multi-scale --save-period 1 --freeze 10 --optimizer AdamW --label-smoothing
+    --single-cls --cache ram, two epochs: each flag leaves a trace we can check."""
+    save_dir = tiny_run(data, tmp_path, epochs=2, cos_lr=True, image_weights=True, multi_scale=True, save_period=1,
+                        freeze=[10], optimizer='AdamW', label_smoothing=0.1, single_cls=True, cache='ram',
+                        noplots=True, noautoanchor=True, noval=True)
+    e0, e1 = (torch.load(save_dir / f'weights/epoch{i}.pt', weights_only=True) for i in (0, 1))
+    assert (e0['epoch'], e1['epoch']) == (0, 1) and e0['optimizer'] is not None  # --save-period 1: kept unstripped
+    assert e1['nc'] == 1 and e1['names'] == {0: 'item'}  # --single-cls
+    assert e1['optimizer']['param_groups'][1]['weight_decay'] == pytest.approx(0.0005)
+    assert 'betas' in e1['optimizer']['param_groups'][0]  # AdamW
+    for k in ('model.0.conv.weight', 'model.9.cv2.conv.weight'):  # --freeze 10: backbone 0-9 never moves
+        assert torch.equal(e0['model'][k], e1['model'][k]), k
+    assert not torch.equal(e0['model']['model.24.m.0.weight'], e1['model']['model.24.m.0.weight'])
+    _, rows = read_results_csv(save_dir / 'results.csv')
+    # cosine one-cycle: lf(1) = 0.505 for 2 epochs; 3 batches/epoch, last warmup step of epoch 1 is ni=5
+    assert rows[1][12] == pytest.approx(0.01 * 0.505 * 5 / 100)
+
+
 # ------------------------------------------------------------------------------------------------ options / errors
 def test_parse_opt_defaults_match_yolov5_v7():
     opt = train.parse_opt(args=[])
