@@ -217,3 +217,50 @@ def test_cli_reports_bad_dataset_in_one_line(tmp_path):
     assert 'Traceback' not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith('train.py: DatasetError: dataset YAML')
     assert 'missing.yaml not found' in r.stderr
+
+
+# ------------------------------------------------------------------------------------------------ run records
+def test_results_csv_layout_truncate_and_tensorboard_mirror(tmp_path, monkeypatch):
+    import types
+
+    from utils.callbacks import RunLogger
+    scalars = []
+
+    class FakeWriter:
+        def __init__(self, log_dir):
+            self.log_dir = log_dir
+
+        def add_scalar(self, tag, value, step):
+            scalars.append((tag, value, step))
+
+        def close(self):
+            scalars.append('closed')
+
+    monkeypatch.setitem(sys.modules, 'torch.utils.tensorboard', types.SimpleNamespace(SummaryWriter=FakeWriter))
+    log = RunLogger(tmp_path)
+    for epoch in range(3):
+        log.log_epoch(epoch, [0.1 * (epoch + 1)] * 10 + [0.0982, 0.0002, 0.0002])
+    log.close()
+    lines = (tmp_path / 'results.csv').read_text().splitlines()
+    assert lines[0].startswith('               epoch,      train/box_loss,')
+    fields = lines[1].split(',')
+    assert len(fields) == 14 and all(len(f) == 20 for f in fields)
+    assert (fields[0], fields[1], fields[11], fields[13]) == (' ' * 19 + '0', ' ' * 17 + '0.1', ' ' * 14 + '0.0982',
+                                                              ' ' * 14 + '0.0002')
+    assert len(scalars) == 3 * 13 + 1 and scalars[0] == ('train/box_loss', 0.1, 0) and scalars[-1] == 'closed'
+    assert scalars[-2] == ('x/lr2', 0.0002, 2)
+    RunLogger(tmp_path, tensorboard=False).truncate(1)  # a resume from epoch 1 drops rows 1 and 2
+    keys, rows = read_results_csv(tmp_path / 'results.csv')
+    assert len(keys) == 14 and [r[0] for r in rows] == [0] and rows[0][1] == pytest.approx(0.1)
+
+
+def test_early_stopping_counts_epochs_without_improvement():
+    from utils.callbacks import EarlyStopping
+    stopper = EarlyStopping(patience=2)
+    assert [stopper(e, f) for e, f in enumerate([0.0, 0.3, 0.2, 0.25])] == [False, False, False, True]
+    assert stopper.best_epoch == 1 and stopper.best_fitness == 0.3
+    restored = EarlyStopping(patience=2)
+    restored.load_state_dict(stopper.state_dict())
+    assert restored(4, 0.29) is True  # resumed runs keep counting from the saved best epoch
+    never = EarlyStopping(patience=0)
+    assert not any(never(e, 0.0 if e else 1.0) for e in range(50))
