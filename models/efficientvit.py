@@ -127,9 +127,9 @@ def relative_bias_index(h: int, w: int, r: int, device: torch.device | None = No
     return (ys[:, None] - ys[None, :]).abs() * r + (xs[:, None] - xs[None, :]).abs()
 
 
-def _bias_cache_allowed() -> bool:
-    """A cached bias is only safe outside autograd and outside graph capture (trace, export, compile)."""
-    if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.jit.is_scripting():
+def _index_cache_allowed() -> bool:
+    """Python-side caches are left alone while a graph is captured (trace, script, ONNX export, compile)."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
         return False
     return not torch.compiler.is_compiling()
 
@@ -137,10 +137,9 @@ def _bias_cache_allowed() -> bool:
 class CascadedGroupAttention(nn.Module):
     """Cascaded group attention: head i sees split i plus head i-1's output; q gets a depthwise conv.
 
-    The bias table ``attention_biases`` (heads, r*r) is gathered into (heads, N, N) from the parameter itself, so it
-    follows ``load_state_dict``, ``.to()``, ``.half()`` and in-place updates (EMA). Without autograd the gathered
-    tensor is cached under a key of (parameter identity, version, device, dtype, window shape) — any change of the
-    parameter makes a new key, so the cache cannot go stale.
+    The bias table ``attention_biases`` (heads, r*r) is gathered into (heads, N, N) from the parameter itself on every
+    forward, so it follows ``load_state_dict``, ``.to()``, ``.half()`` and in-place updates (EMA, even through
+    ``.data``, which bypasses version counters) in any order; the official code caches it on ``eval()`` and goes stale.
     """
 
     def __init__(self, dim: int, key_dim: int, num_heads: int, resolution: int, kernels: Iterable[int]):
@@ -157,7 +156,7 @@ class CascadedGroupAttention(nn.Module):
         # Kept (persistent) because the official checkpoints and the seed's state dict carry it; its value is
         # always recomputed, whatever a checkpoint holds (see _load_from_state_dict).
         self.register_buffer('attention_bias_idxs', relative_bias_index(resolution, resolution, resolution))
-        self._bias_cache: dict[tuple, torch.Tensor] = {}
+        self._index_cache: dict[tuple, torch.Tensor] = {}
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + 'attention_bias_idxs'
@@ -166,17 +165,19 @@ class CascadedGroupAttention(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def window_bias(self, h: int, w: int) -> torch.Tensor:
-        """(heads, h*w, h*w) additive attention bias for an h x w window (h, w <= resolution)."""
+        """(heads, h*w, h*w) additive attention bias for an h x w window (h, w <= resolution).
+
+        Gathered from the parameter on every call (a few microseconds), so it can never be stale; only the index,
+        which depends on nothing but the window shape and device, is cached (outside graph capture).
+        """
         p = self.attention_biases
-        if not _bias_cache_allowed():
+        if not _index_cache_allowed():
             return p[:, relative_bias_index(h, w, self.resolution, p.device)]
-        key = (id(p), p._version, p.data_ptr(), p.device, p.dtype, h, w)
-        bias = self._bias_cache.get(key)
-        if bias is None:
-            self._bias_cache.clear()  # only the current key is worth keeping
-            bias = p[:, relative_bias_index(h, w, self.resolution, p.device)].contiguous()
-            self._bias_cache = {key: bias}
-        return bias
+        key = (h, w, p.device)
+        idx = self._index_cache.get(key)
+        if idx is None:
+            idx = self._index_cache[key] = relative_bias_index(h, w, self.resolution, p.device)
+        return p[:, idx]
 
     def forward_tokens(self, t: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """Fast inference form on (windows, h*w, C) tokens; needs fused convs. Same math as ``forward``."""
@@ -303,14 +304,18 @@ def _nhwc(m: nn.Module, t: torch.Tensor) -> torch.Tensor:
     if isinstance(m, Residual) and isinstance(m.m, FFN):
         return _linear(m.m.pw2, _linear(m.m.pw1, t).relu_()).add_(t)
     if isinstance(m, Residual) and isinstance(m.m, LocalWindowAttention):
-        return m.m.forward_nhwc(t).add_(t)
+        return t + m.m.forward_nhwc(t)  # out of place: the attention output may be a cropped (strided) view
     if isinstance(m, Residual):
         return t + _nhwc(m.m, t)
     if isinstance(m, PatchMerging):
         t = _conv_nhwc(m.conv2, _linear(m.conv1, t).relu_()).relu_()
+        B, H, W, C = t.shape
         se = m.se
-        gate = se.fc2(se.fc1(t.mean((1, 2), keepdim=True).permute(0, 3, 1, 2)).relu_()).sigmoid()
-        return _linear(m.conv3, t * gate.permute(0, 2, 3, 1))
+        gate = se.fc2(se.fc1(t.mean((1, 2), keepdim=True).permute(0, 3, 1, 2)).relu_()).sigmoid().view(B, 1, C)
+        # conv3(t * gate) == t @ (W3 * gate)^T: scale the small weight per sample instead of the large map
+        w = m.conv3.weight.flatten(1)[None] * gate
+        out = torch.baddbmm(m.conv3.bias, t.reshape(B, H * W, C), w.transpose(1, 2))
+        return out.view(B, H, W, -1)
     raise TypeError(f'no fast path for {type(m).__name__}')
 
 

@@ -157,6 +157,7 @@ def test_bias_fresh_after_inplace_update_in_eval():
             for name, p in mod.named_parameters():
                 if name.endswith('attention_biases'):
                     p.mul_(-2.0)  # what an EMA update does: in place, in eval mode
+                    p.data.add_(0.5)  # .data writes do not even bump the version counter
     ref_out = _forward(ref, x)
     assert rel_diff(ref_out, _forward(m, x)) == 0
     assert rel_diff(ref_out, _forward(fill(build('m0')).eval(), x)) > 1e-3  # the change mattered
@@ -425,12 +426,11 @@ def test_fast_path_equals_plain_math_in_float64(v):
         return sum(1 for mod in model.modules() if isinstance(mod, ev.Residual) and ev._is_depthwise(mod.m))
     depth = {'m5': 8}.get(v, 6)
     assert residual_dw(plain) == 2 * depth + 4 and residual_dw(fast) == 0  # identity folded into the kernels
-    for hw in [(64, 96), (96, 128)]:
-        x = torch.randn(2, 3, *hw, dtype=torch.float64)
-        with torch.no_grad():
-            want, got = plain(x), fast(x)
-        assert rel_diff(want, got) < 1e-10
-        assert all(g.is_contiguous() for g in got)
+    x = torch.randn(2, 3, 64, 96, dtype=torch.float64)  # stage 1 in padded 7x7 windows, stages 2-3 whole-map
+    with torch.no_grad():
+        want, got = plain(x), fast(x)
+    assert rel_diff(want, got) < 1e-10
+    assert all(g.is_contiguous() for g in got)
 
 
 def test_fast_path_input_gradient_equals_plain():
@@ -476,6 +476,7 @@ def test_fast_path_onnx_export_dynamic_sizes(tmp_path):
         assert rel_diff(_forward(m, x), got) < 1e-4
 
 
+@pytest.mark.slow
 def test_fast_path_compiles_without_graph_breaks():
     m = fill(build('m0')).eval().fuse(fast=True)
     compiled = torch.compile(m, backend='aot_eager', fullgraph=True)
