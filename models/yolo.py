@@ -18,6 +18,7 @@ if __name__ == '__main__':  # entry point only: make the repository root importa
 
 import argparse  # noqa: E402
 import ast  # noqa: E402
+import inspect  # noqa: E402
 import math  # noqa: E402
 from copy import deepcopy  # noqa: E402
 from typing import Any  # noqa: E402
@@ -387,7 +388,8 @@ class DetectionModel(nn.Module):
         return x
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if self.stride is None or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+        if self.stride is None or x.device.type == 'meta' or torch.jit.is_tracing() or torch.jit.is_scripting() \
+                or torch.compiler.is_compiling():
             return
         gs = int(self.stride.max())
         h, w = int(x.shape[-2]), int(x.shape[-1])
@@ -433,12 +435,19 @@ class DetectionModel(nn.Module):
         m.anchor_grid = [fn(g) for g in m.anchor_grid]
         return self
 
-    def fuse(self) -> DetectionModel:
-        """Fold every BatchNorm into its conv (YOLO layers and the backbone); print the fused summary."""
+    def fuse(self, fast: bool = True) -> DetectionModel:
+        """Fold every BatchNorm into its conv (YOLO layers and the backbone); print the fused summary.
+
+        fast=True also lets a backbone that offers one (``fuse(fast=...)``, e.g. EfficientViT) switch to its faster
+        inference path, which computes the same function with a different float summation order.
+        """
         LOGGER.info('Fusing layers... ')
         for layer in self.model:
             if self._is_backbone(layer) and hasattr(layer, 'fuse'):
-                layer.fuse()
+                if 'fast' in inspect.signature(layer.fuse).parameters:
+                    layer.fuse(fast=fast)
+                else:
+                    layer.fuse()
                 continue
             for m in layer.modules():
                 if isinstance(m, Conv):

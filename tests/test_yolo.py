@@ -104,9 +104,14 @@ def test_every_yaml_builds_runs_fuses(cfg, log_text):
         pred, _ = model(x)
         assert pred.shape == (1, 3 * (24 * 32 + 12 * 16 + 6 * 8), 85)
         assert torch.isfinite(pred).all()
-        model.fuse()
+        model.fuse(fast=False)  # exact path: BN folding only
         fused, _ = model(x)
-    torch.testing.assert_close(fused, pred, rtol=1e-4, atol=1e-4 * float(pred.abs().max()))
+        torch.testing.assert_close(fused, pred, rtol=1e-4, atol=1e-4 * float(pred.abs().max()))
+        model.fuse()  # default: also a backbone's fast inference path (same function, other summation order)
+        fast, _ = model(x)
+    if hasattr(model.model[0], 'fast'):
+        assert model.model[0].fast is True
+    torch.testing.assert_close(fast, pred, rtol=1e-2, atol=1e-2 * float(pred.abs().max()))
     text = log_text.getvalue()
     assert 'Fusing layers' in text and 'from  n    params  module' in text
     assert f'{stem.replace("yolov5", "YOLOv5")} summary: {info[0]} layers, {info[1]} parameters' in text
@@ -341,6 +346,19 @@ EVIT = {  # yaml: (variant, backbone out_channels, width_multiple, parameters at
     'yolov5-efficientvit-m4.yaml': (4, [128, 256, 384], 0.50, 11951141, 23.2),
     'yolov5-efficientvit-m5.yaml': (5, [192, 288, 384], 0.50, 15637201, 35.7),
 }
+
+
+def test_fast_fuse_is_exact_in_float64():
+    """DetectionModel.fuse() takes EfficientViT's fast path; in float64 it equals the unfused model."""
+    torch.manual_seed(0)
+    model = DetectionModel('yolov5-efficientvit.yaml', nc=3, verbose=False).eval().double()
+    x = torch.rand(1, 3, 64, 96, dtype=torch.float64)
+    with torch.inference_mode():
+        ref, _ = model(x)
+        model.fuse()
+        got, _ = model(x)
+    assert model.model[0].fast is True
+    torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-9 * float(ref.abs().max()))
 
 
 def test_every_efficientvit_variant_has_a_yaml():

@@ -160,6 +160,11 @@ def meta_copy(model: nn.Module) -> nn.Module:
         memo[id(p)] = nn.Parameter(torch.empty_like(p, device='meta'), requires_grad=p.requires_grad)
     for b in model.buffers():
         memo[id(b)] = torch.empty_like(b, device='meta')
+    for m in model.modules():  # plain tensor attributes (e.g. Detect's grid caches) are not copied either
+        for v in vars(m).values():
+            for t in (v if isinstance(v, (list, tuple)) else [v]):
+                if isinstance(t, torch.Tensor) and id(t) not in memo:
+                    memo[id(t)] = torch.empty_like(t, device='meta')
     return copy.deepcopy(model, memo)
 
 
@@ -180,14 +185,16 @@ def flops(model: nn.Module, imgsz: int | tuple[int, int] = 640) -> float:
     model = de_parallel(model)
     h, w = (imgsz, imgsz) if isinstance(imgsz, int) else imgsz
     ch = _input_channels(model)
+    p = next((t for t in itertools.chain(model.parameters(), model.buffers()) if t.is_floating_point()), None)
+    device, dtype = (p.device, p.dtype) if p is not None else (torch.device('cpu'), torch.float32)
     try:
         meta = meta_copy(model).train()  # train mode: no caches, same conv/matmul work as eval
-        return _count(meta, torch.zeros(1, ch, h, w, device='meta')) / 1e9
+        return _count(meta, torch.zeros(1, ch, h, w, device='meta', dtype=dtype)) / 1e9
     except Exception:  # an op without a meta kernel: count a real forward instead (slower, still exact)
         pass
     try:
-        p = next(itertools.chain(model.parameters(), model.buffers()))
-        return _count(model, torch.zeros(1, ch, h, w, device=p.device, dtype=p.dtype)) / 1e9
+        real = copy.deepcopy(model).eval()  # a copy, so BN statistics and caches of the model stay untouched
+        return _count(real, torch.zeros(1, ch, h, w, device=device, dtype=dtype)) / 1e9
     except Exception as e:
         LOGGER.warning(f'WARNING: GFLOPs not computed: {type(e).__name__}: {e}')
         return 0.0
