@@ -22,7 +22,7 @@ OPTS = dict(cfg='models/yolov5n.yaml', epochs=3, imgsz=64, batch_size=2, workers
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory) -> Path:
-    return write_dataset(tmp_path_factory.mktemp('tiny'), n_train=6, n_val=2, nc=3, imgsz=64)
+    return write_dataset(tmp_path_factory.mktemp('tiny'), n_train=4, n_val=2, nc=3, imgsz=64)
 
 
 def cli_args(opts: dict) -> list[str]:
@@ -100,8 +100,22 @@ def test_bare_resume_continues_latest_run_and_refuses_finished(data, tmp_path, m
         train.run(name='crashed', **opts)
     monkeypatch.setattr(trainer_mod.Trainer, 'save', save)
     last = tmp_path / 'crashed/weights/last.pt'
-    assert torch.load(last, weights_only=True)['epoch'] == 0
+    saved = torch.load(last, weights_only=True)
+    # 2 batches of 2; accumulate rises 1 -> 32 over the 100 warmup iterations: steps at ni=0 and 1
+    assert saved['epoch'] == 0 and saved['train_state']['last_opt_step'] == 1 and saved['updates'] == 2
+    seen = {}
+    one_epoch = trainer_mod.Trainer.train_one_epoch
+
+    def record(self, epoch):
+        group0 = self.optimizer.param_groups[0]
+        seen[epoch] = (self.last_opt_step, self.ema.updates, self.scheduler.last_epoch, group0['lr'])
+        one_epoch(self, epoch)
+
+    monkeypatch.setattr(trainer_mod.Trainer, 'train_one_epoch', record)
     assert train.run(resume=True, project=str(tmp_path)) == tmp_path / 'crashed'
+    lr0 = saved['optimizer']['param_groups'][0]['lr']
+    assert lr0 == pytest.approx(0.01 * 0.505)  # already stepped to lf(1) for epoch 1 (not reset to lf(0))
+    assert seen == {1: (1, 2, 1, lr0)}  # accumulation, EMA updates, scheduler and LR continue where they were
     assert [r[0] for r in read_results_csv(tmp_path / 'crashed/results.csv')[1]] == [0, 1]
     assert torch.load(last, weights_only=True)['epoch'] == -1
     with pytest.raises(TrainError, match=r'last\.pt training to 2 epochs is finished, nothing to resume'):

@@ -30,8 +30,8 @@ def data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope='module')
 def finished_run(data, tmp_path_factory) -> Path:
-    """One finished 1-epoch yolov5n run (seed 0, no plots) shared by the checkpoint, seed and transfer tests."""
-    return tiny_run(data, tmp_path_factory.mktemp('base'), noplots=True, noautoanchor=True, seed=0)
+    """One finished 1-epoch yolov5n run (seed 0) shared by the output, checkpoint, seed and transfer tests."""
+    return tiny_run(data, tmp_path_factory.mktemp('base'), seed=0)
 
 
 @pytest.fixture
@@ -55,9 +55,12 @@ def tiny_run(data: Path, project: Path, **kw) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize('cfg', ['models/yolov5-efficientvit.yaml', 'models/yolov5n.yaml'])
-def test_one_epoch_writes_every_output(data, tmp_path, cfg):
-    save_dir = tiny_run(data, tmp_path, cfg=cfg)
-    assert save_dir == tmp_path / 'exp'
+def test_one_epoch_writes_every_output(data, finished_run, tmp_path, cfg):
+    if cfg == 'models/yolov5n.yaml':
+        save_dir = finished_run  # the shared run is exactly this one
+    else:
+        save_dir = tiny_run(data, tmp_path, cfg=cfg)
+        assert save_dir == tmp_path / 'exp'
     missing = [f for f in RUN_FILES if not (save_dir / f).is_file() or (save_dir / f).stat().st_size == 0]
     assert missing == []
 
@@ -87,7 +90,6 @@ def test_one_epoch_writes_every_output(data, tmp_path, cfg):
 
 def test_last_pt_loads_weights_only_and_rebuilds(finished_run):
     save_dir = finished_run
-    assert not (save_dir / 'labels.jpg').exists() and not (save_dir / 'results.png').exists()  # --noplots
     ckpt = torch.load(save_dir / 'weights/last.pt', map_location='cpu', weights_only=True)
     from utils.checkpoints import model_from_checkpoint
     model = model_from_checkpoint(ckpt)
@@ -101,8 +103,9 @@ def test_last_pt_loads_weights_only_and_rebuilds(finished_run):
 def test_seeded_runs_repeat_first_epoch_losses(data, finished_run, tmp_path):
     def losses(d):
         return read_results_csv(d / 'results.csv')[1][0][1:4]
-    again = tiny_run(data, tmp_path, name='again', noplots=True, noautoanchor=True, seed=0)
-    other = tiny_run(data, tmp_path, name='other', noplots=True, noautoanchor=True, seed=1)
+    again = tiny_run(data, tmp_path, name='again', noplots=True, seed=0)
+    other = tiny_run(data, tmp_path, name='other', noplots=True, seed=1)
+    assert not any(again.glob('*.jpg')) and not any(again.glob('*.png'))  # --noplots
     assert losses(again) == losses(finished_run)
     assert losses(other) != losses(finished_run)  # the seed matters (model init, augmentation, data order)
 
@@ -113,12 +116,12 @@ def test_loss_falls_on_learnable_data(tmp_path):
     100-iteration warmup (SGD's warmed-up LR is ~1e-4 here, too small to show in 12 steps)."""
     data = write_dataset(tmp_path / 'learn', n_train=8, n_val=2, nc=2, imgsz=64, seed=1)
     hyp = write_hyp(tmp_path / 'hyp.yaml', ROOT / 'data/hyps/hyp.no-augmentation.yaml', lr0=0.01, warmup_bias_lr=0.01)
-    save_dir = tiny_run(data, tmp_path, epochs=12, batch_size=8, hyp=str(hyp), optimizer='Adam', noplots=True,
+    save_dir = tiny_run(data, tmp_path, epochs=10, batch_size=8, hyp=str(hyp), optimizer='Adam', noplots=True,
                         noval=True, noautoanchor=True)
     _, rows = read_results_csv(save_dir / 'results.csv')
-    assert [r[0] for r in rows] == list(range(12))
+    assert [r[0] for r in rows] == list(range(10))
     total = [sum(r[1:4]) for r in rows]  # box + obj + cls
-    assert sum(total[-2:]) / 2 < 0.92 * total[0], total  # measured: 0.147 -> 0.122 (-17%)
+    assert sum(total[-2:]) / 2 < 0.92 * total[0], total  # measured: 0.147 -> 0.126 (-14%) at epochs 8-9
 
 
 def test_freeze_5_freezes_the_whole_efficientvit_backbone(data, tmp_path):
@@ -133,15 +136,6 @@ def test_freeze_5_freezes_the_whole_efficientvit_backbone(data, tmp_path):
     ab = [p for n, p in model.named_parameters() if n.endswith('attention_biases')]
     assert len(ab) > 0 and {id(p) for p in ab} <= {id(p) for p in no_decay}
     assert len(decay) + len(no_decay) + len(biases) == len(list(model.parameters()))
-
-
-def test_weights_from_our_checkpoint_transfer(data, finished_run, tmp_path, log_lines):
-    best = finished_run / 'weights/best.pt'
-    tiny_run(data, tmp_path, noplots=True, noautoanchor=True, noval=True, cfg='', weights=str(best))
-    n_items = len(torch.load(best, weights_only=True)['model'])
-    assert f'Transferred {n_items}/{n_items} items from {best}' in log_lines  # same architecture: all of it
-    assert any(line.startswith('optimizer: SGD(lr=0.01) with parameter groups 57 weight(decay=0.0), 60 weight('
-                               'decay=0.0005), 60 bias') for line in log_lines)  # YOLOv5's yolov5s/n group counts
 
 
 def test_official_yolov5_pt_transfers_all_but_detect_outputs(data, tmp_path, log_lines):
@@ -159,12 +153,17 @@ def test_official_yolov5_pt_transfers_all_but_detect_outputs(data, tmp_path, log
 
 
 @pytest.mark.slow
-def test_many_flags_in_one_run(data, tmp_path):
-    """--cos-lr --image-weights --multi-scale --save-period 1 --freeze 10 --optimizer AdamW --label-smoothing
-    --single-cls --cache ram, two epochs: each flag leaves a trace we can check."""
+def test_many_flags_in_one_run(data, finished_run, tmp_path, log_lines):
+    """--weights (our best.pt, --cfg '') --cos-lr --image-weights --multi-scale --save-period 1 --freeze 10
+    --optimizer AdamW --label-smoothing --single-cls --cache ram, two epochs: each flag leaves a trace we can check."""
+    best = finished_run / 'weights/best.pt'
     save_dir = tiny_run(data, tmp_path, epochs=2, cos_lr=True, image_weights=True, multi_scale=True, save_period=1,
                         freeze=[10], optimizer='AdamW', label_smoothing=0.1, single_cls=True, cache='ram',
-                        noplots=True, noautoanchor=True, noval=True)
+                        noplots=True, noautoanchor=True, noval=True, cfg='', weights=str(best))
+    n = len(torch.load(best, weights_only=True)['model'])  # all but Detect's 3 output convs (nc 3 -> 1)
+    assert f'Transferred {n - 6}/{n} items from {best}' in log_lines
+    assert any(line.startswith('optimizer: AdamW(lr=0.01) with parameter groups 57 weight(decay=0.0), 60 weight('
+                               'decay=0.0005), 60 bias') for line in log_lines)  # YOLOv5's yolov5s/n group counts
     e0, e1 = (torch.load(save_dir / f'weights/epoch{i}.pt', weights_only=True) for i in (0, 1))
     assert (e0['epoch'], e1['epoch']) == (0, 1) and e0['optimizer'] is not None  # --save-period 1: kept unstripped
     assert e1['nc'] == 1 and e1['names'] == {0: 'item'}  # --single-cls

@@ -169,6 +169,7 @@ class Trainer:
         self.best_fitness = 0.0
         self.results, self.maps = (0.0,) * 7, None  # P, R, mAP50, mAP50-95, val box/obj/cls (kept under --noval)
         self.ema = self.logger = None
+        self.last_opt_step = -1  # iteration of the last optimizer step (accumulation counts from it)
         self._warned_val = False
 
     # ---------------------------------------------------------------------------------------------- setup
@@ -210,7 +211,6 @@ class Trainer:
         self.compute_loss = ComputeLoss(self.model)
         self.nb = len(self.train_loader)
         self.nw = optim.warmup_iterations(self.hyp['warmup_epochs'], self.nb)
-        self.last_opt_step = -1
         if main:
             LOGGER.info(f'Image sizes {self.imgsz} train, {self.imgsz} val\n'
                         f'Using {self.train_loader.num_workers} dataloader workers\n'
