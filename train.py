@@ -28,7 +28,7 @@ def parse_opt(known: bool = False, args: list[str] | None = None) -> argparse.Na
     """YOLOv5 v7.0's train.py flags (logger flags accepted and ignored). ``known`` ignores unknown arguments."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--weights', type=str, default='', help="initial weights path ('' = from scratch; no downloads)")
-    p.add_argument('--cfg', type=str, default=DEFAULT_CFG, help="model.yaml path ('' = the YAML inside --weights)")
+    p.add_argument('--cfg', type=str, default=DEFAULT_CFG, help="model.yaml path (with --weights only: their own YAML)")
     p.add_argument('--data', type=str, default=DEFAULT_DATA, help='dataset.yaml path')
     p.add_argument('--hyp', type=str, default=DEFAULT_HYP, help='hyperparameters path')
     p.add_argument('--epochs', type=int, default=100, help='total training epochs')
@@ -70,8 +70,16 @@ def parse_opt(known: bool = False, args: list[str] | None = None) -> argparse.Na
 
 
 def main(opt: argparse.Namespace) -> Path:
-    """Resolve options (resume, files, run dir), join DDP if launched that way, train; returns the run dir."""
+    """Resolve options (resume, files, run dir), join DDP if launched that way, train; returns the run dir.
+
+    --weights with --cfg left at its default trains the architecture stored in the weights (so fine-tuning
+    yolov5s.pt stays a yolov5s); pass --cfg explicitly to build another model and transfer what matches.
+    """
+    from utils.logging import LOGGER
     from utils.trainer import train
+    if opt.weights and not opt.resume and opt.cfg == DEFAULT_CFG:
+        LOGGER.info(f'--cfg not set: using the model YAML stored in {opt.weights}')
+        opt.cfg = ''
     return train(opt)
 
 

@@ -138,30 +138,36 @@ def test_freeze_5_freezes_the_whole_efficientvit_backbone(data, tmp_path):
     assert len(decay) + len(no_decay) + len(biases) == len(list(model.parameters()))
 
 
-def test_official_yolov5_pt_transfers_all_but_detect_outputs(data, tmp_path, log_lines):
-    """A file as YOLOv5 v7.0 writes it (pickled fp16 model, 80 classes) fine-tuned on 3 classes with --cfg."""
+def test_official_yolov5_pt_fine_tunes_its_own_architecture(data, tmp_path, log_lines):
+    """A file as YOLOv5 v7.0 writes it (pickled fp16 model, 80 classes), fine-tuned on 3 classes without --cfg."""
     from models.yolo import Model
     official = Model('models/yolov5n.yaml', verbose=False).half()
     official.names = {i: f'coco{i}' for i in range(80)}
     path = tmp_path / 'yolov5n.pt'
     torch.save({'epoch': -1, 'best_fitness': None, 'model': official, 'ema': None, 'updates': None,
                 'optimizer': None, 'opt': {}, 'git': {}, 'date': '2022-11-22T00:00:00'}, path)
-    tiny_run(data, tmp_path, weights=str(path), noplots=True, noautoanchor=True, noval=True)
+    opt = train.parse_opt(args=['--weights', str(path)])  # --cfg left at its default
+    for k, v in dict(data=str(data), epochs=1, imgsz=64, batch_size=2, workers=0, project=str(tmp_path),
+                     device='cpu', noplots=True, noautoanchor=True, noval=True).items():
+        setattr(opt, k, v)
+    save_dir = train.main(opt)
+    assert f'--cfg not set: using the model YAML stored in {path}' in log_lines
     total = len(Model('models/yolov5n.yaml', nc=3, verbose=False).state_dict())
-    # skipped: 3 Detect output convs x (weight, bias) for nc 80 -> 3, and the anchors (--cfg given: YOLOv5 rule)
-    assert f'Transferred {total - 7}/{total} items from {path}' in log_lines
+    # all but Detect's 3 output convs (weight + bias, nc 80 -> 3); anchors kept (no --cfg: YOLOv5's rule)
+    assert f'Transferred {total - 6}/{total} items from {path}' in log_lines
+    assert torch.load(save_dir / 'weights/last.pt', weights_only=True)['model_yaml']['depth_multiple'] == 0.33
 
 
 @pytest.mark.slow
 def test_many_flags_in_one_run(data, finished_run, tmp_path, log_lines):
-    """--weights (our best.pt, --cfg '') --cos-lr --image-weights --multi-scale --save-period 1 --freeze 10
+    """--weights (our best.pt) --cfg --cos-lr --image-weights --multi-scale --save-period 1 --freeze 10
     --optimizer AdamW --label-smoothing --single-cls --cache ram, two epochs: each flag leaves a trace we can check."""
     best = finished_run / 'weights/best.pt'
     save_dir = tiny_run(data, tmp_path, epochs=2, cos_lr=True, image_weights=True, multi_scale=True, save_period=1,
                         freeze=[10], optimizer='AdamW', label_smoothing=0.1, single_cls=True, cache='ram',
-                        noplots=True, noautoanchor=True, noval=True, cfg='', weights=str(best))
-    n = len(torch.load(best, weights_only=True)['model'])  # all but Detect's 3 output convs (nc 3 -> 1)
-    assert f'Transferred {n - 6}/{n} items from {best}' in log_lines
+                        noplots=True, noautoanchor=True, noval=True, weights=str(best))
+    n = len(torch.load(best, weights_only=True)['model'])  # all but Detect's 3 output convs (nc 3 -> 1) and,
+    assert f'Transferred {n - 7}/{n} items from {best}' in log_lines  # --cfg given, the anchors (YOLOv5's rule)
     assert any(line.startswith('optimizer: AdamW(lr=0.01) with parameter groups 57 weight(decay=0.0), 60 weight('
                                'decay=0.0005), 60 bias') for line in log_lines)  # YOLOv5's yolov5s/n group counts
     e0, e1 = (torch.load(save_dir / f'weights/epoch{i}.pt', weights_only=True) for i in (0, 1))
