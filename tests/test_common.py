@@ -165,3 +165,48 @@ def test_width_rounding_matches_yolov5n_widths():
     widths = [make_divisible(c * 0.25, 8) for c in (64, 128, 256, 512, 1024)]
     assert widths == [16, 32, 64, 128, 256]
     assert math.ceil(1024 * 0.25 / 8) * 8 == 256
+
+
+# ----------------------------------------------------------------- utils.torch_utils
+
+def test_select_device_strings():
+    from utils.torch_utils import DeviceError, select_device
+
+    assert select_device('cpu') == torch.device('cpu')
+    assert select_device('') == (torch.device('cuda:0') if torch.cuda.is_available() else torch.device('cpu'))
+    with pytest.raises(DeviceError, match=r"invalid --device 'gpu0'"):
+        select_device('gpu0')
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(DeviceError, match=rf'CUDA device\(s\) \[{n}\] not available'):
+        select_device(str(n))
+
+
+def test_init_seeds_reproducible():
+    from utils.torch_utils import init_seeds
+
+    init_seeds(3)
+    a = torch.rand(4)
+    init_seeds(3)
+    assert torch.equal(a, torch.rand(4))
+
+
+def test_flops_counts_two_per_mac():
+    from utils.torch_utils import flops
+
+    m = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.SiLU())
+    assert flops(m, 640) == pytest.approx(2 * 640 * 640 * 16 * 3 * 9 / 1e9)
+    assert flops(m, (320, 480)) == pytest.approx(2 * 320 * 480 * 16 * 3 * 9 / 1e9)
+    assert m[1].num_batches_tracked.item() == 0  # counted on a meta copy: the model is untouched
+
+
+def test_de_parallel_and_inference_mode():
+    from utils.torch_utils import de_parallel, smart_inference_mode
+
+    m = nn.Linear(2, 2)
+    assert de_parallel(nn.DataParallel(m)) is m and de_parallel(m) is m
+
+    @smart_inference_mode()
+    def run(x):
+        return m(x)
+
+    assert torch.is_inference(run(torch.ones(1, 2)))
