@@ -194,6 +194,8 @@ class Trainer:
         self.gs = max(int(self.model.stride.max()), 32)
         self.imgsz = check_img_size(opt.imgsz, self.gs)
         self.batch_size = opt.batch_size if opt.batch_size > 0 else 16
+        if opt.batch_size <= 0:
+            LOGGER.warning('WARNING AutoBatch (--batch-size -1) is not implemented; using batch-size 16')
         self.build_data()
         self.build_optimizer()
         if main and not opt.resume:
