@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 import warnings
@@ -89,6 +90,42 @@ def export_onnx(model: torch.nn.Module, im: torch.Tensor, file: Path, metadata: 
     return f
 
 
+def _window_maps(model: torch.nn.Module, im: torch.Tensor) -> list[tuple[int, int, int, float]]:
+    """(h, w, window, input/map scale) of every window-attention layer for input ``im`` (EfficientViT)."""
+    found, hooks = [], []
+    for m in model.modules():
+        if isinstance(getattr(m, 'window', None), int) and hasattr(m, 'attn'):
+            hooks.append(m.register_forward_pre_hook(
+                lambda mod, args: found.append((*args[0].shape[2:], mod.window, im.shape[2] / args[0].shape[2]))))
+    try:
+        model(im)
+    finally:
+        for h in hooks:
+            h.remove()
+    return found
+
+
+def _dynamic_min_size(model: torch.nn.Module, im: torch.Tensor, gs: int) -> int:
+    """Smallest input side a --dynamic export stays exact for (0: any), warning when the trace is too small.
+
+    Window attention takes one branch for maps that fit in a single window and another for larger maps; tracing
+    records the branch taken at the export size. Traced on windowed maps everywhere, the graph is exact for every
+    input whose attention maps are all larger than one window, i.e. at least ``min_size`` px on some side.
+    """
+    maps = _window_maps(model, im)
+    if not maps:
+        return 0
+    need = max(int(math.ceil((r + 1) * scale / gs) * gs) for _, _, r, scale in maps)
+    small = [(h, w, r) for h, w, r, _ in maps if h <= r and w <= r]
+    if small:
+        h, w, r = small[0]
+        LOGGER.warning(f'WARNING ⚠️ --dynamic: window attention traced on a {h}x{w} map (one {r}x{r} window); this '
+                       f'ONNX file is exact only for inputs of this size class. Export with --imgsz {need} or larger '
+                       f'to serve every input with a side of at least {need} px')
+        return 0
+    return need
+
+
 def _prepare(weights: Path, device: torch.device, imgsz: list[int], batch_size: int, half: bool, inplace: bool,
              dynamic: bool):
     """Fused eval model in export mode (Detect returns the decoded tensor only), a dummy input and metadata."""
@@ -96,6 +133,10 @@ def _prepare(weights: Path, device: torch.device, imgsz: list[int], batch_size: 
     from utils.checkpoints import load_model
 
     model = load_model(weights, device=device, fuse=True).eval()
+    if dynamic:  # the exact path, whose layers the window check below can observe
+        for m in model.modules():
+            if callable(getattr(m, 'set_fast', None)) and getattr(m, 'fast', False):
+                m.set_fast(False)
     for p in model.parameters():
         p.requires_grad_(False)
     gs = max(int(model.stride.max()), 32)
@@ -106,10 +147,14 @@ def _prepare(weights: Path, device: torch.device, imgsz: list[int], batch_size: 
     im = torch.zeros(batch_size, 3, *imgsz, device=device)
     for _ in range(2):
         y = model(im)  # dry runs build the grids
+    metadata = {'stride': gs, 'names': {int(k): str(v) for k, v in model.names.items()}, 'imgsz': list(imgsz)}
+    if dynamic:
+        min_size = _dynamic_min_size(model, im, gs)
+        if min_size:
+            metadata['min_size'] = min_size
     if half:
         im, model = im.half(), model.half()
     shape = tuple((y[0] if isinstance(y, (tuple, list)) else y).shape)
-    metadata = {'stride': gs, 'names': {int(k): str(v) for k, v in model.names.items()}}
     return model, im, shape, metadata
 
 

@@ -25,23 +25,32 @@ IMGSZ = 64
 
 
 def make_model(cfg: str, nc: int = 2, seed: int = 0) -> DetectionModel:
-    """An untrained model that makes varied, confident detections worth comparing: BatchNorm statistics set from
-    one batch (an untrained eval-mode model otherwise outputs near-constants), objectness bias -1, class biases 0."""
+    """An untrained but well-conditioned model that makes varied detections worth comparing.
+
+    Default initialisation gives near-constant outputs in eval mode (and EfficientViT zero-initialises BN weights that
+    silence its attention), so: conv weights randn/sqrt(fan_in), conv biases 0.5*randn, BN weight 0.4+0.1*randn, BN
+    bias/mean 0.05*randn, var U(0.75, 1.25) (small float reorderings stay small, unlike a calibrated-BN net); the
+    head's weights x40 with objectness bias -1 and class biases 0, so some predictions pass conf 0.3.
+    """
     torch.manual_seed(seed)
     model = DetectionModel(Path(__file__).resolve().parents[1] / 'models' / cfg, nc=nc, verbose=False)
+    g = torch.Generator().manual_seed(seed)
     det = model.model[-1]
     with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / m.weight[0].numel() ** 0.5)
+                if m.bias is not None:
+                    m.bias.copy_(0.5 * torch.randn(m.bias.shape, generator=g))
+            elif isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.copy_(0.4 + 0.1 * torch.randn(m.weight.shape, generator=g))
+                m.bias.copy_(0.05 * torch.randn(m.bias.shape, generator=g))
+                m.running_mean.copy_(0.05 * torch.randn(m.bias.shape, generator=g))
+                m.running_var.uniform_(0.75, 1.25, generator=g)
         for conv in det.m:
+            conv.weight *= 40
             conv.bias.view(det.na, -1)[:, 4] = -1.0
             conv.bias.view(det.na, -1)[:, 5:] = 0.0
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.momentum = 1.0
-        model.train()
-        model(torch.rand(4, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(seed)))
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.momentum = 0.03
     return model.eval()
 
 
@@ -139,33 +148,64 @@ def test_detect_with_exports_matches_pt(exported):
 
 @pytest.mark.slow
 def test_val_with_exports_matches_pt(exported):
-    kw = dict(data=exported['data'], imgsz=IMGSZ, batch_size=2, workers=0, plots=False, project=exported['tmp'] / 'v')
+    kw = dict(data=exported['data'], imgsz=IMGSZ, batch_size=1, workers=0, plots=False, project=exported['tmp'] / 'v')
     (_, _, map50, map_, *_), maps, _ = val.run(weights=exported['pt'], rect=False, **kw)  # square, as the exports
     # labels are the .pt's own detections at conf 0.3, so boxes map back right; val's multi-label low-conf
     # predictions add confident wrong-class boxes, hence not 1.0
     assert map50 > 0.5 and map_ > 0.4
     for fmt in ('onnx', 'torchscript'):
         (_, _, m50, m, *_), mp, _ = val.run(weights=exported[fmt], **kw)
-        assert m50 == pytest.approx(map50, abs=1e-6) and m == pytest.approx(map_, abs=1e-6)
-        np.testing.assert_allclose(mp, maps, atol=1e-6)
+        # fp32 tolerance: among the thousands of conf >= 0.001 predictions a few near-tied confidences (gaps ~1e-6)
+        # may swap rank between backends, moving AP by < 1e-3
+        assert m50 == pytest.approx(map50, abs=2e-3) and m == pytest.approx(map_, abs=2e-3)
+        np.testing.assert_allclose(mp, maps, atol=2e-3)
 
 
 @pytest.mark.slow
 def test_dynamic_onnx_serves_several_sizes(exported):
     if exported['cfg'] != 'yolov5-efficientvit.yaml':
         pytest.skip('dynamic axes matter for window attention; YOLOv5 layers take the same path (checked by hand)')
-    f = export.run(weights=exported['pt'], imgsz=[IMGSZ], include=['onnx'], dynamic=True, simplify=True,
+    # traced with every attention map larger than one 7x7 window (P5 map 8x8), the graph is exact for any input
+    # with a side >= 256 px
+    f = export.run(weights=exported['pt'], imgsz=[256], include=['onnx'], dynamic=True, simplify=True,
                    opset=exported['opset'])[0]
     b, ref = DetectBackend(f), DetectBackend(exported['pt'])
-    assert b.dynamic and b.static_shape is None
-    for shape in ((1, 3, 64, 64), (2, 3, 96, 128)):
+    assert b.dynamic and b.static_shape is None and b.min_size == 256
+    for shape in ((1, 3, 256, 256), (2, 3, 256, 320), (1, 3, 320, 288)):
         im = torch.rand(*shape, generator=torch.Generator().manual_seed(2))
         torch.testing.assert_close(b(im), ref(im), atol=1e-3, rtol=1e-3)
+    with pytest.raises(BackendError, match=r'exact for inputs with a side of at least 256 px'):
+        b(torch.zeros(1, 3, 64, 64))
     # rectangular validation exactly as the .pt (val.py's default for any-size models)
-    kw = dict(data=exported['data'], imgsz=IMGSZ, batch_size=1, workers=0, plots=False, project=exported['tmp'] / 'd')
+    kw = dict(data=exported['data'], imgsz=256, batch_size=1, workers=0, plots=False, project=exported['tmp'] / 'd')
     (_, _, a50, a, *_), _, _ = val.run(weights=exported['pt'], **kw)
     (_, _, b50, bb, *_), _, _ = val.run(weights=f, **kw)
-    assert (b50, bb) == pytest.approx((a50, a), abs=1e-6)
+    assert (b50, bb) == pytest.approx((a50, a), abs=2e-3)
+
+
+@pytest.mark.parametrize('cfg, size, need', [('yolov5-efficientvit.yaml', 64, 0),
+                                             ('yolov5-efficientvit.yaml', 256, 256), ('yolov5n.yaml', 64, 0)])
+def test_dynamic_min_size(cfg, size, need, caplog_project):
+    model = make_model(cfg)  # unfused: the exact path, as export.py uses for --dynamic
+    assert export._dynamic_min_size(model, torch.zeros(1, 3, size, size), 32) == need
+    warned = 'window attention traced on a 4x4 map (one 7x7 window)' in caplog_project.getvalue()
+    assert warned == (cfg == 'yolov5-efficientvit.yaml' and size == 64)
+    if warned:
+        assert 'Export with --imgsz 256 or larger' in caplog_project.getvalue()
+
+
+@pytest.fixture
+def caplog_project():
+    import io
+    import logging
+
+    from utils.logging import LOGGER
+
+    buf = io.StringIO()
+    h = logging.StreamHandler(buf)
+    LOGGER.addHandler(h)
+    yield buf
+    LOGGER.removeHandler(h)
 
 
 def test_export_errors(tmp_path):

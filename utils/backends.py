@@ -73,7 +73,7 @@ class DetectBackend(nn.Module):
         self.device = torch.device(device)
         self.fp16 = bool(fp16) and self.device.type == 'cuda'
         self.pt, self.jit, self.onnx = (self.format == f for f in ('pt', 'jit', 'onnx'))
-        self.weights, self.stride, self.names = w, 32, None
+        self.weights, self.stride, self.names, self.min_size = w, 32, None, 0
         try:
             getattr(self, f'_load_{self.format}')(w, fuse)
         except BackendError:
@@ -119,6 +119,7 @@ class DetectBackend(nn.Module):
             self.stride = int(meta['stride'])
         if 'names' in meta:
             self.names = parse_names(meta['names'])
+        self.min_size = int(meta.get('min_size', 0))  # --dynamic window-attention exports: smallest exact side
 
     @property
     def dynamic(self) -> bool:
@@ -143,6 +144,9 @@ class DetectBackend(nn.Module):
         elif self.jit:
             y = self.model(im)
         else:
+            if self.min_size and max(im.shape[2:]) < self.min_size:
+                raise BackendError(f'{self.weights} is exact for inputs with a side of at least {self.min_size} px '
+                                   f'(window attention); got {tuple(im.shape[2:])}. Use --imgsz {self.min_size}+')
             y = self.session.run(self.output_names, {self.input_name: im.cpu().numpy()})[0]
             y = torch.from_numpy(np.asarray(y)).to(self.device)
         if isinstance(y, (list, tuple)):
