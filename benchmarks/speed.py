@@ -350,11 +350,13 @@ def merge_report(prev: dict | None, cur: dict) -> dict:
         raise ValueError(f"--merge: the existing speed.json was measured at {prev['imgsz']} px, this run at "
                          f"{cur['imgsz']} px")
     rep = {'imgsz': cur['imgsz'], 'names': _order(list(dict.fromkeys(prev['names'] + cur['names']))),
-           'info': {**prev['info'], **cur['info']}, 'cells': {}, 'bases': {},
+           'info': {**prev['info'], **cur['info']}, 'cells': {}, 'bases': {}, 'origin': {},
            'invocations': prev['invocations'] + cur['invocations']}
+    shift = len(prev['invocations'])
+    cur = {**cur, 'origin': {k: {n: i + shift for n, i in col.items()} for k, col in cur['origin'].items()}}
     cols = {c['key']: c for c in prev['columns'] + cur['columns']}
     rep['columns'] = sorted(cols.values(), key=lambda c: (KIND_ORDER.get(c['key'].split('_')[0], 9), c['batch']))
-    for part in ('cells', 'bases'):
+    for part in ('cells', 'bases', 'origin'):
         for k in cols:
             rep[part][k] = {**prev[part].get(k, {}), **cur[part].get(k, {})}
     return rep
@@ -362,10 +364,12 @@ def merge_report(prev: dict | None, cur: dict) -> dict:
 
 def new_report(names: list[str], info: dict, cells: dict, columns: list[dict], invocation: dict,
                imgsz: int) -> dict:
-    """The report of one invocation; bases[col][model] = the baseline's samples of that column in this run."""
+    """The report of one invocation; bases[col][model] = the baseline's samples of that column in this run,
+    origin[col][model] = index of the invocation that measured the cell."""
     bases = {k: dict.fromkeys(col, col.get(BASELINE)) for k, col in cells.items()}
+    origin = {k: dict.fromkeys(col, 0) for k, col in cells.items()}
     return {'imgsz': imgsz, 'names': _order(names), 'info': info, 'cells': cells, 'bases': bases,
-            'columns': columns, 'invocations': [invocation]}
+            'origin': origin, 'columns': columns, 'invocations': [invocation]}
 
 
 def format_cell(cell: list[float] | str | None, base: list[float] | str | None, col: dict) -> str:
@@ -390,7 +394,10 @@ def format_table(rep: dict) -> str:
                f"{i['gflops']:.3g}" if i.get('gflops') else '-']
         for c in rep['columns']:
             k = c['key']
-            text = format_cell(rep['cells'].get(k, {}).get(n), rep['bases'].get(k, {}).get(n), c)
+            cell = rep['cells'].get(k, {}).get(n)
+            text = format_cell(cell, rep['bases'].get(k, {}).get(n), c)
+            if isinstance(cell, list) and len(rep['invocations']) > 1:
+                text += f" [{rep['origin'][k][n] + 1}]"  # which invocation measured it
             row.append('(same)' if text.startswith('error') and text in row else text)
         lines.append('| ' + ' | '.join(row) + ' |')
     return '\n'.join(lines)
@@ -425,14 +432,14 @@ def format_report(rep: dict) -> str:
         '# Speed benchmark', '',
         f"Machine: {s['cpu']} ({s['logical_cpus']} logical CPUs), torch {s['torch']}, onnxruntime "
         f"{s['onnxruntime']}, Python {s['python']}, GPU: {s['gpu']}. Made by:", '',
-        *[format_invocation(inv) for inv in rep['invocations']], '',
+        *[f'{i}. ' + format_invocation(inv)[2:] for i, inv in enumerate(rep['invocations'], 1)], '',
         format_table(rep), '',
         f"Input {rep['imgsz']}x{rep['imgsz']}, random data. Each cell: median of the timed runs after warm-up, "
         'models interleaved run by run. PyTorch columns: BN-fused fp32 model under torch.inference_mode, ms per '
         'batch. ORT: the same fused model exported to ONNX (decoded output, no NMS), CPUExecutionProvider with the '
         'same thread count. Train step: forward + ComputeLoss + backward + SGD step on random targets, as images/s.',
         f'(n.nn×) is the time relative to {BASELINE} measured in the same invocation (lower is faster; for the '
-        'train column the ratio of step times).',
+        'train column the ratio of step times); [i] names that invocation. "not run": not measured by any invocation.',
         f'Run-to-run spread (max-min)/median, median over models: {noise_line(rep)}. Other processes shared the '
         'CPU (see the load averages): compare ratios, not absolute ms across runs.', ''])
 
@@ -488,6 +495,7 @@ def load_previous(out: Path) -> dict | None:
     try:
         rep = json.loads(f.read_text())
         assert {'imgsz', 'names', 'info', 'cells', 'bases', 'columns', 'invocations'} <= set(rep)
+        rep.setdefault('origin', {k: dict.fromkeys(c, 0) for k, c in rep['cells'].items()})  # files before 'origin'
         return rep
     except (ValueError, AssertionError):
         raise ValueError(f'--merge: {f} is not a speed.json written by this script') from None

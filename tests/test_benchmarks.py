@@ -85,8 +85,10 @@ def test_merge_keeps_same_run_ratios(tmp_path):
     assert [c['key'] for c in rep['columns']] == ['cpu_b1', 'cpu_b8']
     assert [i['command'] for i in rep['invocations']] == ['first', 'second']
     table = speed.format_table(rep).splitlines()
-    assert table[2].endswith('| 10.0 (1.00×) | 200.0 (1.00×) |')  # rows in MODELS order: yolov5n first
-    assert table[3].endswith('| 100.0 (10.00×) | 1000 (5.00×) |')
+    assert table[2].endswith('| 10.0 (1.00×) [1] | 200.0 (1.00×) [2] |')  # rows in MODELS order: yolov5n first
+    assert table[3].endswith('| 100.0 (10.00×) [1] | 1000 (5.00×) [2] |')
+    third = fake_report({'cpu_b8': {'yolov5n': [100.0], 'yolov5x': [300.0]}}, info, [c8], 'third')
+    assert speed.format_table(speed.merge_report(rep, third)).splitlines()[3].endswith('| 300.0 (3.00×) [3] |')
     with pytest.raises(ValueError, match='measured at 640 px, this run at 64 px'):
         speed.merge_report(first, {**second, 'imgsz': 64})
     (tmp_path / 'speed.json').write_text('{"a": 1}')
