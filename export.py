@@ -188,7 +188,8 @@ def run(weights: str | Path | list = 'yolov5s.pt', imgsz: int | tuple | list = (
                          export_onnx(model, im, weights, metadata, opset, dynamic, simplify))
         except Exception as e:  # exporter tracebacks are pages long: one line naming the file and the cause
             msg = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
-            raise ExportError(f'{fmt} export of {weights} failed: {type(e).__name__}: {msg[:300]}') from None
+            hint = f' (this model needs a newer opset than {opset}: try --opset 13)' if 'opset' in msg else ''
+            raise ExportError(f'{fmt} export of {weights} failed: {type(e).__name__}: {msg[:200]}{hint}') from None
     h = '--half' if half else ''
     LOGGER.info(f'\nExport complete ({time.time() - t:.1f}s)'
                 f"\nResults saved to {colorstr('bold', str(weights.parent.resolve()))}"
