@@ -67,6 +67,7 @@ def run_detect(weights, source, tmp_path, **kw):
     return detect.run(weights=weights, source=source, **kw)
 
 
+@pytest.mark.slow
 def test_images_and_video(weights, source, tmp_path, log):
     run = run_detect(weights, source, tmp_path, save_txt=True, save_conf=True, save_crop=True)
     assert run == tmp_path / 'runs/exp'
@@ -177,6 +178,7 @@ def official(model, tmp_path_factory):
     return path, ours
 
 
+@pytest.mark.slow
 def test_official_pt_detect(official, source, tmp_path):
     path, ours = official
     a = run_detect(path, source, tmp_path, name='official', save_txt=True, save_conf=True)

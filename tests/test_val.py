@@ -301,6 +301,7 @@ def trained_like(tmp_path_factory):
     return pt, write_dataset(tmp / 'ds', n_train=1, n_val=4, nc=2, imgsz=64)
 
 
+@pytest.mark.slow
 def test_val_py_outputs(trained_like, tmp_path, log):
     pt, data = trained_like
     (mp, mr, map50, map_, *losses), maps, times = val.run(
