@@ -380,7 +380,7 @@ def format_cell(cell: list[float] | str | None, base: list[float] | str | None, 
         return cell
     m, b = median(cell), median(base)
     value = col['batch'] * 1000 / m if col['unit'] == 'img/s' else m
-    text = f'{value:.1f}' if value < 1000 else f'{value:.0f}'
+    text = f'{value:.2f}' if value < 10 else f'{value:.1f}' if value < 1000 else f'{value:.0f}'
     return f'{text} ({m / b:.2f}×)' if b else text
 
 
@@ -419,10 +419,15 @@ def _load(la: list[float] | None) -> str:
 
 def format_invocation(inv: dict) -> str:
     """One bullet: command, date, threads, runs and load of one invocation."""
-    s = inv['system']
-    return (f"- `{inv['command']}` — {s['date']}, {s['threads']} thread(s), median of {inv['runs']} run(s) "
-            f"(train: {inv['train_runs']}) after {inv['warmup']} warm-up; load average "
-            f"{_load(s.get('loadavg_start'))} at start, {_load(s.get('loadavg_end'))} at end")
+    s, cols = inv['system'], inv.get('columns')
+    runs = []
+    if cols is None or any(not k.startswith('train') for k in cols):
+        runs.append(f"median of {inv['runs']} run(s)")
+    if cols is None or any(k.startswith('train') for k in cols):
+        runs.append(f"train: median of {inv['train_runs']} step(s)")
+    return (f"- `{inv['command']}` — {s['date']}, {s['threads']} thread(s), {', '.join(runs)} after {inv['warmup']} "
+            f"warm-up; load average {_load(s.get('loadavg_start'))} at start, {_load(s.get('loadavg_end'))} at end"
+            + (f" ({inv['note']})" if inv.get('note') else ''))
 
 
 def format_report(rep: dict) -> str:
@@ -515,7 +520,8 @@ def run(models: list[str] | None = None, imgsz: int = 640, runs: int = 5, warmup
         torch.set_num_threads(threads)
     columns = plan_columns(list(batch_sizes), list(gpu_batch_sizes), onnx, train, train_batch)
     inv = {'command': command or 'benchmarks.speed.run()', 'runs': runs, 'warmup': warmup,
-           'train_runs': train_runs, 'system': system_info(torch.get_num_threads())}
+           'train_runs': train_runs, 'system': system_info(torch.get_num_threads()),
+           'columns': [c['key'] for c in columns if not c['key'].startswith('gpu')]}
     built, info = build_models(names, imgsz)
     cells: dict = {}
 

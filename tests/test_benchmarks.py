@@ -67,7 +67,7 @@ def test_format_table_ratios_errors_and_throughput(tmp_path):
     assert lines[0] == ('| Model | Params (M) | GFLOPs@640 | CPU eager b1 ms | GPU fp16 b1 ms | '
                         'Train step b8 img/s |')
     assert lines[2] == '| yolov5n | 1.87 | 4.47 | 50.0 (1.00×) | no GPU | 10.0 (1.00×) |'
-    assert lines[3] == '| big | 7.00 | 16.5 | 100.0 (2.00×) | no GPU | 5.0 (2.00×) |'
+    assert lines[3] == '| big | 7.00 | 16.5 | 100.0 (2.00×) | no GPU | 5.00 (2.00×) |'
     assert lines[4] == '| broken | - | - | error: KeyError: x | no GPU | (same) |'
     assert speed.noise_line(rep) == 'CPU eager b1 40 %'  # (60 - 40) / 50; single runs have no spread
     speed.write_results(tmp_path, rep)
