@@ -122,8 +122,9 @@ def relative_bias_index(h: int, w: int, r: int, device: torch.device | None = No
     For h == w == r this is exactly the official ``attention_bias_idxs`` (offsets numbered in first-seen order,
     which is row-major); for a smaller window it picks the same biases for the same offsets.
     """
-    ys = torch.arange(h, device=device).repeat_interleave(w)
-    xs = torch.arange(w, device=device).repeat(h)
+    # expand + reshape rather than repeat_interleave, which ONNX opset 12 (YOLOv5's default export opset) lacks
+    ys = torch.arange(h, device=device).view(h, 1).expand(h, w).reshape(-1)
+    xs = torch.arange(w, device=device).view(1, w).expand(h, w).reshape(-1)
     return (ys[:, None] - ys[None, :]).abs() * r + (xs[:, None] - xs[None, :]).abs()
 
 
