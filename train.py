@@ -22,6 +22,8 @@ if str(ROOT) not in sys.path:
 DEFAULT_CFG = 'models/yolov5-efficientvit.yaml'
 DEFAULT_DATA = 'data/shapes.yaml'
 DEFAULT_HYP = 'data/hyps/hyp.scratch-low.yaml'
+# YOLOv5 v7.0's defaults for the flags a dataset YAML may recommend other values for (its `train_defaults:` mapping).
+YOLOV5_DEFAULTS = {'epochs': 100, 'batch_size': 16, 'imgsz': 640, 'hyp': DEFAULT_HYP, 'patience': 100}
 
 
 def parse_opt(known: bool = False, args: list[str] | None = None) -> argparse.Namespace:
@@ -30,10 +32,11 @@ def parse_opt(known: bool = False, args: list[str] | None = None) -> argparse.Na
     p.add_argument('--weights', type=str, default='', help="initial weights path ('' = from scratch; no downloads)")
     p.add_argument('--cfg', type=str, default=DEFAULT_CFG, help="model.yaml path (with --weights only: their own YAML)")
     p.add_argument('--data', type=str, default=DEFAULT_DATA, help='dataset.yaml path')
-    p.add_argument('--hyp', type=str, default=DEFAULT_HYP, help='hyperparameters path')
-    p.add_argument('--epochs', type=int, default=100, help='total training epochs')
-    p.add_argument('--batch-size', type=int, default=16, help='total batch size for all GPUs')
-    p.add_argument('--imgsz', '--img', '--img-size', type=int, default=640, help='train, val image size (pixels)')
+    p.add_argument('--hyp', type=str, default=None, help=f'hyperparameters path (default {DEFAULT_HYP})')
+    p.add_argument('--epochs', type=int, default=None, help='total training epochs (default 100)')
+    p.add_argument('--batch-size', type=int, default=None, help='total batch size for all GPUs (default 16)')
+    p.add_argument('--imgsz', '--img', '--img-size', type=int, default=None,
+                   help='train, val image size (pixels) (default 640)')
     p.add_argument('--rect', action='store_true', help='rectangular training')
     p.add_argument('--resume', nargs='?', const=True, default=False, help='resume most recent training')
     p.add_argument('--nosave', action='store_true', help='only save final checkpoint')
@@ -56,7 +59,8 @@ def parse_opt(known: bool = False, args: list[str] | None = None) -> argparse.Na
     p.add_argument('--quad', action='store_true', help='quad dataloader')
     p.add_argument('--cos-lr', action='store_true', help='cosine LR scheduler')
     p.add_argument('--label-smoothing', type=float, default=0.0, help='Label smoothing epsilon')
-    p.add_argument('--patience', type=int, default=100, help='EarlyStopping patience (epochs without improvement)')
+    p.add_argument('--patience', type=int, default=None,
+                   help='EarlyStopping patience (epochs without improvement) (default 100)')
     p.add_argument('--freeze', nargs='+', type=int, default=[0], help='Freeze layers: backbone=10, first3=0 1 2')
     p.add_argument('--save-period', type=int, default=-1, help='Save checkpoint every x epochs (disabled if < 1)')
     p.add_argument('--seed', type=int, default=0, help='Global training seed')
@@ -77,10 +81,55 @@ def main(opt: argparse.Namespace) -> Path:
     """
     from utils.logging import LOGGER
     from utils.trainer import train
+    if not opt.resume:
+        apply_train_defaults(opt)
     if opt.weights and not opt.resume and opt.cfg == DEFAULT_CFG:
         LOGGER.info(f'--cfg not set: using the model YAML stored in {opt.weights}')
         opt.cfg = ''
     return train(opt)
+
+
+def apply_train_defaults(opt: argparse.Namespace) -> argparse.Namespace:
+    """Fill the flags the user left unset: first from the dataset YAML's ``train_defaults:``, then YOLOv5's defaults.
+
+    A dataset can recommend a budget that fits it (the embedded shapes dataset trains in minutes on a CPU at a small
+    image size), while every flag given on the command line or to ``run()`` still wins, and a dataset without
+    ``train_defaults`` trains with exactly YOLOv5's defaults.
+    """
+    from utils.dataset_config import ConfigError, find_config
+    from utils.logging import LOGGER
+    from utils.trainer import TrainError
+    unset = [k for k in YOLOV5_DEFAULTS if getattr(opt, k, None) is None]
+    recommended = dataset_train_defaults(opt.data, find_config, ConfigError, TrainError) if unset else {}
+    used = {k: recommended[k] for k in unset if k in recommended}
+    if used:
+        LOGGER.info(f"train: using {opt.data} train_defaults: {', '.join(f'{k}={v}' for k, v in used.items())} "
+                    '(override with the flags)')
+    for k in unset:
+        setattr(opt, k, used.get(k, YOLOV5_DEFAULTS[k]))
+    return opt
+
+
+def dataset_train_defaults(data: str | dict, find_config, config_error: type, train_error: type) -> dict:
+    """The ``train_defaults:`` mapping of a dataset YAML (empty if absent); unknown keys are a one-line error."""
+    import yaml
+    if isinstance(data, dict):
+        d = data
+    else:
+        file = find_config(data, 'data')
+        if file is None:
+            return {}  # check_dataset reports the missing file with its own message
+        try:
+            d = yaml.safe_load(Path(file).read_text(encoding='utf-8')) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise config_error(f'{file}: cannot read YAML ({e})') from None
+    rec = d.get('train_defaults') or {} if isinstance(d, dict) else {}
+    if not isinstance(rec, dict):
+        raise train_error(f'{data}: train_defaults must be a mapping of flag: value')
+    bad = sorted(set(rec) - set(YOLOV5_DEFAULTS))
+    if bad:
+        raise train_error(f"{data}: train_defaults keys {bad} are not allowed; use {', '.join(YOLOV5_DEFAULTS)}")
+    return rec
 
 
 def run(**kwargs) -> Path:

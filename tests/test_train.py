@@ -184,9 +184,10 @@ def test_many_flags_in_one_run(data, finished_run, tmp_path, log_lines):
 
 
 # ------------------------------------------------------------------------------------------------ options / errors
-def test_parse_opt_defaults_match_yolov5_v7():
-    opt = train.parse_opt(args=[])
-    assert (opt.weights, opt.cfg, opt.data) == ('', 'models/yolov5-efficientvit.yaml', 'data/shapes.yaml')
+def test_parse_opt_defaults_match_yolov5_v7(data):
+    opt = train.apply_train_defaults(train.parse_opt(args=['--data', str(data)]))  # a YAML without train_defaults
+    assert (opt.weights, opt.cfg) == ('', 'models/yolov5-efficientvit.yaml')
+    assert train.parse_opt(args=[]).data == 'data/shapes.yaml'
     assert opt.hyp == 'data/hyps/hyp.scratch-low.yaml'
     assert (opt.epochs, opt.batch_size, opt.imgsz, opt.workers, opt.patience, opt.seed) == (100, 16, 640, 8, 100, 0)
     assert (opt.optimizer, opt.freeze, opt.save_period, opt.label_smoothing) == ('SGD', [0], -1, 0.0)
@@ -194,6 +195,31 @@ def test_parse_opt_defaults_match_yolov5_v7():
     assert Path(opt.project).parts[-2:] == ('runs', 'train')
     flags = train.parse_opt(args=['--img', '320', '--resume', '--cache', '--evolve', '--freeze', '0', '1'])
     assert (flags.imgsz, flags.resume, flags.cache, flags.evolve, flags.freeze) == (320, True, 'ram', 300, [0, 1])
+
+
+def test_dataset_train_defaults_fill_only_unset_flags(data, tmp_path, log_lines):
+    d = yaml.safe_load(Path(data).read_text())
+    d['train_defaults'] = {'epochs': 3, 'imgsz': 96, 'hyp': 'data/hyps/hyp.scratch-high.yaml'}
+    rec = tmp_path / 'rec.yaml'
+    rec.write_text(yaml.safe_dump(d))
+    opt = train.apply_train_defaults(train.parse_opt(args=['--data', str(rec), '--epochs', '5']))
+    assert (opt.epochs, opt.imgsz, opt.batch_size, opt.patience) == (5, 96, 16, 100)  # the flag wins, then the YAML
+    assert opt.hyp == 'data/hyps/hyp.scratch-high.yaml'
+    assert any(f'using {rec} train_defaults: imgsz=96, hyp=data/hyps/hyp.scratch-high.yaml' in x for x in log_lines)
+    d['train_defaults'] = {'epoch': 3}
+    rec.write_text(yaml.safe_dump(d))
+    with pytest.raises(TrainError, match=r"train_defaults keys \['epoch'\] are not allowed"):
+        train.apply_train_defaults(train.parse_opt(args=['--data', str(rec)]))
+
+
+def test_shapes_yaml_recommends_a_cpu_budget():
+    rec = train.dataset_train_defaults('data/shapes.yaml', *_config_helpers())
+    assert set(rec) <= set(train.YOLOV5_DEFAULTS) and rec['imgsz'] < 640 and rec['epochs'] < 100
+
+
+def _config_helpers():
+    from utils.dataset_config import ConfigError, find_config
+    return find_config, ConfigError, TrainError
 
 
 def test_run_rejects_unknown_option():
