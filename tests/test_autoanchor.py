@@ -1,6 +1,5 @@
 """AutoAnchor: BPR/aat metric values, good anchors kept, bad anchors replaced (grid units, order), determinism."""
 import copy
-import logging
 
 import numpy as np
 import pytest
@@ -8,7 +7,6 @@ import torch
 
 from models.yolo import DetectionModel
 from utils.autoanchor import anchor_metrics, check_anchors, kmean_anchors
-from utils.logging import LOGGER
 
 
 class LabelSet:
@@ -24,14 +22,6 @@ class LabelSet:
             self.labels.append(np.concatenate([np.zeros((k, 1)), np.full((k, 2), 0.5), wh], 1).astype(np.float32))
 
 
-@pytest.fixture
-def log_lines():
-    lines = []
-    handler = logging.Handler()
-    handler.emit = lambda record: lines.append(record.getMessage())
-    LOGGER.addHandler(handler)
-    yield lines
-    LOGGER.removeHandler(handler)
 
 
 @pytest.fixture(scope='module')

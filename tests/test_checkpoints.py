@@ -1,7 +1,5 @@
 """Checkpoints: our weights-only format, official YOLOv5 pickles through an allow-list, transfer, strip."""
 import copy
-import io
-import logging
 import os
 import sys
 import types
@@ -23,7 +21,6 @@ from utils.checkpoints import (
     strip_optimizer,
     transfer_weights,
 )
-from utils.logging import LOGGER
 
 NAMES = {0: 'cat', 1: 'dog'}
 
@@ -40,14 +37,6 @@ def model():
     return m.eval()
 
 
-@pytest.fixture
-def log_text():
-    """Collect what the project logger prints during the test."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    LOGGER.addHandler(handler)
-    yield stream
-    LOGGER.removeHandler(handler)
 
 
 def predict(m, seed=1):

@@ -1,8 +1,6 @@
 """detect.py on images and a video: annotated outputs, labels, crops, console lines; bad sources; official YOLOv5
 .pt files through detect.py and val.py."""
 import copy
-import io
-import logging
 import re
 
 import cv2
@@ -15,19 +13,11 @@ import detect
 import val
 from tests.helpers import draw_image
 from tests.test_export import NAMES, make_checkpoint, make_model, read_labels
-from utils.logging import LOGGER
 from utils.sources import SourceError
 
 IMGSZ = 64
 
 
-@pytest.fixture
-def log():
-    buf = io.StringIO()
-    h = logging.StreamHandler(buf)
-    LOGGER.addHandler(h)
-    yield buf
-    LOGGER.removeHandler(h)
 
 
 @pytest.fixture(scope='module')
@@ -68,7 +58,7 @@ def run_detect(weights, source, tmp_path, **kw):
 
 
 @pytest.mark.slow
-def test_images_and_video(weights, source, tmp_path, log):
+def test_images_and_video(weights, source, tmp_path, log_text):
     run = run_detect(weights, source, tmp_path, save_txt=True, save_conf=True, save_crop=True)
     assert run == tmp_path / 'runs/exp'
     # annotated images keep their names and sizes; the video is written as .mp4 with every frame
@@ -87,7 +77,7 @@ def test_images_and_video(weights, source, tmp_path, log):
     crops = list((run / 'crops').rglob('*.jpg'))
     assert {c.parent.name for c in crops} <= set(NAMES.values())
     assert len(crops) == len(rows)  # one crop per detection
-    out = log.getvalue()
+    out = log_text.getvalue()
     assert len(re.findall(r'^image [12]/3 .*im[01]\.jpg: \d+x\d+ ', out, re.M)) == 2
     assert len(re.findall(r'^video 3/3 \([1-4]/4\) .*clip\.avi: 64x64 ', out, re.M)) == 4
     assert re.search(r'Speed: [\d.]+ms pre-process, [\d.]+ms inference, [\d.]+ms NMS per image at shape '
@@ -130,7 +120,7 @@ def test_default_source_generated(weights, tmp_path, monkeypatch):
     assert sorted(p.name for p in run.glob('*.jpg')) == [f'shapes_{i}.jpg' for i in range(4)]
 
 
-def test_bad_sources(weights, source, tmp_path, log):
+def test_bad_sources(weights, source, tmp_path, log_text):
     with pytest.raises(SourceError, match=r'nothere\.jpg does not exist'):
         run_detect(weights, tmp_path / 'nothere.jpg', tmp_path)
     (tmp_path / 'empty').mkdir()
@@ -140,7 +130,7 @@ def test_bad_sources(weights, source, tmp_path, log):
     (source / 'broken.jpg').write_bytes(b'\xff\xd8 not really a jpeg')
     (source / 'broken.mp4').write_bytes(b'\x00' * 64)
     run = run_detect(weights, source, tmp_path)
-    out = log.getvalue()
+    out = log_text.getvalue()
     assert re.search(r'skipping .*broken\.jpg: unreadable or corrupt image', out)
     assert re.search(r'skipping .*broken\.mp4: video', out)
     assert sorted(p.name for p in run.iterdir() if p.is_file()) == ['clip.mp4', 'im0.jpg', 'im1.jpg']

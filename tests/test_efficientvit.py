@@ -1,7 +1,6 @@
 """EfficientViT backbone: structure, numbers pinned from the seed implementation, bias freshness, odd sizes,
 freezing, fusing and pretrained loading (Cream and timm formats)."""
 import copy
-import logging
 import math
 
 import pytest
@@ -10,7 +9,6 @@ import torch.nn.functional as F
 
 from models import efficientvit as ev
 from models.registry import get_module
-from utils.logging import LOGGER
 
 VARIANTS = ['m0', 'm1', 'm2', 'm3', 'm4', 'm5']
 
@@ -293,15 +291,6 @@ def test_load_cream_checkpoint(tmp_path, fmt):
     assert rel_diff(_forward(src.eval(), x), _forward(m.eval(), x)) == 0
 
 
-@pytest.fixture
-def log_lines():
-    """Messages sent to the project logger during the test (it does not propagate to pytest's caplog)."""
-    lines: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: lines.append(record.getMessage())
-    LOGGER.addHandler(handler)
-    yield lines
-    LOGGER.removeHandler(handler)
 
 
 def test_load_classification_checkpoint_adapts_bias_and_kernels(tmp_path, log_lines):

@@ -1,12 +1,10 @@
 """Plots and drawing: files exist, are valid images of the expected size, and empty inputs do not crash."""
-import logging
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
-from utils.logging import LOGGER
 from utils.metrics import ConfusionMatrix, ap_per_class
 from utils.plots import (
     Annotator,
@@ -24,15 +22,6 @@ RESULTS_COLUMNS = ['epoch', 'train/box_loss', 'train/obj_loss', 'train/cls_loss'
                    'val/cls_loss', 'x/lr0', 'x/lr1', 'x/lr2']
 
 
-@pytest.fixture
-def warnings_seen():
-    """Messages logged to the project logger during the test."""
-    records = []
-    handler = logging.Handler()
-    handler.emit = lambda r: records.append(r.getMessage())
-    LOGGER.addHandler(handler)
-    yield records
-    LOGGER.removeHandler(handler)
 
 
 def read(path):
@@ -156,13 +145,13 @@ def test_plot_results(tmp_path, epochs):
     assert read(f).shape == (1200, 2400, 3)
 
 
-def test_plot_results_bad_and_missing_files(tmp_path, warnings_seen):
+def test_plot_results_bad_and_missing_files(tmp_path, log_lines):
     bad = tmp_path / 'results.csv'
     bad.write_text('epoch,train/box_loss\n0,not-a-number\n')
     assert plot_results(bad) == tmp_path / 'results.png'  # an empty figure, and a warning naming the file
-    assert any('Plotting error for' in m and 'results.csv' in m for m in warnings_seen)
+    assert any('Plotting error for' in m and 'results.csv' in m for m in log_lines)
     assert plot_results('', dir=tmp_path / 'nowhere') is None
-    assert any('No results.csv files found' in m for m in warnings_seen)
+    assert any('No results.csv files found' in m for m in log_lines)
 
 
 @pytest.mark.parametrize('case', ['one_class', 'no_predictions'])
@@ -188,7 +177,7 @@ def test_confusion_matrix_plot(tmp_path):
     assert read(empty).shape == (2250, 3000, 3)
 
 
-def test_save_one_box(tmp_path, warnings_seen):
+def test_save_one_box(tmp_path, log_lines):
     im = np.zeros((100, 200, 3), dtype=np.uint8)
     im[20:60, 50:150] = (255, 0, 0)  # blue in BGR
     crop = save_one_box([50, 20, 150, 60], im, file=tmp_path / 'crops' / 'cls' / 'a.jpg', BGR=True)
@@ -200,4 +189,4 @@ def test_save_one_box(tmp_path, warnings_seen):
     clipped = save_one_box([-50, -50, 10, 10], im, save=False, gain=1.0, pad=0)
     assert clipped.shape == (10, 10, 3)
     assert save_one_box([300, 300, 400, 400], im, file=tmp_path / 'x.jpg', gain=1.0, pad=0).size == 0
-    assert not (tmp_path / 'x.jpg').exists() and any('empty crop' in m for m in warnings_seen)
+    assert not (tmp_path / 'x.jpg').exists() and any('empty crop' in m for m in log_lines)

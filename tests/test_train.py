@@ -1,5 +1,4 @@
 """train.py end to end on a tiny dataset the tests write (64 px images, 1 epoch, no workers), plus the CLI surface."""
-import logging
 import math
 import subprocess
 import sys
@@ -34,16 +33,6 @@ def finished_run(data, tmp_path_factory) -> Path:
     return tiny_run(data, tmp_path_factory.mktemp('base'), seed=0)
 
 
-@pytest.fixture
-def log_lines():
-    """Messages sent to the project logger during a test (its handler writes to the real stdout, not capsys)."""
-    from utils.logging import LOGGER
-    lines = []
-    handler = logging.Handler()
-    handler.emit = lambda record: lines.append(record.getMessage())
-    LOGGER.addHandler(handler)
-    yield lines
-    LOGGER.removeHandler(handler)
 
 
 def tiny_run(data: Path, project: Path, **kw) -> Path:

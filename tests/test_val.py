@@ -3,9 +3,7 @@
 A fake model returns predictions chosen by the test (in original-image pixels, mapped into the letterboxed input the
 loader produced), so every number the validator prints can be derived by hand.
 """
-import io
 import json
-import logging
 import re
 
 import cv2
@@ -17,21 +15,12 @@ from torch import nn
 import val
 from utils.dataloaders import create_dataloader
 from utils.dataset_config import ConfigError
-from utils.logging import LOGGER
 from utils.validator import HEADER, validate
 
 NAMES = {0: 'red', 1: 'green', 2: 'blue'}
 COLOURS = ((40, 40, 230), (40, 200, 40), (230, 60, 40))  # BGR
 
 
-@pytest.fixture
-def log():
-    """Everything the project logger prints during the test."""
-    buf = io.StringIO()
-    h = logging.StreamHandler(buf)
-    LOGGER.addHandler(h)
-    yield buf
-    LOGGER.removeHandler(h)
 
 
 def write_images(root, boxes_per_image, sizes):
@@ -112,7 +101,7 @@ def gt_dir(tmp_path):
     return write_images(tmp_path / 'ds', GT, SIZES)
 
 
-def test_perfect_predictions(gt_dir, log):
+def test_perfect_predictions(gt_dir, log_text):
     (mp, mr, map50, map_, *losses), maps, times = run_validate(gt_dir, perfect())
     assert map50 == pytest.approx(1.0) and map_ == pytest.approx(1.0)
     assert mp == pytest.approx(1.0) and mr == pytest.approx(1.0)
@@ -121,7 +110,7 @@ def test_perfect_predictions(gt_dir, log):
     # YOLOv5's own integration (trapezoid ending at the (1, 0) sentinel) caps a perfect set at 0.995
     (_, _, map50, map_, *_), _, _ = run_validate(gt_dir, perfect(), ap_method='interp')
     assert map50 == pytest.approx(0.995) and map_ == pytest.approx(0.995)
-    out = log.getvalue()
+    out = log_text.getvalue()
     assert HEADER in out and 'Class     Images  Instances          P          R      mAP50   mAP50-95' in out
     assert '                   all          2          3' in out
     for name in NAMES.values():  # nc < 50 and not training: per-class rows
@@ -129,10 +118,10 @@ def test_perfect_predictions(gt_dir, log):
     assert 'Speed: ' in out and 'per image at shape (2, 3, 64, 64)' in out
 
 
-def test_perfect_predictions_pycocotools(gt_dir, tmp_path, log):
+def test_perfect_predictions_pycocotools(gt_dir, tmp_path, log_text):
     (_, _, map50, map_, *_), _, _ = run_validate(gt_dir, perfect(), save_json=True, save_dir=tmp_path / 'run')
     assert map50 == pytest.approx(1.0) and map_ == pytest.approx(1.0)  # pycocotools' figures
-    assert 'pycocotools mAP50 1 mAP50-95 1 | this project mAP50 1 mAP50-95 1' in log.getvalue()
+    assert 'pycocotools mAP50 1 mAP50-95 1 | this project mAP50 1 mAP50-95 1' in log_text.getvalue()
     gt = json.loads((tmp_path / 'run/annotations.json').read_text())
     np.testing.assert_allclose([a['bbox'] for a in gt['annotations']],
                                [[10, 8, 30, 32], [50, 20, 36, 36], [12, 12, 32, 40]], atol=1e-3)
@@ -252,14 +241,14 @@ def test_single_cls_and_hybrid(gt_dir, tmp_path):
     assert len(np.loadtxt(tmp_path / 'h/labels/000.txt', ndmin=2)) == 2  # --save-hybrid implies --save-txt
 
 
-def test_no_labels_warning(tmp_path, log):
+def test_no_labels_warning(tmp_path, log_text):
     img_dir = write_images(tmp_path / 'ds', [[], []], SIZES)
     (mp, mr, map50, map_, *_), maps, _ = run_validate(img_dir, perfect())
     assert (mp, mr, map50, map_) == (0, 0, 0, 0)
-    assert 'no labels found in val set, can not compute metrics without labels' in log.getvalue()
+    assert 'no labels found in val set, can not compute metrics without labels' in log_text.getvalue()
 
 
-def test_training_call_losses_and_quiet(gt_dir, log):
+def test_training_call_losses_and_quiet(gt_dir, log_text):
     """With compute_loss (the trainer), losses are averaged over batches; no per-class rows and no speed line."""
 
     class WithTrainOut(FakeModel):
@@ -278,7 +267,7 @@ def test_training_call_losses_and_quiet(gt_dir, log):
     (*_, box, obj, cls), _, _ = validate(model, SpyLoader(loader, model), NAMES, compute_loss=compute_loss)
     assert (box, obj, cls) == (1.0, 2.0, 3.0) and sorted(calls) == [1, 2]  # 2 batches of 1 image
     assert model.training  # the caller's mode is restored
-    out = log.getvalue()
+    out = log_text.getvalue()
     assert '                   all          2          3' in out and 'red  ' not in out and 'Speed' not in out
 
 
@@ -302,7 +291,7 @@ def trained_like(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_val_py_outputs(trained_like, tmp_path, log):
+def test_val_py_outputs(trained_like, tmp_path, log_text):
     pt, data = trained_like
     (mp, mr, map50, map_, *losses), maps, times = val.run(
         data=data, weights=[str(pt)], imgsz=64, batch_size=2, workers=0, project=tmp_path, name='exp',
@@ -313,7 +302,7 @@ def test_val_py_outputs(trained_like, tmp_path, log):
               'best_predictions.json', 'annotations.json'):
         assert (run / f).is_file(), f
     assert len(list((run / 'labels').glob('*.txt'))) >= 1
-    out = log.getvalue()
+    out = log_text.getvalue()
     m = re.search(r'pycocotools mAP50 (\S+) mAP50-95 (\S+) \| this project mAP50 (\S+) mAP50-95 (\S+)', out)
     assert m and float(m.group(1)) == pytest.approx(map50, abs=1e-3) and float(m.group(2)) == pytest.approx(map_,
                                                                                                           abs=1e-3)

@@ -1,6 +1,4 @@
 """DetectionModel / parse_model: every shipped YAML, YOLOv5 numbers, backbone layer numbering, clear errors."""
-import io
-import logging
 import math
 import subprocess
 import sys
@@ -22,7 +20,6 @@ from models.yolo import (
     check_anchor_order,
     load_model_cfg,
 )
-from utils.logging import LOGGER
 
 ROOT = Path(__file__).resolve().parents[1]
 YAMLS = sorted(p.name for p in (ROOT / 'models').glob('*.yaml'))
@@ -51,14 +48,6 @@ def tiny_cfg(backbone=None, head=None, **extra):
     return d
 
 
-@pytest.fixture
-def log_text():
-    """Collect what the project logger prints during the test."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    LOGGER.addHandler(handler)
-    yield stream
-    LOGGER.removeHandler(handler)
 
 
 def check_yolov5_numbers(model, scale, info):
