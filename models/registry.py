@@ -12,7 +12,8 @@ or one line for a class you do not own: ``register_module('nn.Upsample')(nn.Upsa
 """
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 T = TypeVar('T')
 
