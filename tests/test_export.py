@@ -184,27 +184,15 @@ def test_dynamic_onnx_serves_several_sizes(exported):
 
 @pytest.mark.parametrize('cfg, size, need', [('yolov5-efficientvit.yaml', 64, 0),
                                              ('yolov5-efficientvit.yaml', 256, 256), ('yolov5n.yaml', 64, 0)])
-def test_dynamic_min_size(cfg, size, need, caplog_project):
+def test_dynamic_min_size(cfg, size, need, log_text):
     model = make_model(cfg)  # unfused: the exact path, as export.py uses for --dynamic
     assert export._dynamic_min_size(model, torch.zeros(1, 3, size, size), 32) == need
-    warned = 'window attention traced on a 4x4 map (one 7x7 window)' in caplog_project.getvalue()
+    warned = 'window attention traced on a 4x4 map (one 7x7 window)' in log_text.getvalue()
     assert warned == (cfg == 'yolov5-efficientvit.yaml' and size == 64)
     if warned:
-        assert 'Export with --imgsz 256 or larger' in caplog_project.getvalue()
+        assert 'Export with --imgsz 256 or larger' in log_text.getvalue()
 
 
-@pytest.fixture
-def caplog_project():
-    import io
-    import logging
-
-    from utils.logging import LOGGER
-
-    buf = io.StringIO()
-    h = logging.StreamHandler(buf)
-    LOGGER.addHandler(h)
-    yield buf
-    LOGGER.removeHandler(h)
 
 
 def test_export_errors(tmp_path):
