@@ -96,11 +96,9 @@ def apply_train_defaults(opt: argparse.Namespace) -> argparse.Namespace:
     image size), while every flag given on the command line or to ``run()`` still wins, and a dataset without
     ``train_defaults`` trains with exactly YOLOv5's defaults.
     """
-    from utils.dataset_config import ConfigError, find_config
     from utils.logging import LOGGER
-    from utils.trainer import TrainError
     unset = [k for k in YOLOV5_DEFAULTS if getattr(opt, k, None) is None]
-    recommended = dataset_train_defaults(opt.data, find_config, ConfigError, TrainError) if unset else {}
+    recommended = dataset_train_defaults(opt.data) if unset else {}
     used = {k: recommended[k] for k in unset if k in recommended}
     if used:
         LOGGER.info(f"train: using {opt.data} train_defaults: {', '.join(f'{k}={v}' for k, v in used.items())} "
@@ -110,9 +108,12 @@ def apply_train_defaults(opt: argparse.Namespace) -> argparse.Namespace:
     return opt
 
 
-def dataset_train_defaults(data: str | dict, find_config, config_error: type, train_error: type) -> dict:
+def dataset_train_defaults(data: str | dict) -> dict:
     """The ``train_defaults:`` mapping of a dataset YAML (empty if absent); unknown keys are a one-line error."""
     import yaml
+
+    from utils.dataset_config import ConfigError, find_config
+    from utils.trainer import TrainError
     if isinstance(data, dict):
         d = data
     else:
@@ -122,13 +123,13 @@ def dataset_train_defaults(data: str | dict, find_config, config_error: type, tr
         try:
             d = yaml.safe_load(Path(file).read_text(encoding='utf-8')) or {}
         except (OSError, yaml.YAMLError) as e:
-            raise config_error(f'{file}: cannot read YAML ({e})') from None
+            raise ConfigError(f'{file}: cannot read YAML ({e})') from None
     rec = d.get('train_defaults') or {} if isinstance(d, dict) else {}
     if not isinstance(rec, dict):
-        raise train_error(f'{data}: train_defaults must be a mapping of flag: value')
+        raise TrainError(f'{data}: train_defaults must be a mapping of flag: value')
     bad = sorted(set(rec) - set(YOLOV5_DEFAULTS))
     if bad:
-        raise train_error(f"{data}: train_defaults keys {bad} are not allowed; use {', '.join(YOLOV5_DEFAULTS)}")
+        raise TrainError(f"{data}: train_defaults keys {bad} are not allowed; use {', '.join(YOLOV5_DEFAULTS)}")
     return rec
 
 

@@ -202,13 +202,8 @@ def test_dataset_train_defaults_fill_only_unset_flags(data, tmp_path, log_lines)
 
 
 def test_shapes_yaml_recommends_a_cpu_budget():
-    rec = train.dataset_train_defaults('data/shapes.yaml', *_config_helpers())
+    rec = train.dataset_train_defaults('data/shapes.yaml')
     assert set(rec) <= set(train.YOLOV5_DEFAULTS) and rec['imgsz'] < 640 and rec['epochs'] < 100
-
-
-def _config_helpers():
-    from utils.dataset_config import ConfigError, find_config
-    return find_config, ConfigError, TrainError
 
 
 def test_run_rejects_unknown_option():
