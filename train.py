@@ -22,8 +22,10 @@ if str(ROOT) not in sys.path:
 DEFAULT_CFG = 'models/yolov5-efficientvit.yaml'
 DEFAULT_DATA = 'data/shapes.yaml'
 DEFAULT_HYP = 'data/hyps/hyp.scratch-low.yaml'
+OPTIMIZERS = ('SGD', 'Adam', 'AdamW')  # utils.optim.OPTIMIZERS (not imported here: --help stays torch-free)
 # YOLOv5 v7.0's defaults for the flags a dataset YAML may recommend other values for (its `train_defaults:` mapping).
-YOLOV5_DEFAULTS = {'epochs': 100, 'batch_size': 16, 'imgsz': 640, 'hyp': DEFAULT_HYP, 'patience': 100}
+YOLOV5_DEFAULTS = {'epochs': 100, 'batch_size': 16, 'imgsz': 640, 'hyp': DEFAULT_HYP, 'patience': 100,
+                   'optimizer': 'SGD'}
 
 
 def parse_opt(known: bool = False, args: list[str] | None = None) -> argparse.Namespace:
@@ -50,7 +52,7 @@ def parse_opt(known: bool = False, args: list[str] | None = None) -> argparse.Na
     p.add_argument('--device', default='', help='cuda device, i.e. 0 or 0,1,2,3 or cpu')
     p.add_argument('--multi-scale', action='store_true', help='vary img-size +/- 50%%')
     p.add_argument('--single-cls', action='store_true', help='train multi-class data as single-class')
-    p.add_argument('--optimizer', type=str, choices=['SGD', 'Adam', 'AdamW'], default='SGD', help='optimizer')
+    p.add_argument('--optimizer', type=str, choices=OPTIMIZERS, default=None, help='optimizer (default SGD)')
     p.add_argument('--sync-bn', action='store_true', help='use SyncBatchNorm, only available in DDP mode')
     p.add_argument('--workers', type=int, default=8, help='max dataloader workers (per RANK in DDP mode)')
     p.add_argument('--project', default=str(ROOT / 'runs/train'), help='save to project/name')
@@ -130,6 +132,8 @@ def dataset_train_defaults(data: str | dict) -> dict:
     bad = sorted(set(rec) - set(YOLOV5_DEFAULTS))
     if bad:
         raise TrainError(f"{data}: train_defaults keys {bad} are not allowed; use {', '.join(YOLOV5_DEFAULTS)}")
+    if rec.get('optimizer', 'SGD') not in OPTIMIZERS:
+        raise TrainError(f"{data}: train_defaults optimizer {rec['optimizer']!r} is not one of {', '.join(OPTIMIZERS)}")
     return rec
 
 

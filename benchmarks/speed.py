@@ -191,15 +191,18 @@ def random_targets(batch: int, nc: int, per_image: int = 4, seed: int = 0) -> to
 
 
 def train_task(model: torch.nn.Module, batch: int, imgsz: int, hyp: dict) -> Callable[[], None]:
-    """One optimizer step on random data: zero_grad, forward, ComputeLoss, backward, SGD step (YOLOv5's SGD)."""
+    """One optimizer step on random data: zero_grad, forward, ComputeLoss, backward, SGD step (YOLOv5's SGD), in the
+    memory format train.py uses on the CPU (channels-last)."""
     from utils.loss import ComputeLoss
+    from utils.torch_utils import training_memory_format
 
-    model.train()
+    fmt = training_memory_format('cpu')
+    model.to(memory_format=fmt).train()
     model.hyp = dict(hyp)
     loss_fn = ComputeLoss(model)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=hyp.get('lr0', 0.01),
                           momentum=hyp.get('momentum', 0.937), nesterov=True)
-    x = torch.rand(batch, 3, imgsz, imgsz)
+    x = torch.rand(batch, 3, imgsz, imgsz).contiguous(memory_format=fmt)
     targets = random_targets(batch, int(model.nc))
 
     def fn() -> None:
@@ -445,8 +448,9 @@ def format_report(rep: dict) -> str:
         'same thread count. Train step: forward + ComputeLoss + backward + SGD step on random targets, as images/s.',
         f'(n.nn×) is the time relative to {BASELINE} measured in the same invocation (lower is faster; for the '
         'train column the ratio of step times); [i] names that invocation. "not run": not measured by any invocation.',
-        f'Run-to-run spread (max-min)/median, median over models: {noise_line(rep)}. Other processes shared the '
-        'CPU (see the load averages): compare ratios, not absolute ms across runs.', ''])
+        f'Run-to-run spread (max-min)/median, median over models: {noise_line(rep)}. A load average above '
+        'the thread count at start means other work shared the CPU: compare ratios, not absolute ms across runs.',
+        ''])
 
 
 def plot_speed(rep: dict, file: Path) -> Path | None:

@@ -69,6 +69,9 @@ def load_hyp(path: str | Path | dict) -> dict:
     bad = [k for k in HYP_KEYS if isinstance(hyp[k], bool) or not isinstance(hyp[k], (int, float))]
     if bad:
         raise ConfigError(f'{file}: hyperparameter(s) {", ".join(bad)} must be numbers')
+    nbs = hyp.get('nbs')  # optional: images per optimizer step (our addition; YOLOv5 fixes 64)
+    if nbs is not None and (isinstance(nbs, bool) or not isinstance(nbs, (int, float)) or nbs < 1 or int(nbs) != nbs):
+        raise ConfigError(f'{file}: hyperparameter nbs must be a positive integer, got {nbs!r}')
     return hyp
 
 

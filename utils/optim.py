@@ -102,6 +102,14 @@ def build_scheduler(optimizer: torch.optim.Optimizer, lf) -> torch.optim.lr_sche
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lf)
 
 
+def nominal_batch(hyp: dict) -> int:
+    """Images per optimizer step: the optional hyp key ``nbs`` (our addition; YOLOv5 fixes it at 64).
+
+    A short CPU budget gets four times the optimizer steps from ``nbs: 16`` at batch 16.
+    """
+    return int(hyp.get('nbs', NOMINAL_BATCH))  # load_hyp has checked it is a positive integer
+
+
 def accumulate_steps(batch_size: int, nbs: int = NOMINAL_BATCH) -> int:
     """Batches per optimizer step so one step sees about ``nbs`` images: ``max(round(nbs / batch_size), 1)``."""
     return max(round(nbs / batch_size), 1)
