@@ -1,12 +1,13 @@
 """Learning benchmark: does training learn? EfficientViT-M0 and yolov5n trained under the same budget on shapes.
 
-Trains each model with train.run(...) on the embedded dataset (data/shapes.yaml, generated on first use) for the same
-epochs, image size and batch size, reads each run's results.csv and writes benchmarks/results/learning.md (mAP50 and
-mAP50-95 per epoch for every model, wall time, final and best numbers) and learning.png (mAP against epoch).
-This is a benchmark to run by hand (minutes to hours on CPU), not a test.
+Trains each model with train.run(...) on the embedded dataset (data/shapes.yaml, generated on first use) under the same
+budget — by default exactly what ``python train.py`` uses (the dataset's ``train_defaults``: epochs, image size, batch
+size, hyperparameters, optimizer), each flag overridable — reads each run's results.csv and writes
+benchmarks/results/learning.md (mAP50 and mAP50-95 per epoch for every model, wall time, final and best numbers)
+and learning.png (mAP against epoch). This is a benchmark to run by hand (minutes to hours on CPU), not a test.
 
 Usage:
-    python benchmarks/learning.py                                 # defaults: 30 epochs, 256 px, batch 16
+    python benchmarks/learning.py                                 # the quick start's budget (data/shapes.yaml)
     python benchmarks/learning.py --epochs 1 --imgsz 128 --batch-size 8 --out /tmp/learning   # smoke run
 """
 from __future__ import annotations
@@ -110,7 +111,7 @@ def format_report(runs: dict[str, dict], opts: dict) -> str:
         '# Learning benchmark', '',
         f"Measured {opts.get('date', '')} on {opts.get('machine', '')}. Same budget for every model: "
         f"{opts.get('epochs')} epochs, {opts.get('imgsz')} px, batch {opts.get('batch_size')}, "
-        f"data `{opts.get('data')}`, hyp `{opts.get('hyp') or 'train.py default'}`, from scratch.", '',
+        f"optimizer {opts.get('optimizer')}, data `{opts.get('data')}`, hyp: {opts.get('hyp')}, from scratch.", '',
         f"Command: `{opts.get('command', '')}`", '',
         format_summary(runs), '',
         'mAP is measured by the per-epoch validation of the training run (EMA weights, val split). '
@@ -141,17 +142,25 @@ def plot_learning(runs: dict[str, dict], file: str | Path) -> Path | None:
     return Path(file)
 
 
-def train_one(cfg: str, epochs: int, imgsz: int, batch_size: int, data: str, project: Path, **extra) -> dict:
-    """train.run(...) for one model; returns {'run_dir', 'wall_s', 'results'} or {'error'} when training failed."""
+def train_one(cfg: str, data: str, project: Path, **flags) -> dict:
+    """train.run(...) for one model; returns {'run_dir', 'wall_s', 'results', 'opt'} or {'error'} when it failed.
+
+    ``flags`` left at None are filled by train.py exactly as on its command line (dataset train_defaults, then
+    YOLOv5's defaults); ``opt`` is the run's opt.yaml, so the report states what was actually used.
+    """
+    import yaml
+
     import train
 
     name = Path(cfg).stem
     t0 = time.time()
     try:
-        run_dir = train.run(cfg=cfg, data=data, epochs=epochs, imgsz=imgsz, batch_size=batch_size,
-                            project=str(project), name=name, **extra)
+        run_dir = train.run(cfg=cfg, data=data, project=str(project), name=name,
+                            **{k: v for k, v in flags.items() if v is not None})
         wall = time.time() - t0
-        return {'run_dir': str(run_dir), 'wall_s': wall, 'results': read_results(Path(run_dir) / 'results.csv')}
+        opt = yaml.safe_load((Path(run_dir) / 'opt.yaml').read_text()) or {}
+        return {'run_dir': str(run_dir), 'wall_s': wall, 'results': read_results(Path(run_dir) / 'results.csv'),
+                'opt': opt}
     except Exception as e:  # report the failure of one model and still train the others
         msg = ' '.join(str(e).split())[:120]
         return {'error': f'error: {type(e).__name__}: {msg}'.replace('|', '/'), 'wall_s': time.time() - t0}
@@ -170,23 +179,41 @@ def machine() -> str:
     return f'{cpu} ({os.cpu_count()} logical CPUs)'
 
 
-def run(models: list[str] | None = None, epochs: int = 30, imgsz: int = 256, batch_size: int = 16,
-        data: str = str(ROOT / 'data/shapes.yaml'), hyp: str = '', device: str = '', workers: int = 2,
+def budget(runs: dict[str, dict]) -> dict:
+    """The budget actually used (from the first finished run's opt.yaml): epochs, imgsz, batch, optimizer, hyp."""
+    for r in runs.values():
+        if r.get('opt'):
+            o = r['opt']
+            hyp = o.get('hyp')
+            keys = ('lr0', 'momentum', 'warmup_epochs', 'nbs', 'mosaic')
+            hyp_s = ', '.join(f'{k} {hyp[k]}' for k in keys if k in hyp) if isinstance(hyp, dict) else str(hyp)
+            return {'epochs': o.get('epochs'), 'imgsz': o.get('imgsz'), 'batch_size': o.get('batch_size'),
+                    'optimizer': o.get('optimizer'), 'hyp': hyp_s}
+    return {}
+
+
+def run(models: list[str] | None = None, epochs: int | None = None, imgsz: int | None = None,
+        batch_size: int | None = None, data: str = str(ROOT / 'data/shapes.yaml'), hyp: str | None = None,
+        optimizer: str | None = None, device: str = '', workers: int = 2,
         project: str | Path = ROOT / 'runs/learning', out: str | Path = ROOT / 'benchmarks/results',
         command: str = '') -> dict[str, dict]:
-    """Train every model under the same budget and write learning.md / learning.png into ``out``."""
+    """Train every model under the same budget and write learning.md / learning.png into ``out``.
+
+    Flags left at None take train.py's defaults for ``data`` (for shapes.yaml: the quick start's budget).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    extra = {'device': device, 'workers': workers}
-    if hyp:
-        extra['hyp'] = hyp
-    opts = {'epochs': epochs, 'imgsz': imgsz, 'batch_size': batch_size, 'data': data, 'hyp': hyp,
+    flags = {'epochs': epochs, 'imgsz': imgsz, 'batch_size': batch_size, 'hyp': hyp or None, 'optimizer': optimizer,
+             'device': device, 'workers': workers}
+    shown = Path(data).resolve()
+    opts = {'data': shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else data,
             'command': command or 'benchmarks.learning.run()', 'machine': machine(),
             'date': datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}
     runs: dict[str, dict] = {}
     for cfg in models or MODELS:
         cfg_path = cfg if Path(cfg).is_absolute() else str(ROOT / cfg)
-        runs[Path(cfg).stem] = train_one(cfg_path, epochs, imgsz, batch_size, data, Path(project), **extra)
+        runs[Path(cfg).stem] = train_one(cfg_path, data, Path(project), **flags)
+        opts.update(budget(runs))
         (out / 'learning.md').write_text(format_report(runs, opts))  # after every model: partial runs leave a report
         plot_learning(runs, out / 'learning.png')
     return runs
@@ -195,11 +222,12 @@ def run(models: list[str] | None = None, epochs: int = 30, imgsz: int = 256, bat
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--models', nargs='+', default=MODELS, help='model YAMLs trained under the same budget')
-    p.add_argument('--epochs', type=int, default=30)
-    p.add_argument('--imgsz', '--img', type=int, default=256)
-    p.add_argument('--batch-size', type=int, default=16)
+    p.add_argument('--epochs', type=int, default=None, help="default: train.py's (the data's train_defaults)")
+    p.add_argument('--imgsz', '--img', type=int, default=None, help="default: train.py's")
+    p.add_argument('--batch-size', type=int, default=None, help="default: train.py's")
     p.add_argument('--data', default=str(ROOT / 'data/shapes.yaml'))
-    p.add_argument('--hyp', default='', help="hyperparameter YAML ('' = train.py's default)")
+    p.add_argument('--hyp', default=None, help="hyperparameter YAML (default: train.py's)")
+    p.add_argument('--optimizer', default=None, choices=['SGD', 'Adam', 'AdamW'], help="default: train.py's")
     p.add_argument('--device', default='', help="'' (GPU if any), 'cpu', '0', ...")
     p.add_argument('--workers', type=int, default=2)
     p.add_argument('--project', default=str(ROOT / 'runs/learning'), help='where the training runs go')
@@ -210,8 +238,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
 def main(opt: argparse.Namespace) -> dict[str, dict]:
     command = ('python benchmarks/learning.py ' + ' '.join(sys.argv[1:])).strip()
     runs = run(models=opt.models, epochs=opt.epochs, imgsz=opt.imgsz, batch_size=opt.batch_size, data=opt.data,
-               hyp=opt.hyp, device=opt.device, workers=opt.workers, project=opt.project, out=opt.out,
-               command=command)
+               hyp=opt.hyp, optimizer=opt.optimizer, device=opt.device, workers=opt.workers, project=opt.project,
+               out=opt.out, command=command)
     print((Path(opt.out) / 'learning.md').read_text())
     return runs
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from benchmarks import learning, speed
 
@@ -198,14 +199,17 @@ def test_learning_run_with_stub_trainer(tmp_path, monkeypatch):
             raise RuntimeError('no data')
         d = Path(kw['project']) / kw['name']
         fake_results(d / 'results.csv', [0.3] * kw['epochs'], [0.2] * kw['epochs'])
+        (d / 'opt.yaml').write_text(yaml.safe_dump({**kw, 'optimizer': 'AdamW', 'hyp': {'lr0': 0.002, 'nbs': 16}}))
         return d
 
     monkeypatch.setattr(train, 'run', fake_run)
     runs = learning.run(epochs=2, imgsz=64, batch_size=4, project=tmp_path / 'runs', out=tmp_path / 'out')
     assert [Path(k['cfg']).name for k in seen] == ['yolov5-efficientvit.yaml', 'yolov5n.yaml']
     assert {(k['epochs'], k['imgsz'], k['batch_size']) for k in seen} == {(2, 64, 4)}
+    assert not any('hyp' in k or 'optimizer' in k for k in seen)  # unset: train.py fills them as on its CLI
     assert learning.summary(runs['yolov5-efficientvit']['results'])['final_map50'] == 0.3
     assert runs['yolov5n']['error'] == 'error: RuntimeError: no data'
     md = (tmp_path / 'out/learning.md').read_text()
     assert '| yolov5n | - | - | error: RuntimeError: no data |' in md and '| 1 | 0.300 | 0.200 |' in md
+    assert '2 epochs, 64 px, batch 4, optimizer AdamW' in md and 'hyp: lr0 0.002, nbs 16' in md
     assert (tmp_path / 'out/learning.png').is_file()
