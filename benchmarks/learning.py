@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # entry point: make the repository importable when run as a script
 
+from train import OPTIMIZERS  # noqa: E402  (train.py imports no torch at module level)
+
 MODELS = ['models/yolov5-efficientvit.yaml', 'models/yolov5n.yaml']
 MAP50, MAP = 'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95'
 
@@ -227,7 +229,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--batch-size', type=int, default=None, help="default: train.py's")
     p.add_argument('--data', default=str(ROOT / 'data/shapes.yaml'))
     p.add_argument('--hyp', default=None, help="hyperparameter YAML (default: train.py's)")
-    p.add_argument('--optimizer', default=None, choices=['SGD', 'Adam', 'AdamW'], help="default: train.py's")
+    p.add_argument('--optimizer', default=None, choices=OPTIMIZERS, help="default: train.py's")
     p.add_argument('--device', default='', help="'' (GPU if any), 'cpu', '0', ...")
     p.add_argument('--workers', type=int, default=2)
     p.add_argument('--project', default=str(ROOT / 'runs/learning'), help='where the training runs go')
