@@ -1,12 +1,13 @@
-"""Smoke tests of benchmarks/speed.py and benchmarks/learning.py on tiny configs (no timing asserts)."""
+"""Smoke tests of benchmarks/speed.py, backbone_speed.py and learning.py on tiny configs (no timing asserts)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
-from benchmarks import learning, speed
+from benchmarks import backbone_speed, learning, speed
 
 # ----------------------------------------------------------------------------------------------------------------
 # speed.py
@@ -126,6 +127,35 @@ def test_speed_run_tiny(tmp_path):
     assert '| yolov5n | 1.87 |' in md and '(1.00×)' in md and '| missing | - | - | error: FileNotFoundError' in md
     assert (tmp_path / 'speed.png').stat().st_size > 1000
     assert (tmp_path / 'speed.json').is_file()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# backbone_speed.py
+# ----------------------------------------------------------------------------------------------------------------
+def test_conv_share_counts_only_convolution_kernels():
+    x = torch.randn(1, 64, 32, 32)
+    assert backbone_speed.conv_share(torch.nn.Sequential(torch.nn.ReLU()), x) == 0
+    assert backbone_speed.conv_share(torch.nn.Sequential(torch.nn.Conv2d(64, 64, 3, padding=1)), x) > 0.5
+    mixed = backbone_speed.conv_share(torch.nn.Sequential(torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.ReLU()), x)
+    assert 0 < mixed < 1
+
+
+def test_conditioning_on_compare_seed_weights():
+    """compare_seed-style weights really are the ill-conditioned regime, and the fast path is exact in float64."""
+    c = backbone_speed.conditioning('m0', ((224, 224),), imgsz=64)
+    assert c['peak'] > 1e4
+    assert c['fast_err'] < 1e-9
+    assert c['ref_err'][0] < 1e-5  # P3 (stride 8) is still well behaved in float32
+    assert 0 < c['conv_share'] < 1
+
+
+def test_backbone_speed_main_tiny(capsys):
+    assert backbone_speed.main(['--variants', 'm0', '--imgsz', '64', '--runs', '1', '--conditioning',
+                                '--compare-sizes', '64x96']) == 0
+    out = capsys.readouterr().out
+    assert '| M0 | 1 |' in out and 'batch 2 at 64x96' in out and 'bit-exact speed-up bound' in out
+    row = [line for line in out.splitlines() if line.startswith('| M0 |') and '%' in line]
+    assert len(row) == 1 and row[0].rstrip().endswith('x |')
 
 
 # ----------------------------------------------------------------------------------------------------------------

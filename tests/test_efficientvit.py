@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from benchmarks.backbone_speed import compare_seed_weights
 from models import efficientvit as ev
 from models.registry import get_module
 
@@ -422,19 +423,6 @@ def test_fast_path_equals_plain_math_in_float64(v):
     assert all(g.is_contiguous() for g in got)
 
 
-def chaotic(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """compare_seed.py's weights: randn * 0.2 for every kernel whatever its fan-in, so activations grow ~1e5-1e15."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (0.2 if p.dim() > 1 else 0.5))
-        for mod in model.modules():
-            if isinstance(mod, torch.nn.BatchNorm2d):
-                mod.running_mean.copy_(torch.randn(mod.running_mean.shape, generator=g) * 0.1)
-                mod.running_var.copy_(torch.rand(mod.running_var.shape, generator=g) + 0.5)
-    return model
-
-
 @pytest.mark.parametrize('v, sizes', [('m0', ((224, 224), (256, 320))),
                                       pytest.param('m5', ((224, 224),), marks=pytest.mark.slow)])
 def test_fast_path_equals_plain_math_on_compare_seed_weights_in_float64(v, sizes):
@@ -442,7 +430,7 @@ def test_fast_path_equals_plain_math_on_compare_seed_weights_in_float64(v, sizes
     so any reordering of float sums fails its 1e-4 check. In float64 (fused after the cast, so the folded weights are
     not rounded to float32) the fast path equals the plain path, which equals the seed bit for bit (measured vs the
     seed the same way: <= 2.2e-11 relative)."""
-    m = chaotic(build(v)).double().eval()
+    m = compare_seed_weights(build(v)).double().eval()
     plain, fast = copy.deepcopy(m).fuse(), copy.deepcopy(m).fuse(fast=True)
     g = torch.Generator().manual_seed(1)
     for h, w in sizes:
