@@ -7,6 +7,7 @@ Usage:
     python train.py --data data/shapes.yaml --cfg models/yolov5-efficientvit.yaml --epochs 100 --img 640
     python train.py --weights path/to/yolov5s.pt --cfg models/yolov5s.yaml       # fine-tune official weights
     python train.py --resume runs/train/exp/weights/last.pt                      # continue a killed run
+    python train.py --epochs 10 --evolve 30        # 30 generations of hyperparameter evolution -> runs/evolve/exp
     python -m torch.distributed.run --nproc_per_node 2 train.py --batch 16 --device 0,1   # DDP (gloo with cpu)
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ if str(ROOT) not in sys.path:
 DEFAULT_CFG = 'models/yolov5-efficientvit.yaml'
 DEFAULT_DATA = 'data/shapes.yaml'
 DEFAULT_HYP = 'data/hyps/hyp.scratch-low.yaml'
+DEFAULT_PROJECT, EVOLVE_PROJECT = str(ROOT / 'runs/train'), str(ROOT / 'runs/evolve')
 OPTIMIZERS = ('SGD', 'Adam', 'AdamW')  # utils.optim.OPTIMIZERS (not imported here: --help stays torch-free)
 # YOLOv5 v7.0's defaults for the flags a dataset YAML may recommend other values for (its `train_defaults:` mapping).
 YOLOV5_DEFAULTS = {'epochs': 100, 'batch_size': 16, 'imgsz': 640, 'hyp': DEFAULT_HYP, 'patience': 100,
@@ -55,7 +57,7 @@ def parse_opt(known: bool = False, args: list[str] | None = None) -> argparse.Na
     p.add_argument('--optimizer', type=str, choices=OPTIMIZERS, default=None, help='optimizer (default SGD)')
     p.add_argument('--sync-bn', action='store_true', help='use SyncBatchNorm, only available in DDP mode')
     p.add_argument('--workers', type=int, default=8, help='max dataloader workers (per RANK in DDP mode)')
-    p.add_argument('--project', default=str(ROOT / 'runs/train'), help='save to project/name')
+    p.add_argument('--project', default=DEFAULT_PROJECT, help='save to project/name (runs/evolve with --evolve)')
     p.add_argument('--name', default='exp', help='save to project/name')
     p.add_argument('--exist-ok', action='store_true', help='existing project/name ok, do not increment')
     p.add_argument('--quad', action='store_true', help='quad dataloader')
@@ -83,12 +85,23 @@ def main(opt: argparse.Namespace) -> Path:
     """
     from utils.logging import LOGGER
     from utils.trainer import train
+    if opt.evolve:
+        evolve_options(opt)
     if not opt.resume:
         apply_train_defaults(opt)
     if opt.weights and not opt.resume and opt.cfg == DEFAULT_CFG:
         LOGGER.info(f'--cfg not set: using the model YAML stored in {opt.weights}')
         opt.cfg = ''
     return train(opt)
+
+
+def evolve_options(opt: argparse.Namespace) -> argparse.Namespace:
+    """YOLOv5's --evolve conventions: the default project becomes runs/evolve, and --resume means "continue the
+    evolution in --project/--name" (its evolve.csv seeds the next generations) rather than resuming a checkpoint."""
+    if opt.project == DEFAULT_PROJECT:
+        opt.project = EVOLVE_PROJECT
+    opt.exist_ok, opt.resume = bool(opt.exist_ok or opt.resume), False
+    return opt
 
 
 def apply_train_defaults(opt: argparse.Namespace) -> argparse.Namespace:

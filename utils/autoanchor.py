@@ -45,8 +45,9 @@ def _ratio_metric(k: np.ndarray, wh: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
     numpy, float32: the evolution calls this 1000 times on small arrays, where torch's per-op overhead dominates.
     """
-    r = wh[:, None] / k[None]
-    x = np.minimum(r, 1 / r).min(2)
+    with np.errstate(divide='ignore'):  # a zero-sized (placeholder) anchor gives inf, i.e. ratio 0: never a fit
+        r = wh[:, None] / k[None]
+        x = np.minimum(r, 1 / r).min(2)
     return x, (x.max(1) if x.shape[1] else np.zeros(len(x), x.dtype))
 
 

@@ -290,6 +290,43 @@ def plot_results(file: str | Path = 'path/to/results.csv', dir: str | Path = '')
     return out
 
 
+def plot_evolve(evolve_csv: str | Path = 'path/to/evolve.csv', n_results: int = 7) -> Path | None:
+    """evolve.png beside ``evolve_csv``: one panel per evolved hyperparameter, its value against fitness for every
+    generation (coloured by fitness), the fittest generation marked with a black cross and named in the title."""
+    from utils.metrics import fitness
+
+    file = Path(evolve_csv)
+    try:
+        keys, data = read_results_csv(file)
+    except (OSError, ValueError) as e:
+        LOGGER.warning(f'WARNING ⚠️ {file}: cannot plot evolution ({e})')
+        return None
+    keys, values = keys[n_results:], data[:, n_results:]
+    if not len(data) or not keys:
+        LOGGER.warning(f'WARNING ⚠️ {file}: no generations to plot')
+        return None
+    fit = fitness(data)
+    best = int(np.argmax(fit))
+    cols = min(5, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    fig = _figure(figsize=(2.6 * cols, 2.4 * rows), tight_layout=True)
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax, k, v in zip(axes, keys, values.T):
+        ax.scatter(v, fit, c=fit, cmap='viridis', s=12, alpha=0.8, edgecolors='none')
+        ax.plot(v[best], fit[best], 'k+', markersize=15)
+        ax.set_title(f'{k} = {v[best]:.3g}', fontdict={'size': 9})
+        ax.tick_params(labelsize=7)
+        ax.locator_params(axis='x', nbins=4)
+    for ax in axes[::cols]:
+        ax.set_ylabel('fitness', fontsize=8)
+    for ax in axes[len(keys):]:
+        ax.set_axis_off()
+    out = file.with_suffix('.png')
+    fig.savefig(out, dpi=200)
+    LOGGER.info(f'Saved {out}')
+    return out
+
+
 def plot_pr_curve(px: np.ndarray, py: np.ndarray, ap: np.ndarray, save_dir: str | Path = Path('pr_curve.png'),
                   names=()) -> Path:
     """Precision-recall curve per class (py (nc, 1000) precision at recall px) and their mean (thick blue)."""

@@ -94,8 +94,8 @@ def check_options(opt: argparse.Namespace) -> argparse.Namespace:
         opt.weights = str(w.resolve())
     if not (opt.cfg or opt.weights):
         raise TrainError('either --cfg or --weights must be specified')
-    if opt.evolve:
-        raise TrainError('--evolve is not implemented in this project yet')
+    if opt.evolve is not None and opt.evolve < 1:
+        raise TrainError(f'--evolve needs a positive number of generations, got {opt.evolve}')
     opt.project, opt.save_dir = str(opt.project), str(getattr(opt, 'save_dir', '') or '')
     return opt
 
@@ -135,8 +135,10 @@ def check_img_size(imgsz: int, gs: int) -> int:
 
 
 def train(opt: argparse.Namespace) -> Path:
-    """Run one training (single process or one DDP rank); returns the run directory."""
+    """Run one training (single process or one DDP rank), or ``--evolve`` generations of them; returns the run dir."""
     info = dist_info()
+    if opt.evolve:
+        return evolve(opt, info)
     opt = resume_options(opt) if opt.resume else check_options(opt)
     try:
         check_ddp_options(info, opt.batch_size, opt.image_weights, bool(opt.evolve))
@@ -152,6 +154,65 @@ def train(opt: argparse.Namespace) -> Path:
         if info.ddp:
             cleanup_distributed()
     return Path(opt.save_dir)
+
+
+def evolve(opt: argparse.Namespace, info: DistInfo | None = None) -> Path:
+    """``--evolve N``: N trainings in one run dir, each with hyperparameters mutated from the fittest so far.
+
+    As YOLOv5: every generation trains with --noval and --nosave (validated and saved once, at its end), plots are
+    off, ``anchors: 3`` joins the evolved keys unless --noautoanchor, and the results go to ``evolve.csv``,
+    ``hyp_evolve.yaml`` (the fittest hyperparameters, a complete --hyp file) and ``evolve.png``."""
+    from utils import evolve as ev
+    from utils.plots import plot_evolve
+    info = info or DistInfo()
+    opt = check_options(opt)
+    try:
+        check_ddp_options(info, opt.batch_size, opt.image_weights, evolve=True)
+    except ValueError as e:
+        raise TrainError(str(e)) from None
+    device = select_device(opt.device, opt.batch_size)
+    opt.noval, opt.nosave = True, True
+    save_dir = Path(increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok))
+    save_dir.mkdir(parents=True, exist_ok=True)
+    base = load_hyp(opt.hyp)
+    meta = dict(ev.META)
+    if opt.noautoanchor:
+        base.pop('anchors', None)
+        meta.pop('anchors')
+    else:
+        base.setdefault('anchors', 3)
+    keys = ev.evolvable_keys(base, meta)
+    csv_file, yaml_file = save_dir / 'evolve.csv', save_dir / 'hyp_evolve.yaml'
+    try:
+        done = len(ev.read_evolve_csv(csv_file, keys))
+    except ev.EvolveError as e:
+        raise TrainError(str(e)) from None
+    rng = np.random.default_rng([int(opt.seed), done])
+    prefix = colorstr('evolve: ')
+    LOGGER.info(f'{prefix}{opt.evolve} generations of {len(keys)} hyperparameters in {save_dir}'
+                + (f' (continuing after {done} rows of {csv_file.name})' if done else ''))
+    for g in range(opt.evolve):
+        rows = ev.read_evolve_csv(csv_file, keys)
+        if len(rows):
+            parent = ev.select_parent(rows, rng)
+            hyp = ev.mutate({**base, **dict(zip(keys, parent[len(ev.RESULT_KEYS):]))}, keys, rng, meta)
+        else:
+            hyp = ev.constrain(base, meta)
+        run_opt = argparse.Namespace(**vars(opt))
+        run_opt.hyp, run_opt.save_dir = dict(hyp), str(save_dir)
+        trainer = Trainer(run_opt, device, info)
+        trainer.fit()
+        ev.append_evolve_row(csv_file, keys, trainer.results, hyp)
+        rows = ev.read_evolve_csv(csv_file, keys)
+        best, _ = ev.write_best_hyp(rows, keys, base, yaml_file)
+        fit = fitness(rows)
+        LOGGER.info(f'{prefix}generation {g + 1}/{opt.evolve} (row {len(rows) - 1}): fitness {fit[-1]:.5g}; '
+                    f'best {fit[best]:.5g} at row {best}')
+    plot_evolve(csv_file)
+    LOGGER.info(f'Hyperparameter evolution finished {opt.evolve} generations\n'
+                f"Results saved to {colorstr('bold', str(save_dir))}\n"
+                f'Usage example: $ python train.py --hyp {yaml_file}')
+    return save_dir
 
 
 # ----------------------------------------------------------------------------------------------------- trainer
