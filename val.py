@@ -3,12 +3,16 @@
 Usage:
     python val.py --weights runs/train/exp/weights/best.pt --data data/shapes.yaml --img 640
     python val.py --weights best.onnx --data data/shapes.yaml --save-json   # also .torchscript, official YOLOv5 .pt
+    python val.py --task study --weights a.pt b.pt --data data/shapes.yaml  # mAP and speed at 256..1536 px
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import zipfile
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
@@ -19,6 +23,7 @@ from utils.coco import coco80_to_coco91_class, find_coco_annotations  # noqa: E4
 from utils.dataloaders import create_dataloader  # noqa: E402
 from utils.dataset_config import ConfigError, check_dataset  # noqa: E402
 from utils.logging import LOGGER, colorstr, increment_path  # noqa: E402
+from utils.plots import plot_val_study  # noqa: E402
 from utils.torch_utils import select_device  # noqa: E402
 from utils.validator import validate  # noqa: E402
 
@@ -87,6 +92,47 @@ def run(data: str | Path | dict = ROOT / 'data/shapes.yaml', weights: str | Path
                     class_map=coco80_to_coco91_class() if is_coco else None, json_name=stem)
 
 
+STUDY_SIZES = tuple(range(256, 1536 + 128, 128))  # YOLOv5's --task study image sizes
+
+
+def study(weights: str | Path | list, data: str | Path | dict = ROOT / 'data/shapes.yaml',
+          sizes: tuple[int, ...] | list[int] = STUDY_SIZES, project: str | Path = ROOT / 'runs/val', name: str = 'exp',
+          exist_ok: bool = False, **kwargs) -> Path:
+    """``--task study``: validate each weights file at every image size; returns the run directory.
+
+    Writes, as YOLOv5 (but into the run directory, not the working directory): ``study_{data}_{weights}.txt`` per
+    file (one row per size: P, R, mAP50, mAP50-95, three zero val losses, pre-process / inference / NMS ms per image),
+    ``study.zip`` of them (Python's zipfile, no shell) and ``study.png``. A weights file that fails at some size is
+    reported in one line and left out; the others still run. ``kwargs`` go to ``run`` (batch_size, conf_thres, ...).
+    """
+    save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    data_stem = Path(str(data.get('yaml_file', 'data'))).stem if isinstance(data, dict) else Path(str(data)).stem
+    files = []
+    for w in weights if isinstance(weights, (list, tuple)) else [weights]:
+        file = save_dir / f'study_{data_stem}_{Path(str(w)).stem}.txt'
+        rows = []
+        try:
+            for size in sizes:
+                LOGGER.info(f'\nRunning {file.name} --imgsz {size}...')
+                results, _, times = run(data=data, weights=w, imgsz=size, task='val', project=save_dir.parent,
+                                        name=save_dir.name, exist_ok=True, plots=False, **kwargs)
+                rows.append([*results, *times])
+        except (BackendError, ConfigError, FileNotFoundError) as e:
+            LOGGER.warning(f'WARNING ⚠️ study: {w} left out: {" ".join(str(e).split())}')
+            continue
+        np.savetxt(file, np.array(rows, dtype=np.float64), fmt='%10.4g')
+        files.append(file)
+    if not files:
+        raise ConfigError('study: no weights file could be validated at every size')
+    with zipfile.ZipFile(save_dir / 'study.zip', 'w') as z:
+        for f in files:
+            z.write(f, f.name)
+    plot_val_study(files, list(sizes), save_dir / 'study.png')
+    LOGGER.info(f"Study results saved to {colorstr('bold', str(save_dir))}")
+    return save_dir
+
+
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     """YOLOv5 v7.0 val.py flags."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -97,7 +143,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--conf-thres', type=float, default=0.001, help='confidence threshold')
     p.add_argument('--iou-thres', type=float, default=0.6, help='NMS IoU threshold')
     p.add_argument('--max-det', type=int, default=300, help='maximum detections per image')
-    p.add_argument('--task', default='val', choices=('train', 'val', 'test', 'speed'), help='split or speed')
+    p.add_argument('--task', default='val', choices=('train', 'val', 'test', 'speed', 'study'),
+                   help='split, speed, or study (mAP and speed at image sizes 256..1536)')
     p.add_argument('--device', default='', help='cuda device, i.e. 0 or 0,1,2,3 or cpu')
     p.add_argument('--workers', type=int, default=8, help='max dataloader workers')
     p.add_argument('--single-cls', action='store_true', help='treat as single-class dataset')
@@ -120,7 +167,10 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(opt: argparse.Namespace) -> None:
     try:
-        run(**vars(opt))
+        if opt.task == 'study':
+            study(**{k: v for k, v in vars(opt).items() if k not in ('task', 'imgsz')})
+        else:
+            run(**vars(opt))
     except (BackendError, ConfigError, FileNotFoundError) as e:
         sys.exit(f'val.py: {e}')
 

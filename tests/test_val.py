@@ -5,6 +5,8 @@ loader produced), so every number the validator prints can be derived by hand.
 """
 import json
 import re
+import zipfile
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -328,3 +330,23 @@ def test_val_py_errors(trained_like, tmp_path):
     opt = val.parse_opt(['--weights', str(pt), '--data', str(tmp_path / 'missing.yaml')])
     with pytest.raises(SystemExit, match=r'val\.py: .*missing\.yaml'):
         val.main(opt)
+
+
+def test_val_study(trained_like, tmp_path, log_text):
+    """--task study: one row per size in YOLOv5's 10-column layout, study.zip and study.png; a missing weights file
+    next to a good one is left out with one line."""
+    pt, data = trained_like
+    save_dir = val.study([str(pt), str(tmp_path / 'nope.pt')], data=data, sizes=(64, 96), project=tmp_path,
+                         batch_size=2, workers=0)
+    assert save_dir == tmp_path / 'exp'
+    txt = save_dir / f'study_{Path(data).stem}_best.txt'
+    rows = np.loadtxt(txt, ndmin=2)
+    assert rows.shape == (2, 10)
+    assert (rows[:, 4:7] == 0).all() and (rows[:, 7:] >= 0).all() and (rows[:, 8] > 0).all()
+    assert zipfile.ZipFile(save_dir / 'study.zip').namelist() == [txt.name]
+    assert (save_dir / 'study.png').stat().st_size > 10000
+    assert 'study: ' in log_text.getvalue() and 'nope.pt left out' in log_text.getvalue()
+    with pytest.raises(ConfigError, match='study: no weights file could be validated'):
+        val.study(str(tmp_path / 'nope.pt'), data=data, sizes=(64,), project=tmp_path)
+    opt = val.parse_opt(['--task', 'study', '--weights', str(pt)])
+    assert opt.task == 'study'

@@ -327,6 +327,33 @@ def plot_evolve(evolve_csv: str | Path = 'path/to/evolve.csv', n_results: int = 
     return out
 
 
+STUDY_PANELS = (('P', 0), ('R', 1), ('mAP@.5', 2), ('mAP@.5:.95', 3), ('t_preprocess (ms/img)', 7),
+                ('t_inference (ms/img)', 8), ('t_NMS (ms/img)', 9))
+
+
+def plot_val_study(files: list[str | Path], sizes: list[int], out: str | Path = 'study.png') -> Path:
+    """study.png for ``val.py --task study``: each metric and time against image size, one line per weights file,
+    and mAP@.5:.95 against inference time (the speed/accuracy trade-off) in the last panel."""
+    fig = _figure(figsize=(14, 6.5), tight_layout=True)
+    ax = fig.subplots(2, 4).ravel()
+    for f in files:
+        y = np.loadtxt(f, ndmin=2)
+        label = Path(f).stem.replace('study_', '')
+        for a, (title, j) in zip(ax, STUDY_PANELS):
+            a.plot(sizes[:len(y)], y[:, j], '.-', linewidth=2, markersize=8, label=label)
+            a.set_title(title)
+        ax[-1].plot(y[:, 8], y[:, 3], '.-', linewidth=2, markersize=8, label=label)
+    for a in ax[:-1]:
+        a.set_xlabel('image size (pixels)')
+    ax[-1].set_xlabel('inference (ms/img)')
+    ax[-1].set_ylabel('mAP@.5:.95')
+    ax[-1].set_title('accuracy vs speed')
+    ax[-1].legend(fontsize=8)
+    fig.savefig(out, dpi=200)
+    LOGGER.info(f'Saved {out}')
+    return Path(out)
+
+
 def plot_pr_curve(px: np.ndarray, py: np.ndarray, ap: np.ndarray, save_dir: str | Path = Path('pr_curve.png'),
                   names=()) -> Path:
     """Precision-recall curve per class (py (nc, 1000) precision at recall px) and their mean (thick blue)."""
