@@ -24,7 +24,7 @@ from utils.backends import BackendError, DetectBackend, check_img_size  # noqa: 
 from utils.boxes import scale_boxes, xyxy2xywh  # noqa: E402
 from utils.logging import LOGGER, colorstr, increment_path  # noqa: E402
 from utils.nms import non_max_suppression  # noqa: E402
-from utils.plots import Annotator, colors, save_one_box  # noqa: E402
+from utils.plots import Annotator, colors, features_saved, save_one_box  # noqa: E402
 from utils.sources import Frame, SourceError, load_source  # noqa: E402
 from utils.torch_utils import select_device  # noqa: E402
 from utils.validator import Timer  # noqa: E402
@@ -142,6 +142,9 @@ def run(weights: str | Path | list = 'yolov5s.pt', source: str | Path = DEFAULT_
     imgsz = [imgsz] * 2 if isinstance(imgsz, int) else list(imgsz) * (2 if len(imgsz) == 1 else 1)
     imgsz = model.static_shape or tuple(check_img_size(imgsz, s=stride))
     model.warmup(imgsz=(1, 3, *imgsz))
+    if visualize and not model.pt:
+        LOGGER.warning(f'WARNING ⚠️ --visualize needs a PyTorch .pt model; {model.weights.name} runs without it')
+        visualize = False
     opt = dict(save_txt=save_txt, save_conf=save_conf, save_crop=save_crop, save_img=save_img, view_img=view_img,
                line_thickness=line_thickness, hide_labels=hide_labels, hide_conf=hide_conf)
     dt, seen, sink, display = (Timer(device), Timer(device), Timer(device)), 0, _VideoSink(), {}
@@ -151,7 +154,11 @@ def run(weights: str | Path | list = 'yolov5s.pt', source: str | Path = DEFAULT_
                 im = preprocess(frame.im0, imgsz, stride, model.dynamic, device, model.fp16)
             with dt[1]:
                 t = dt[1].t
-                pred = model(im, augment=augment)
+                if visualize:
+                    with features_saved(model.model, increment_path(save_dir / Path(frame.path).stem, mkdir=True)):
+                        pred = model(im, augment=augment)
+                else:
+                    pred = model(im, augment=augment)
             with dt[2]:
                 det = non_max_suppression(pred, conf_thres, iou_thres, classes, agnostic_nms, max_det=max_det)[0]
             seen += 1
@@ -205,7 +212,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--classes', nargs='+', type=int, help='filter by class: --classes 0, or --classes 0 2 3')
     p.add_argument('--agnostic-nms', action='store_true', help='class-agnostic NMS')
     p.add_argument('--augment', action='store_true', help='augmented inference')
-    p.add_argument('--visualize', action='store_true', help='accepted for compatibility; not implemented')
+    p.add_argument('--visualize', action='store_true', help='save every layer\'s feature maps (.pt models)')
     p.add_argument('--update', action='store_true', help='strip the optimizer from the weights file')
     p.add_argument('--project', default=str(ROOT / 'runs/detect'), help='save results to project/name')
     p.add_argument('--name', default='exp', help='save results to project/name')

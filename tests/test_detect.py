@@ -196,3 +196,38 @@ def test_official_pt_val(official, source, tmp_path):
     rb, mb, _ = val.run(weights=ours, **kw)
     assert ra == pytest.approx(rb, abs=1e-6) and np.allclose(ma, mb)
     assert all(np.isfinite(ra))
+
+
+def test_visualize_saves_every_layer_map_and_leaves_model_clean(weights, model, source, tmp_path, log_text):
+    """--visualize: per image a directory of stage{i}_{type}_features.png + .npy, one per layer whose output is a
+    (B, C, H, W) map larger than 1x1 (Detect skipped), with the exact map saved."""
+    from utils.plots import features_saved
+
+    run = run_detect(weights, source / 'im0.jpg', tmp_path, visualize=True)
+    want = {}
+    m = copy.deepcopy(model).eval()
+    hooks = [layer.register_forward_hook(lambda mod, a, out, i=layer.i: want.__setitem__(i, out)) for layer in m.model]
+    with torch.no_grad():
+        m(torch.from_numpy(np.zeros((1, 3, IMGSZ, IMGSZ), np.float32)))
+    for h in hooks:
+        h.remove()
+    expected = sorted(f"stage{i}_{m.model[i].type.split('.')[-1]}_features.png" for i, out in want.items()
+                      if isinstance(out, torch.Tensor) and out.dim() == 4 and min(out.shape[2:]) > 1)
+    assert len(expected) == len(m.model) - 1  # every yolov5n layer but Detect at 64 px
+    assert sorted(p.name for p in (run / 'im0').glob('*.png')) == expected
+    first = np.load(run / 'im0' / expected[0].replace('.png', '.npy'))
+    assert first.shape == tuple(want[int(expected[0][5:].split('_')[0])].shape[1:])
+    assert 'Saving ' in log_text.getvalue()
+
+    with features_saved(m, tmp_path / 'again'):
+        pass
+    assert all(not layer._forward_hooks for layer in m.model)  # hooks are removed on exit
+
+
+def test_visualize_needs_pt(weights, source, tmp_path, log_text):
+    import export
+
+    onnx_file = export.run(weights=str(weights), imgsz=(IMGSZ, IMGSZ), include=('onnx',))[0]
+    run = run_detect(str(onnx_file), source / 'im0.jpg', tmp_path, visualize=True)
+    assert '--visualize needs a PyTorch .pt model; model.onnx runs without it' in log_text.getvalue()
+    assert not (run / 'im0').exists() and (run / 'im0.jpg').is_file()
