@@ -23,6 +23,7 @@ from tqdm import tqdm
 from models.yolo import Model, ModelConfigError
 from utils import optim
 from utils.autoanchor import check_anchors
+from utils.autobatch import autobatch
 from utils.callbacks import TQDM_BAR_FORMAT, EarlyStopping, RunLogger, progress_header, progress_row
 from utils.checkpoints import (
     CheckpointError,
@@ -94,6 +95,8 @@ def check_options(opt: argparse.Namespace) -> argparse.Namespace:
         opt.weights = str(w.resolve())
     if not (opt.cfg or opt.weights):
         raise TrainError('either --cfg or --weights must be specified')
+    if opt.batch_size is not None and opt.batch_size != -1 and opt.batch_size < 1:
+        raise TrainError(f'--batch-size must be positive, or -1 for AutoBatch; got {opt.batch_size}')
     if opt.evolve is not None and opt.evolve < 1:
         raise TrainError(f'--evolve needs a positive number of generations, got {opt.evolve}')
     opt.project, opt.save_dir = str(opt.project), str(getattr(opt, 'save_dir', '') or '')
@@ -255,9 +258,9 @@ class Trainer:
         ckpt = self.build_model()
         self.gs = max(int(self.model.stride.max()), 32)
         self.imgsz = check_img_size(opt.imgsz, self.gs)
-        self.batch_size = opt.batch_size if opt.batch_size > 0 else 16
-        if opt.batch_size <= 0:
-            LOGGER.warning('WARNING AutoBatch (--batch-size -1) is not implemented; using batch-size 16')
+        self.batch_size = opt.batch_size
+        if opt.batch_size == -1:  # single process only (check_ddp_options refuses it under DDP)
+            self.batch_size = autobatch(self.model, self.imgsz, amp=self.amp)
         self.build_data()
         self.build_optimizer()
         if main and not opt.resume:
