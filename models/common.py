@@ -8,7 +8,9 @@ constructor arguments, the number of copies parse_model should stack, and the ou
 """
 from __future__ import annotations
 
+import ast
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -73,6 +75,55 @@ def _activation(act: bool | nn.Module) -> nn.Module:
     if isinstance(act, nn.Module):
         return act
     return nn.Identity()
+
+
+# Activations a model YAML's ``activation:`` key may name (parameter-free, so state dicts do not change).
+ACTIVATIONS: dict[str, type[nn.Module]] = {c.__name__: c for c in (
+    nn.SiLU, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardswish, nn.Mish, nn.GELU, nn.ELU, nn.SELU, nn.CELU, nn.Sigmoid,
+    nn.Tanh, nn.Hardsigmoid, nn.Identity)}
+
+
+def parse_activation(text: str) -> Callable[[], nn.Module]:
+    """``'nn.LeakyReLU(0.1)'`` -> a factory of fresh ``nn.LeakyReLU(0.1)`` modules, without ``eval``.
+
+    YOLOv5 evaluates this YAML text as Python; here it must be a call of a name in ``ACTIVATIONS`` (optionally written
+    ``nn.`` or ``torch.nn.``) with literal arguments. Anything else is a ValueError saying what is accepted."""
+    accepted = f"a call such as nn.LeakyReLU(0.1) of one of {', '.join(ACTIVATIONS)}"
+    try:
+        call = ast.parse(str(text).strip(), mode='eval').body
+    except SyntaxError:
+        raise ValueError(f'activation {text!r} is not {accepted}') from None
+    name = ast.unparse(call.func) if isinstance(call, ast.Call) else ''
+    base = name.removeprefix('torch.').removeprefix('nn.')
+    if base not in ACTIVATIONS or '.' in base:
+        raise ValueError(f'activation {text!r} is not {accepted}')
+    if any(k.arg is None for k in call.keywords):
+        raise ValueError(f'activation {text!r}: **kwargs are not accepted')
+
+    def literal(node: ast.expr):
+        try:
+            return ast.literal_eval(node)
+        except ValueError:
+            raise ValueError(f'activation {text!r}: arguments must be literals, got {ast.unparse(node)}') from None
+
+    args = [literal(a) for a in call.args]
+    kwargs = {k.arg: literal(k.value) for k in call.keywords}
+    try:
+        ACTIVATIONS[base](*args, **kwargs)  # fail now, with the YAML's text, rather than deep in a build
+    except (ValueError, TypeError) as e:
+        raise ValueError(f'activation {text!r}: {e}') from None
+    cls = ACTIVATIONS[base]
+    return lambda: cls(*args, **kwargs)
+
+
+def set_activation(model: nn.Module, make: Callable[[], nn.Module]) -> int:
+    """Give every Conv that uses the default SiLU a fresh ``make()`` instead (YOLOv5 swaps ``Conv.default_act``, a
+    process-wide class attribute; this touches only ``model``). Returns how many were changed."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, Conv) and isinstance(m.act, nn.SiLU):
+            m.act, n = make(), n + 1
+    return n
 
 
 @register_module()

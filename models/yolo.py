@@ -29,9 +29,9 @@ import torch.nn.functional as F  # noqa: E402
 import yaml  # noqa: E402
 
 from models import common, efficientvit  # noqa: E402,F401  (registers the YOLOv5 blocks and EfficientViT_M0..M5)
-from models.common import Conv, YamlContext  # noqa: E402
+from models.common import Conv, YamlContext, parse_activation, set_activation  # noqa: E402
 from models.registry import get_module, register_module  # noqa: E402
-from utils.logging import LOGGER  # noqa: E402
+from utils.logging import LOGGER, colorstr  # noqa: E402
 from utils.torch_utils import initialize_weights, meta_copy, model_info  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,8 +172,6 @@ def _check_keys(d: dict, where: str) -> None:
     missing = [k for k in ('nc', 'depth_multiple', 'width_multiple', 'anchors', 'backbone', 'head') if k not in d]
     if missing:
         raise ModelConfigError(f'{where}: missing key(s) {", ".join(missing)}')
-    if 'activation' in d:
-        raise ModelConfigError(f"{where}: the 'activation' key is not supported (layers use SiLU)")
     rows = d['backbone'] + d['head'] if isinstance(d['backbone'], list) and isinstance(d['head'], list) else None
     if not rows:
         raise ModelConfigError(f'{where}: backbone and head must be lists of [from, number, module, args] rows')
@@ -283,7 +281,15 @@ def parse_model(d: dict, ch: list[int], yaml_file: str = '') -> tuple[nn.Sequent
         layers.append(_tag(m, i, f_norm, _type_name(module), n, args))
         chs.append(c2)
         save.update(a for j, a in zip([f] if isinstance(f, int) else f, src) if j != -1)
-    return nn.Sequential(*layers), sorted(save)
+    model = nn.Sequential(*layers)
+    if d.get('activation') is not None:
+        try:
+            make = parse_activation(d['activation'])
+        except ValueError as e:
+            raise ModelConfigError(f'{where}: {e}') from None
+        set_activation(model, make)
+        LOGGER.info(f"{colorstr('activation:')} {d['activation']}")
+    return model, sorted(save)
 
 
 def layer_table(model: nn.Sequential) -> str:

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from models import registry
+from models.common import Conv
 from models.efficientvit import EfficientViT_M0
 from models.yolo import (
     Detect,
@@ -305,6 +306,48 @@ def test_yaml_args_are_literals_not_code():
     cfg['head'][1] = [-1, 1, 'Conv', ['__import__("os").getcwd()', 1, 1]]
     with pytest.raises(ModelConfigError, match='layer 6'):
         DetectionModel(cfg, verbose=False)
+
+
+@pytest.mark.parametrize('text, cls, slope', [('nn.LeakyReLU(0.1)', nn.LeakyReLU, 0.1),
+                                              ('torch.nn.LeakyReLU(negative_slope=0.2)', nn.LeakyReLU, 0.2),
+                                              ('Hardswish()', nn.Hardswish, None),
+                                              ('nn.LeakyReLU(-0.1)', nn.LeakyReLU, -0.1)])
+def test_yaml_activation_key(text, cls, slope, log_text):
+    """YOLOv5's ``activation:`` (e.g. yolov5s-LeakyReLU.yaml): every default-SiLU Conv gets its own instance; Convs
+    built without activation keep Identity; parameters and state-dict keys are unchanged; no process-wide default."""
+    import yaml as pyyaml
+    base = pyyaml.safe_load((ROOT / 'models/yolov5n.yaml').read_text())
+    model = DetectionModel({**base, 'activation': text}, verbose=False)
+    acts = [m.act for m in model.modules() if isinstance(m, Conv)]
+    assert acts and all(type(a) is cls for a in acts)
+    assert len({id(a) for a in acts}) == len(acts)  # fresh instances, nothing shared
+    if slope is not None:
+        assert all(a.negative_slope == slope for a in acts)
+    plain = DetectionModel(base, verbose=False)
+    assert all(type(m.act) is nn.SiLU for m in plain.modules() if isinstance(m, Conv))  # built after: unaffected
+    assert list(model.state_dict()) == list(plain.state_dict())
+    assert sum(p.numel() for p in model.parameters()) == YOLOV5['n'][0]
+    assert f'activation: {text}' in log_text.getvalue()
+    # the swapped activation is really used: a negative-input Conv output differs from SiLU's
+    conv = next(m for m in model.modules() if isinstance(m, Conv))
+    assert torch.allclose(conv.act(torch.tensor([-1.0])), cls(*([slope] if slope else []))(torch.tensor([-1.0])))
+
+
+@pytest.mark.parametrize('text, match', [
+    ('__import__("os").system("echo hi")', 'is not a call such as nn.LeakyReLU'),
+    ('nn.Conv2d(1, 1, 1)', 'is not a call such as nn.LeakyReLU'),
+    ('os.nn.ReLU()', 'is not a call such as nn.LeakyReLU'),
+    ('nn.LeakyReLU(slope)', 'arguments must be literals, got slope'),
+    ('nn.LeakyReLU(**d)', r'\*\*kwargs are not accepted'),
+    ('nn.LeakyReLU(0.1, foo=1)', 'unexpected keyword'),
+    ('nn.LeakyReLU(0.1', 'is not a call'),
+])
+def test_yaml_activation_is_data_not_code(text, match, tmp_path):
+    import yaml as pyyaml
+    f = tmp_path / 'act.yaml'
+    f.write_text(pyyaml.safe_dump({**tiny_cfg(), 'activation': text}))
+    with pytest.raises(ModelConfigError, match=rf'act\.yaml: .*{match}'):
+        DetectionModel(f, verbose=False)
 
 
 @pytest.mark.parametrize('cfg, name, params', [('yolov5n.yaml', 'YOLOv5n', 1872157),
