@@ -192,3 +192,14 @@ def test_bad_generation_count_is_one_line_error(data, tmp_path):
     with pytest.raises(TrainError, match='--evolve needs a positive number of generations, got -1'):
         train.main(argparse.Namespace(**{**vars(train.parse_opt(args=[])), 'evolve': -1, 'data': str(data),
                                          'project': str(tmp_path)}))
+
+
+def test_next_hyp_starts_from_base_then_mutates_a_parent():
+    base = {'lr0': 0.5, 'mosaic': 1.0, 'nbs': 16}  # lr0 above its bound: generation 0 is clipped, not mutated
+    keys = ['lr0', 'mosaic']
+    assert ev.next_hyp(np.zeros((0, 9)), base, keys, np.random.default_rng(0)) == {'lr0': 0.1, 'mosaic': 1.0, 'nbs': 16}
+    rows = rows_with_fitness([0.5])
+    rows[0, 7:] = [0.02, 0.5]  # the only parent
+    child = ev.next_hyp(rows, base, keys, np.random.default_rng(0))
+    assert child['nbs'] == 16 and child != {'lr0': 0.02, 'mosaic': 0.5, 'nbs': 16}
+    assert 0.3 * 0.02 - 1e-9 <= child['lr0'] <= 3 * 0.02 + 1e-9 and 0 <= child['mosaic'] <= 1

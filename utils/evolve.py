@@ -78,6 +78,15 @@ def select_parent(rows: np.ndarray, rng: np.random.Generator, top: int = TOP_PAR
     return best[rng.choice(len(best), p=w / w.sum())]
 
 
+def next_hyp(rows: np.ndarray, base: dict, keys: list[str], rng: np.random.Generator, meta: dict = META) -> dict:
+    """The next generation's hyperparameters: ``base`` (clipped) when there is no row yet, else a mutation of a
+    parent chosen from ``rows`` (keys not evolved keep ``base``'s values)."""
+    if not len(rows):
+        return constrain(base, meta)
+    parent = select_parent(rows, rng)
+    return mutate({**base, **dict(zip(keys, parent[len(RESULT_KEYS):].tolist()))}, keys, rng, meta)
+
+
 def read_evolve_csv(file: str | Path, keys: list[str]) -> np.ndarray:
     """The rows of an existing ``evolve.csv`` as (n, 7 + len(keys)); empty if there is no file yet.
 

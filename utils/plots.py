@@ -18,7 +18,7 @@ import torch
 
 from utils.boxes import clip_boxes, xywh2xyxy, xyxy2xywh
 from utils.logging import LOGGER, increment_path
-from utils.metrics import smooth
+from utils.metrics import fitness, smooth
 
 # YOLOv5's class colour palette (RGB hex)
 _PALETTE_HEX = ('FF3838', 'FF9D97', 'FF701F', 'FFB21D', 'CFD231', '48F90A', '92CC17', '3DDB86', '1A9334', '00D4BB',
@@ -295,8 +295,6 @@ def plot_results(file: str | Path = 'path/to/results.csv', dir: str | Path = '')
 def plot_evolve(evolve_csv: str | Path = 'path/to/evolve.csv', n_results: int = 7) -> Path | None:
     """evolve.png beside ``evolve_csv``: one panel per evolved hyperparameter, its value against fitness for every
     generation (coloured by fitness), the fittest generation marked with a black cross and named in the title."""
-    from utils.metrics import fitness
-
     file = Path(evolve_csv)
     try:
         keys, data = read_results_csv(file)

@@ -21,6 +21,7 @@ import yaml
 from tqdm import tqdm
 
 from models.yolo import Model, ModelConfigError
+from utils import evolve as evolution
 from utils import optim
 from utils.autoanchor import check_anchors
 from utils.autobatch import autobatch
@@ -51,7 +52,7 @@ from utils.ema import ModelEMA
 from utils.logging import LOGGER, colorstr, increment_path
 from utils.loss import ComputeLoss
 from utils.metrics import fitness
-from utils.plots import plot_images, plot_labels, plot_results
+from utils.plots import plot_evolve, plot_images, plot_labels, plot_results
 from utils.torch_utils import DeviceError, de_parallel, init_seeds, select_device, training_memory_format
 
 CKPT_FORMAT, CKPT_VERSION = 'yolov5-efficientvit', 1
@@ -165,8 +166,6 @@ def evolve(opt: argparse.Namespace, info: DistInfo | None = None) -> Path:
     As YOLOv5: every generation trains with --noval and --nosave (validated and saved once, at its end), plots are
     off, ``anchors: 3`` joins the evolved keys unless --noautoanchor, and the results go to ``evolve.csv``,
     ``hyp_evolve.yaml`` (the fittest hyperparameters, a complete --hyp file) and ``evolve.png``."""
-    from utils import evolve as ev
-    from utils.plots import plot_evolve
     info = info or DistInfo()
     opt = check_options(opt)
     try:
@@ -177,37 +176,25 @@ def evolve(opt: argparse.Namespace, info: DistInfo | None = None) -> Path:
     opt.noval, opt.nosave = True, True
     save_dir = Path(increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok))
     save_dir.mkdir(parents=True, exist_ok=True)
-    base = load_hyp(opt.hyp)
-    meta = dict(ev.META)
-    if opt.noautoanchor:
-        base.pop('anchors', None)
-        meta.pop('anchors')
-    else:
-        base.setdefault('anchors', 3)
-    keys = ev.evolvable_keys(base, meta)
+    base, meta = _evolution_space(load_hyp(opt.hyp), opt.noautoanchor)
+    keys = evolution.evolvable_keys(base, meta)
     csv_file, yaml_file = save_dir / 'evolve.csv', save_dir / 'hyp_evolve.yaml'
     try:
-        done = len(ev.read_evolve_csv(csv_file, keys))
-    except ev.EvolveError as e:
+        done = len(evolution.read_evolve_csv(csv_file, keys))
+    except evolution.EvolveError as e:
         raise TrainError(str(e)) from None
     rng = np.random.default_rng([int(opt.seed), done])
     prefix = colorstr('evolve: ')
     LOGGER.info(f'{prefix}{opt.evolve} generations of {len(keys)} hyperparameters in {save_dir}'
                 + (f' (continuing after {done} rows of {csv_file.name})' if done else ''))
     for g in range(opt.evolve):
-        rows = ev.read_evolve_csv(csv_file, keys)
-        if len(rows):
-            parent = ev.select_parent(rows, rng)
-            hyp = ev.mutate({**base, **dict(zip(keys, parent[len(ev.RESULT_KEYS):]))}, keys, rng, meta)
-        else:
-            hyp = ev.constrain(base, meta)
-        run_opt = argparse.Namespace(**vars(opt))
-        run_opt.hyp, run_opt.save_dir = dict(hyp), str(save_dir)
+        hyp = evolution.next_hyp(evolution.read_evolve_csv(csv_file, keys), base, keys, rng, meta)
+        run_opt = argparse.Namespace(**{**vars(opt), 'hyp': dict(hyp), 'save_dir': str(save_dir)})
         trainer = Trainer(run_opt, device, info)
         trainer.fit()
-        ev.append_evolve_row(csv_file, keys, trainer.results, hyp)
-        rows = ev.read_evolve_csv(csv_file, keys)
-        best, _ = ev.write_best_hyp(rows, keys, base, yaml_file)
+        evolution.append_evolve_row(csv_file, keys, trainer.results, hyp)
+        rows = evolution.read_evolve_csv(csv_file, keys)
+        best, _ = evolution.write_best_hyp(rows, keys, base, yaml_file)
         fit = fitness(rows)
         LOGGER.info(f'{prefix}generation {g + 1}/{opt.evolve} (row {len(rows) - 1}): fitness {fit[-1]:.5g}; '
                     f'best {fit[best]:.5g} at row {best}')
@@ -216,6 +203,18 @@ def evolve(opt: argparse.Namespace, info: DistInfo | None = None) -> Path:
                 f"Results saved to {colorstr('bold', str(save_dir))}\n"
                 f'Usage example: $ python train.py --hyp {yaml_file}')
     return save_dir
+
+
+def _evolution_space(hyp: dict, noautoanchor: bool) -> tuple[dict, dict]:
+    """YOLOv5: the anchor count (``anchors: 3`` unless the hyp file sets it) is evolved too, except with
+    --noautoanchor, where placeholder anchors could not be replaced. Returns (starting hyp, bounds table)."""
+    base, meta = dict(hyp), dict(evolution.META)
+    if noautoanchor:
+        base.pop('anchors', None)
+        meta.pop('anchors')
+    else:
+        base.setdefault('anchors', 3)
+    return base, meta
 
 
 # ----------------------------------------------------------------------------------------------------- trainer
