@@ -24,7 +24,7 @@ from utils.backends import BackendError, DetectBackend, check_img_size  # noqa: 
 from utils.boxes import scale_boxes, xyxy2xywh  # noqa: E402
 from utils.logging import LOGGER, colorstr, increment_path  # noqa: E402
 from utils.nms import non_max_suppression  # noqa: E402
-from utils.plots import Annotator, colors, features_saved, save_one_box  # noqa: E402
+from utils.plots import Annotator, colors, detection_summary, features_saved, save_one_box  # noqa: E402
 from utils.sources import Frame, SourceError, load_source  # noqa: E402
 from utils.torch_utils import select_device  # noqa: E402
 from utils.validator import Timer  # noqa: E402
@@ -95,15 +95,6 @@ def _handle_detections(frame: Frame, det: torch.Tensor, names: dict, save_dir: P
     return annotator.result()
 
 
-def _summary(det: torch.Tensor, names: dict) -> str:
-    """``2 circles, 1 square, `` as YOLOv5 prints per image."""
-    s = ''
-    for c in det[:, 5].unique():
-        n = int((det[:, 5] == c).sum())
-        s += f"{n} {names[int(c)]}{'s' * (n > 1)}, "
-    return s
-
-
 def _show(window: str, im: np.ndarray, state: dict) -> None:
     """cv2.imshow when a display exists; headless OpenCV builds get one warning and no window."""
     if state.get('no_display'):
@@ -163,7 +154,7 @@ def run(weights: str | Path | list = 'yolov5s.pt', source: str | Path = DEFAULT_
                 det = non_max_suppression(pred, conf_thres, iou_thres, classes, agnostic_nms, max_det=max_det)[0]
             seen += 1
             det[:, :4] = scale_boxes(im.shape[2:], det[:, :4], frame.im0.shape).round()
-            s = f'{frame.describe()} %gx%g ' % im.shape[2:] + _summary(det, names)
+            s = f'{frame.describe()} %gx%g ' % im.shape[2:] + detection_summary(det, names)
             im0 = _handle_detections(frame, det.cpu(), names, save_dir, opt)
             if view_img:
                 _show(str(frame.path), im0, display)

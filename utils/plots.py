@@ -114,6 +114,15 @@ class Annotator:
         return self.im
 
 
+def detection_summary(det: torch.Tensor, names: dict) -> str:
+    """``2 circles, 1 square, `` as YOLOv5 prints per image (its naive plural: one 's' appended)."""
+    s = ''
+    for c in det[:, 5].unique():
+        n = int((det[:, 5] == c).sum())
+        s += f"{n} {names[int(c)]}{'s' * (n > 1)}, "
+    return s
+
+
 def output_to_target(output: list[torch.Tensor], max_det: int = 300) -> np.ndarray:
     """NMS output (per image (n, 6) xyxy conf cls) -> (N, 7) [batch_id, cls, cx, cy, w, h, conf] for plot_images."""
     rows = []

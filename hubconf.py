@@ -1,0 +1,109 @@
+"""PyTorch Hub entry points, as YOLOv5's hubconf.py (nothing is downloaded: weights must be local files).
+
+    import torch
+    model = torch.hub.load('path/to/this/repo', 'custom', path='runs/train/exp/weights/best.pt', source='local')
+    model = torch.hub.load('path/to/this/repo', 'yolov5_efficientvit', pretrained=False, classes=6, source='local')
+    results = model('image.jpg'); results.print(); results.save()
+
+``pretrained=True`` (YOLOv5's default) loads ``<name>.pt`` from the working directory or the repository root and
+says so clearly when there is none; ``pretrained=False`` builds the model from its YAML with random weights.
+``python hubconf.py --model yolov5n`` runs the model on the default images and prints the detections.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))
+
+dependencies = ['torch', 'torchvision', 'yaml', 'cv2', 'numpy', 'PIL', 'timm']  # checked by torch.hub.load
+
+# entry point -> model YAML
+MODELS = {'yolov5n': 'yolov5n.yaml', 'yolov5s': 'yolov5s.yaml', 'yolov5m': 'yolov5m.yaml',
+          'yolov5l': 'yolov5l.yaml', 'yolov5x': 'yolov5x.yaml', 'yolov5_efficientvit': 'yolov5-efficientvit.yaml',
+          **{f'yolov5_efficientvit_m{i}': f'yolov5-efficientvit-m{i}.yaml' for i in range(1, 6)}}
+
+
+def _local_weights(name: str) -> Path:
+    for p in (Path(f'{name}.pt'), ROOT / f'{name}.pt'):
+        if p.is_file():
+            return p
+    raise FileNotFoundError(f'{name}.pt not found in {Path.cwd()} or {ROOT}; nothing is downloaded: put the file '
+                            f"there, use custom(path='...'), or pretrained=False for random weights")
+
+
+def _create(name: str, pretrained: bool = True, channels: int = 3, classes: int = 80, autoshape: bool = True,
+            verbose: bool = True, device=None):
+    """Model ``name`` (a key of MODELS); local weights when ``pretrained``, moved to ``device``, AutoShape-wrapped."""
+    from models.autoshape import AutoShape
+    from models.yolo import Model
+    from utils.checkpoints import load_model, transfer_weights
+    from utils.torch_utils import select_device
+
+    device = select_device('' if device is None else str(device))
+    cfg = ROOT / 'models' / MODELS[name]
+    if pretrained:
+        weights = _local_weights(name)
+        model = load_model(weights, device='cpu', fuse=False)
+        if classes != model.nc or channels != 3:  # a new head (or stem): keep every tensor that still fits
+            src = model
+            model = Model(cfg, ch=channels, nc=classes, verbose=verbose)
+            transfer_weights(model, src.float().state_dict(), exclude=['anchor'], source=str(weights))
+    else:
+        model = Model(cfg, ch=channels, nc=classes, verbose=verbose)
+    model = model.to(device)
+    return AutoShape(model, verbose=verbose) if autoshape and channels == 3 else model
+
+
+def custom(path: str | Path = 'path/to/model.pt', autoshape: bool = True, _verbose: bool = True, device=None):
+    """A trained checkpoint (ours or an official YOLOv5 .pt), AutoShape-wrapped."""
+    from models.autoshape import AutoShape
+    from utils.checkpoints import load_model
+    from utils.torch_utils import select_device
+
+    model = load_model(path, device=select_device('' if device is None else str(device)), fuse=False)
+    return AutoShape(model, verbose=_verbose) if autoshape else model
+
+
+def _entry(name: str):
+    def entry(pretrained: bool = True, channels: int = 3, classes: int = 80, autoshape: bool = True,
+              _verbose: bool = True, device=None):
+        return _create(name, pretrained, channels, classes, autoshape, _verbose, device)
+
+    entry.__name__ = entry.__qualname__ = name
+    entry.__doc__ = f'{MODELS[name]} (pretrained: local {name}.pt; else random weights from the YAML).'
+    return entry
+
+
+for _name in MODELS:
+    globals()[_name] = _entry(_name)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Run a model on the generated sample images, print the detections and save the annotated images."""
+    import argparse
+
+    from utils.logging import LOGGER
+    from utils.synthetic import ensure_sample_images
+
+    p = argparse.ArgumentParser(description='PyTorch Hub demo: detect on the default images')
+    p.add_argument('--model', default='yolov5n', choices=sorted(MODELS), help='entry point')
+    p.add_argument('--source', default=str(ROOT / 'data/images'), help='directory of images (generated if empty)')
+    opt = p.parse_args(argv)
+    name = opt.model
+    pretrained = any(q.is_file() for q in (Path(f'{name}.pt'), ROOT / f'{name}.pt'))
+    if not pretrained:
+        LOGGER.warning(f'WARNING ⚠️ no local {name}.pt: random weights (expect no or random detections)')
+    model = _create(name, pretrained=pretrained)
+    src = Path(opt.source)
+    images = sorted(f for f in src.glob('*.*') if f.suffix.lower() in ('.jpg', '.jpeg', '.png', '.bmp'))
+    images = images or ensure_sample_images(src)  # detect.py's default source is generated the same way
+    results = model(images, size=320)
+    results.print()
+    return results.save()
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,161 @@
+"""AutoShape / Detections (the Python API) on a stub model whose boxes are known, and the PyTorch Hub entry points
+(hubconf.py through torch.hub.load with source='local')."""
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from PIL import Image
+
+import hubconf
+from models.autoshape import AutoShape, Detections
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Stub(nn.Module):
+    """Predicts one box, in letterboxed pixels, centred at (16, 8), 8x4, objectness 0.9, class 1 at 0.9."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1))
+        self.stride = torch.tensor([8.0, 16.0, 32.0])
+        self.names = {0: 'cat', 1: 'dog'}
+        self.seen = []
+
+    def forward(self, x, augment=False):
+        self.seen.append((tuple(x.shape), x.dtype, float(x.max())))
+        box = torch.tensor([16.0, 8.0, 8.0, 4.0, 0.9, 0.1, 0.9])
+        return box.expand(x.shape[0], 1, 7).clone(), None
+
+
+def rgb(h: int = 100, w: int = 200) -> np.ndarray:
+    im = np.zeros((h, w, 3), np.uint8)
+    im[..., 0] = 255  # pure red: checks the RGB order reaches the model unchanged
+    return im
+
+
+def test_boxes_return_to_original_pixels():
+    """100x200 at size 64: scaled to 32x64 (already a stride multiple), no padding, gain 0.32.
+    Letterbox box xyxy (12, 6, 20, 10) -> original (37.5, 18.75, 62.5, 31.25)."""
+    stub = Stub()
+    r = AutoShape(stub, verbose=False)(rgb(), size=64)
+    assert stub.seen[-1][0] == (1, 3, 32, 64) and stub.seen[-1][2] == pytest.approx(1.0)
+    assert isinstance(r, Detections) and len(r) == 1 and r.s == (1, 3, 32, 64)
+    x = r.xyxy[0]
+    assert x.shape == (1, 6)
+    assert x[0, :4].tolist() == pytest.approx([37.5, 18.75, 62.5, 31.25])
+    assert x[0, 4].item() == pytest.approx(0.81) and x[0, 5].item() == 1
+    assert r.xywh[0][0, :4].tolist() == pytest.approx([50.0, 25.0, 25.0, 12.5])
+    assert r.xyxyn[0][0, :4].tolist() == pytest.approx([37.5 / 200, 18.75 / 100, 62.5 / 200, 31.25 / 100])
+    assert r.xywhn[0][0, :4].tolist() == pytest.approx([0.25, 0.25, 0.125, 0.125])
+
+
+def test_one_batch_shape_for_mixed_sizes_and_thresholds():
+    stub = Stub()
+    model = AutoShape(stub, verbose=False)
+    r = model([rgb(100, 200), rgb(200, 100)], size=64)
+    assert stub.seen[-1][0] == (2, 3, 64, 64) and r.n == 2
+    model.conf = 0.9  # 0.81 < 0.9: filtered
+    assert len(model(rgb(), size=64).xyxy[0]) == 0
+    model.conf, model.classes = 0.25, [0]
+    assert len(model(rgb(), size=64).xyxy[0]) == 0
+
+
+def test_every_input_form_gives_the_same_result(tmp_path):
+    im = rgb()
+    im[10:30, 20:60] = (10, 200, 30)
+    cv2.imwrite(str(tmp_path / 'a.png'), cv2.cvtColor(im, cv2.COLOR_RGB2BGR))
+    model = AutoShape(Stub(), verbose=False)
+    forms = [im, str(tmp_path / 'a.png'), tmp_path / 'a.png', Image.fromarray(im), im.transpose(2, 0, 1)]
+    results = [model(f, size=64) for f in forms]
+    for r in results[1:]:
+        assert np.array_equal(r.ims[0], results[0].ims[0])
+        assert torch.equal(r.xyxy[0], results[0].xyxy[0])
+    assert results[1].files == ['a.jpg'] and results[0].files == ['image0.jpg']
+    gray = model(im[..., 1], size=64)
+    assert gray.ims[0].shape == (100, 200, 3)
+
+
+@pytest.mark.parametrize('bad, err, match', [
+    ('https://example.com/a.jpg', ValueError, 'URLs are not downloaded'),
+    ('missing.jpg', FileNotFoundError, 'missing.jpg: image not found'),
+    (3.5, TypeError, 'unsupported input type float'),
+    ([], ValueError, 'no images given'),
+    (np.zeros((4, 4, 2), np.uint8), ValueError, 'expected an HxWx3 array'),
+])
+def test_bad_inputs_are_clear(bad, err, match):
+    with pytest.raises(err, match=match):
+        AutoShape(Stub(), verbose=False)(bad, size=64)
+
+
+def test_detections_print_save_crop_render_tolist(tmp_path, log_text):
+    r = AutoShape(Stub(), verbose=False)([rgb(), rgb(60, 80)], size=64)
+    r.print()
+    out = log_text.getvalue()
+    assert 'image 1/2: 100x200 1 dog' in out and 'image 2/2: 60x80 1 dog' in out and 'Speed: ' in out
+    assert str(r) in repr(r)
+    saved = r.save(save_dir=tmp_path / 'exp')
+    assert saved == tmp_path / 'exp' and sorted(p.name for p in saved.iterdir()) == ['image0.jpg', 'image1.jpg']
+    assert r.save(save_dir=tmp_path / 'exp') == tmp_path / 'exp2'  # numbered like a run directory
+    crops = r.crop(save_dir=tmp_path / 'crops')
+    assert len(crops) == 2 and crops[0]['label'] == 'dog 0.81' and crops[0]['im'].ndim == 3
+    assert (tmp_path / 'crops' / 'crops' / 'dog' / 'image0.jpg').is_file()
+    drawn = r.render()
+    assert len(drawn) == 2 and not np.array_equal(drawn[0], rgb())
+    parts = r.tolist()
+    assert [p.n for p in parts] == [1, 1] and torch.equal(parts[1].xyxy[0], r.xyxy[1])
+
+
+def test_pandas_or_a_clear_error():
+    r = AutoShape(Stub(), verbose=False)(rgb(), size=64)
+    try:
+        import pandas  # noqa: F401  (optional, not in requirements.txt)
+    except ImportError:
+        with pytest.raises(ImportError, match=r'needs pandas \(pip install pandas\)'):
+            r.pandas()
+        return
+    df = r.pandas().xyxy[0]
+    assert list(df.columns) == ['xmin', 'ymin', 'xmax', 'ymax', 'confidence', 'class', 'name']
+    assert df.iloc[0]['name'] == 'dog' and df.iloc[0]['xmin'] == pytest.approx(37.5)
+
+
+@pytest.fixture(scope='module')
+def checkpoint(tmp_path_factory):
+    from tests.test_export import make_checkpoint, make_model
+
+    return make_checkpoint(make_model('yolov5n.yaml'), tmp_path_factory.mktemp('hub') / 'best.pt',
+                           names={0: 'class0', 1: 'class1'})
+
+
+def test_torch_hub_load_custom_local(checkpoint):
+    model = torch.hub.load(str(ROOT), 'custom', path=str(checkpoint), source='local', _verbose=False)
+    assert isinstance(model, AutoShape) and model.names == {0: 'class0', 1: 'class1'}
+    r = model(rgb(64, 96), size=64)
+    assert r.s == (1, 3, 64, 64) and r.xyxy[0].shape[1] == 6  # 64x96 -> 43x64 -> stride multiples
+    raw = torch.hub.load(str(ROOT), 'custom', path=str(checkpoint), source='local', autoshape=False)
+    assert not isinstance(raw, AutoShape) and raw.nc == 2
+
+
+def test_named_entry_points(checkpoint, tmp_path, monkeypatch):
+    m = hubconf.yolov5n(pretrained=False, classes=3, _verbose=False)
+    assert isinstance(m, AutoShape) and m.model.nc == 3
+    assert hubconf.yolov5_efficientvit(pretrained=False, classes=3, autoshape=False, _verbose=False).nc == 3
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match='yolov5s.pt not found .*nothing is downloaded'):
+        hubconf.yolov5s()
+    (tmp_path / 'yolov5n.pt').write_bytes(Path(checkpoint).read_bytes())  # a local "pretrained" file (2 classes)
+    same = hubconf.yolov5n(classes=2, autoshape=False, _verbose=False)
+    assert torch.equal(same.state_dict()['model.0.conv.weight'], torch.load(
+        checkpoint, weights_only=True)['model']['model.0.conv.weight'].float())
+    new_head = hubconf.yolov5n(classes=5, autoshape=False, _verbose=False)  # head rebuilt, the rest transferred
+    assert new_head.nc == 5 and torch.equal(new_head.state_dict()['model.0.conv.weight'],
+                                            same.state_dict()['model.0.conv.weight'])
+
+
+def test_hubconf_demo(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    saved = hubconf.main(['--model', 'yolov5n', '--source', str(tmp_path / 'images')])
+    assert sorted(p.name for p in saved.iterdir()) == [f'shapes_{i}.jpg' for i in range(4)]
