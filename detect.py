@@ -133,8 +133,8 @@ def run(weights: str | Path | list = 'yolov5s.pt', source: str | Path = DEFAULT_
     imgsz = [imgsz] * 2 if isinstance(imgsz, int) else list(imgsz) * (2 if len(imgsz) == 1 else 1)
     imgsz = model.static_shape or tuple(check_img_size(imgsz, s=stride))
     model.warmup(imgsz=(1, 3, *imgsz))
-    if visualize and not model.pt:
-        LOGGER.warning(f'WARNING ⚠️ --visualize needs a PyTorch .pt model; {model.weights.name} runs without it')
+    if visualize and (not model.pt or model.ensemble):
+        LOGGER.warning(f'WARNING ⚠️ --visualize needs one PyTorch .pt model; {model.weights.name} runs without it')
         visualize = False
     opt = dict(save_txt=save_txt, save_conf=save_conf, save_crop=save_crop, save_img=save_img, view_img=view_img,
                line_thickness=line_thickness, hide_labels=hide_labels, hide_conf=hide_conf)

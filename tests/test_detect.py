@@ -229,5 +229,34 @@ def test_visualize_needs_pt(weights, source, tmp_path, log_text):
 
     onnx_file = export.run(weights=str(weights), imgsz=(IMGSZ, IMGSZ), include=('onnx',))[0]
     run = run_detect(str(onnx_file), source / 'im0.jpg', tmp_path, visualize=True)
-    assert '--visualize needs a PyTorch .pt model; model.onnx runs without it' in log_text.getvalue()
+    assert '--visualize needs one PyTorch .pt model; model.onnx runs without it' in log_text.getvalue()
     assert not (run / 'im0').exists() and (run / 'im0.jpg').is_file()
+
+
+def test_ensemble_of_pt_weights(model, weights, source, tmp_path, log_text):
+    """Two .pt files: one model whose predictions are both models' predictions side by side (YOLOv5's NMS ensemble),
+    used by detect.py and val.py; other formats or disagreeing classes are one-line errors."""
+    from utils.backends import BackendError, DetectBackend
+
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    w2 = make_checkpoint(other, tmp_path / 'other.pt')
+    pair, one, two = DetectBackend([weights, w2]), DetectBackend(weights), DetectBackend(w2)
+    x = torch.rand(1, 3, IMGSZ, IMGSZ)
+    with torch.no_grad():
+        assert torch.equal(pair(x), torch.cat([one(x), two(x)], 1))
+    assert 'Ensemble created with' in log_text.getvalue() and pair.names == one.names
+    run = run_detect([weights, w2], source / 'im0.jpg', tmp_path, visualize=True)
+    assert (run / 'im0.jpg').is_file() and not (run / 'im0').exists()  # --visualize needs one model
+    data = tmp_path / 'data.yaml'
+    data.write_text(yaml.safe_dump({'path': str(source), 'train': '.', 'val': '.', 'names': NAMES}))
+    _, maps, _ = val.run(data=data, weights=[weights, w2], imgsz=IMGSZ, workers=0, plots=False,
+                         project=tmp_path / 'val')
+    assert len(maps) == len(NAMES)
+    with pytest.raises(BackendError, match=r'ensemble only as \.pt files'):
+        DetectBackend([weights, tmp_path / 'x.onnx'])
+    three = make_checkpoint(make_model('yolov5n.yaml', nc=3), tmp_path / 'three.pt', names={0: 'a', 1: 'b', 2: 'c'})
+    with pytest.raises(BackendError, match=r'disagree on the number of classes: \[2, 3\]'):
+        DetectBackend([weights, three])

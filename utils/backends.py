@@ -64,7 +64,14 @@ class DetectBackend(nn.Module):
     def __init__(self, weights: str | Path | list, device: torch.device | str = 'cpu', fp16: bool = False,
                  fuse: bool = True, data: dict | None = None):
         super().__init__()
-        w = Path(str(weights[0] if isinstance(weights, (list, tuple)) else weights))
+        paths = [Path(str(x)) for x in (weights if isinstance(weights, (list, tuple)) else [weights])]
+        w = paths[0]
+        if len(paths) > 1 and any(p.suffix.lower() != '.pt' for p in paths):
+            raise BackendError(f'several --weights form an ensemble only as .pt files, got {[p.name for p in paths]}')
+        missing = [str(p) for p in paths[1:] if not p.is_file()]
+        if missing:
+            raise BackendError(f'{missing[0]} does not exist')
+        self.ensemble = paths if len(paths) > 1 else []
         self.format = FORMATS.get(w.suffix.lower())
         if self.format is None:
             raise BackendError(f'{w}: unsupported model format {w.suffix!r}; supported: {", ".join(FORMATS)}')
@@ -86,7 +93,16 @@ class DetectBackend(nn.Module):
     def _load_pt(self, w: Path, fuse: bool) -> None:
         from utils.checkpoints import load_model
 
-        model = load_model(w, device=self.device, fuse=fuse)
+        if self.ensemble:
+            from models.ensemble import Ensemble
+
+            try:
+                model = Ensemble([load_model(p, device=self.device, fuse=fuse) for p in self.ensemble])
+            except ValueError as e:
+                raise BackendError(f'{", ".join(str(p) for p in self.ensemble)}: {e}') from None
+            LOGGER.info(f'Ensemble created with {[str(p) for p in self.ensemble]}')
+        else:
+            model = load_model(w, device=self.device, fuse=fuse)
         self.model = model.half() if self.fp16 else model.float()
         self.model.eval()
         self.stride = max(int(model.stride.max()), 32)
