@@ -587,7 +587,9 @@ def load_pretrained(model: nn.Module, path: str | Path) -> LoadReport:
     try:
         obj = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # corrupt, truncated, or a pickle with foreign classes
-        raise PretrainedError(f'{path}: cannot read as a weights-only torch checkpoint ({type(e).__name__})') from None
+        detail = ' '.join(str(e).split())[:120]
+        raise PretrainedError(f'{path}: cannot read as a weights-only torch checkpoint '
+                              f'({type(e).__name__}{": " + detail if detail else ""})') from None
     sd = cream_state_dict(obj, str(path))
     own = model.state_dict()
     report = LoadReport(str(path))

@@ -94,9 +94,12 @@ def test_missing_corrupt_and_foreign_files(tmp_path):
     with pytest.raises(CheckpointError, match=r'nope\.pt: checkpoint not found'):
         load_checkpoint(tmp_path / 'nope.pt')
     bad = tmp_path / 'bad.pt'
-    bad.write_bytes(b'\x00garbage' * 50)
-    with pytest.raises(CheckpointError, match=r'bad\.pt: not a readable PyTorch checkpoint'):
-        load_checkpoint(bad)
+    good = save_checkpoint({'format': FORMAT, 'format_version': 1, 'model': {}, 'model_yaml': {}}, tmp_path / 'g.pt')
+    # each of these once escaped as a raw exception (struct.error for the 4-byte file)
+    for content in (b'\x00garbage' * 50, b'junk', b'', good.read_bytes()[:200], b'PK\x03\x04' + b'\x00' * 40):
+        bad.write_bytes(content)
+        with pytest.raises(CheckpointError, match=r'bad\.pt: not a readable PyTorch checkpoint'):
+            load_checkpoint(bad)
     foreign = tmp_path / 'cream.pt'
     torch.save({'model': {'patch_embed.0.c.weight': torch.zeros(1)}}, foreign)
     with pytest.raises(CheckpointError, match=r'cream\.pt: not a yolov5-efficientvit or YOLOv5 checkpoint'):

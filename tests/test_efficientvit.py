@@ -394,6 +394,9 @@ def test_bad_pretrained_files(tmp_path):
     junk.write_bytes(b'not a checkpoint')
     with pytest.raises(ev.PretrainedError, match='junk.pth: cannot read'):
         build('m0', pretrained=str(junk))
+    junk.write_bytes(b'junk')  # 4 bytes: torch.load's legacy path fails in struct; the message says how
+    with pytest.raises(ev.PretrainedError, match=r'junk.pth: cannot read .*\(error: unpack requires'):
+        build('m0', pretrained=str(junk))
     foreign = tmp_path / 'resnet.pth'
     torch.save({'model': {'conv1.weight': torch.zeros(64, 3, 7, 7)}}, foreign)
     with pytest.raises(ev.PretrainedError, match='resnet.pth: no tensor matches'):

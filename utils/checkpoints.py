@@ -89,7 +89,7 @@ def _torch_load(path: Path) -> Any:
             raise CheckpointError(f'{path}: refused: the pickle names {name}, which is not on the allow-list of '
                                   'classes a YOLOv5 checkpoint may contain') from None
         raise CheckpointError(f'{path}: not a readable PyTorch checkpoint ({_first_line(e)})') from None
-    except (RuntimeError, EOFError, ValueError, OSError, AttributeError, TypeError) as e:
+    except Exception as e:  # torch.load fails in many ways on foreign bytes (struct.error, RuntimeError, EOFError...)
         raise CheckpointError(f'{path}: not a readable PyTorch checkpoint ({_first_line(e)})') from None
 
 
