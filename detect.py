@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
+from utils.argtypes import positive_int, unit_interval  # noqa: E402
 from utils.augmentations import letterbox  # noqa: E402
 from utils.backends import BackendError, DetectBackend, check_img_size  # noqa: E402
 from utils.boxes import scale_boxes, xyxy2xywh  # noqa: E402
@@ -190,10 +191,11 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--source', type=str, default=str(DEFAULT_SOURCE),
                    help='file/dir/URL/glob/.txt/.streams, 0 for webcam')
     p.add_argument('--data', type=str, default=None, help='(optional) dataset.yaml for class names')
-    p.add_argument('--imgsz', '--img', '--img-size', nargs='+', type=int, default=[640], help='inference size h,w')
-    p.add_argument('--conf-thres', type=float, default=0.25, help='confidence threshold')
-    p.add_argument('--iou-thres', type=float, default=0.45, help='NMS IoU threshold')
-    p.add_argument('--max-det', type=int, default=1000, help='maximum detections per image')
+    p.add_argument('--imgsz', '--img', '--img-size', nargs='+', type=positive_int, default=[640],
+                   help='inference size h,w')
+    p.add_argument('--conf-thres', type=unit_interval, default=0.25, help='confidence threshold')
+    p.add_argument('--iou-thres', type=unit_interval, default=0.45, help='NMS IoU threshold')
+    p.add_argument('--max-det', type=positive_int, default=1000, help='maximum detections per image')
     p.add_argument('--device', default='', help='cuda device, i.e. 0 or 0,1,2,3 or cpu')
     p.add_argument('--view-img', action='store_true', help='show results')
     p.add_argument('--save-txt', action='store_true', help='save results to *.txt')
@@ -208,12 +210,12 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--project', default=str(ROOT / 'runs/detect'), help='save results to project/name')
     p.add_argument('--name', default='exp', help='save results to project/name')
     p.add_argument('--exist-ok', action='store_true', help='existing project/name ok, do not increment')
-    p.add_argument('--line-thickness', default=3, type=int, help='bounding box thickness (pixels)')
+    p.add_argument('--line-thickness', default=3, type=positive_int, help='bounding box thickness (pixels)')
     p.add_argument('--hide-labels', default=False, action='store_true', help='hide labels')
     p.add_argument('--hide-conf', default=False, action='store_true', help='hide confidences')
     p.add_argument('--half', action='store_true', help='use FP16 half-precision inference')
     p.add_argument('--dnn', action='store_true', help='accepted for compatibility; ONNX runs on onnxruntime')
-    p.add_argument('--vid-stride', type=int, default=1, help='video frame-rate stride')
+    p.add_argument('--vid-stride', type=positive_int, default=1, help='video frame-rate stride')
     opt = p.parse_args(argv)
     opt.imgsz *= 2 if len(opt.imgsz) == 1 else 1
     return opt

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
+from utils.argtypes import positive_int  # noqa: E402
 from utils.backends import BackendError, check_img_size  # noqa: E402
 from utils.logging import LOGGER, colorstr  # noqa: E402
 from utils.torch_utils import select_device  # noqa: E402
@@ -129,10 +130,13 @@ def _dynamic_min_size(model: torch.nn.Module, im: torch.Tensor, gs: int) -> int:
 def _prepare(weights: Path, device: torch.device, imgsz: list[int], batch_size: int, half: bool, inplace: bool,
              dynamic: bool):
     """Fused eval model in export mode (Detect returns the decoded tensor only), a dummy input and metadata."""
-    from models.yolo import Detect
-    from utils.checkpoints import load_model
+    from models.yolo import Detect, ModelConfigError
+    from utils.checkpoints import CheckpointError, load_model
 
-    model = load_model(weights, device=device, fuse=True).eval()
+    try:
+        model = load_model(weights, device=device, fuse=True).eval()
+    except (CheckpointError, ModelConfigError) as e:
+        raise ExportError(str(e)) from None
     if dynamic:  # the exact path, whose layers the window check below can observe
         for m in model.modules():
             if callable(getattr(m, 'set_fast', None)) and getattr(m, 'fast', False):
@@ -203,14 +207,15 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--data', type=str, default=None, help='dataset.yaml path (unused; accepted for compatibility)')
     p.add_argument('--weights', nargs='+', type=str, default='yolov5s.pt', help='model.pt path(s)')
-    p.add_argument('--imgsz', '--img', '--img-size', nargs='+', type=int, default=[640, 640], help='image (h, w)')
-    p.add_argument('--batch-size', type=int, default=1, help='batch size')
+    p.add_argument('--imgsz', '--img', '--img-size', nargs='+', type=positive_int, default=[640, 640],
+                   help='image (h, w)')
+    p.add_argument('--batch-size', type=positive_int, default=1, help='batch size')
     p.add_argument('--device', default='cpu', help='cuda device, i.e. 0 or 0,1,2,3 or cpu')
     p.add_argument('--half', action='store_true', help='FP16 half-precision export (GPU only)')
     p.add_argument('--inplace', action='store_true', help='set YOLOv5 Detect() inplace=True')
     p.add_argument('--dynamic', action='store_true', help='ONNX: dynamic batch, height and width axes')
     p.add_argument('--simplify', action='store_true', help='ONNX: slim the graph with onnxslim')
-    p.add_argument('--opset', type=int, default=12, help='ONNX: opset version')
+    p.add_argument('--opset', type=positive_int, default=12, help='ONNX: opset version')
     p.add_argument('--include', nargs='+', default=['torchscript'], help='torchscript, onnx')
     return p.parse_args(argv)
 

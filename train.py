@@ -20,6 +20,8 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # entry point: make the repository importable when run from elsewhere
 
+from utils.argtypes import non_negative_int, positive_int, train_batch_size, unit_interval  # noqa: E402
+
 DEFAULT_CFG = 'models/yolov5-efficientvit.yaml'
 DEFAULT_DATA = 'data/shapes.yaml'
 DEFAULT_HYP = 'data/hyps/hyp.scratch-low.yaml'
@@ -37,9 +39,10 @@ def parse_opt(known: bool = False, args: list[str] | None = None) -> argparse.Na
     p.add_argument('--cfg', type=str, default=DEFAULT_CFG, help="model.yaml path (with --weights only: their own YAML)")
     p.add_argument('--data', type=str, default=DEFAULT_DATA, help='dataset.yaml path')
     p.add_argument('--hyp', type=str, default=None, help=f'hyperparameters path (default {DEFAULT_HYP})')
-    p.add_argument('--epochs', type=int, default=None, help='total training epochs (default 100)')
-    p.add_argument('--batch-size', type=int, default=None, help='total batch size for all GPUs (default 16)')
-    p.add_argument('--imgsz', '--img', '--img-size', type=int, default=None,
+    p.add_argument('--epochs', type=positive_int, default=None, help='total training epochs (default 100)')
+    p.add_argument('--batch-size', type=train_batch_size, default=None,
+                   help='total batch size for all GPUs (default 16; -1 for AutoBatch)')
+    p.add_argument('--imgsz', '--img', '--img-size', type=positive_int, default=None,
                    help='train, val image size (pixels) (default 640)')
     p.add_argument('--rect', action='store_true', help='rectangular training')
     p.add_argument('--resume', nargs='?', const=True, default=False, help='resume most recent training')
@@ -56,13 +59,13 @@ def parse_opt(known: bool = False, args: list[str] | None = None) -> argparse.Na
     p.add_argument('--single-cls', action='store_true', help='train multi-class data as single-class')
     p.add_argument('--optimizer', type=str, choices=OPTIMIZERS, default=None, help='optimizer (default SGD)')
     p.add_argument('--sync-bn', action='store_true', help='use SyncBatchNorm, only available in DDP mode')
-    p.add_argument('--workers', type=int, default=8, help='max dataloader workers (per RANK in DDP mode)')
+    p.add_argument('--workers', type=non_negative_int, default=8, help='max dataloader workers (per RANK in DDP mode)')
     p.add_argument('--project', default=DEFAULT_PROJECT, help='save to project/name (runs/evolve with --evolve)')
     p.add_argument('--name', default='exp', help='save to project/name')
     p.add_argument('--exist-ok', action='store_true', help='existing project/name ok, do not increment')
     p.add_argument('--quad', action='store_true', help='quad dataloader')
     p.add_argument('--cos-lr', action='store_true', help='cosine LR scheduler')
-    p.add_argument('--label-smoothing', type=float, default=0.0, help='Label smoothing epsilon')
+    p.add_argument('--label-smoothing', type=unit_interval, default=0.0, help='Label smoothing epsilon')
     p.add_argument('--patience', type=int, default=None,
                    help='EarlyStopping patience (epochs without improvement) (default 100)')
     p.add_argument('--freeze', nargs='+', type=int, default=[0], help='Freeze layers: backbone=10, first3=0 1 2')

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
+from utils.argtypes import non_negative_int, positive_int, unit_interval  # noqa: E402
 from utils.backends import BackendError, DetectBackend, check_img_size  # noqa: E402
 from utils.coco import coco80_to_coco91_class, find_coco_annotations  # noqa: E402
 from utils.dataloaders import create_dataloader  # noqa: E402
@@ -138,15 +139,15 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--data', type=str, default=str(ROOT / 'data/shapes.yaml'), help='dataset.yaml path')
     p.add_argument('--weights', nargs='+', type=str, default='yolov5s.pt', help='model path(s)')
-    p.add_argument('--batch-size', type=int, default=32, help='batch size')
-    p.add_argument('--imgsz', '--img', '--img-size', type=int, default=640, help='inference size (pixels)')
-    p.add_argument('--conf-thres', type=float, default=0.001, help='confidence threshold')
-    p.add_argument('--iou-thres', type=float, default=0.6, help='NMS IoU threshold')
-    p.add_argument('--max-det', type=int, default=300, help='maximum detections per image')
+    p.add_argument('--batch-size', type=positive_int, default=32, help='batch size')
+    p.add_argument('--imgsz', '--img', '--img-size', type=positive_int, default=640, help='inference size (pixels)')
+    p.add_argument('--conf-thres', type=unit_interval, default=0.001, help='confidence threshold')
+    p.add_argument('--iou-thres', type=unit_interval, default=0.6, help='NMS IoU threshold')
+    p.add_argument('--max-det', type=positive_int, default=300, help='maximum detections per image')
     p.add_argument('--task', default='val', choices=('train', 'val', 'test', 'speed', 'study'),
                    help='split, speed, or study (mAP and speed at image sizes 256..1536)')
     p.add_argument('--device', default='', help='cuda device, i.e. 0 or 0,1,2,3 or cpu')
-    p.add_argument('--workers', type=int, default=8, help='max dataloader workers')
+    p.add_argument('--workers', type=non_negative_int, default=8, help='max dataloader workers')
     p.add_argument('--single-cls', action='store_true', help='treat as single-class dataset')
     p.add_argument('--augment', action='store_true', help='augmented inference')
     p.add_argument('--verbose', action='store_true', help='report mAP by class')

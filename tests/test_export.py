@@ -204,6 +204,9 @@ def test_export_errors(tmp_path):
         export.run(weights=pt, half=True, device='cpu')
     with pytest.raises(export.ExportError, match=r"--include \['tflite'\] invalid"):
         export.run(weights=pt, include=['tflite'])
+    pt.write_bytes(b'junk')  # was a traceback from export.py's CLI
+    with pytest.raises(export.ExportError, match=r'x\.pt: not a readable PyTorch checkpoint'):
+        export.run(weights=pt)
 
 
 def test_backend_errors(tmp_path):

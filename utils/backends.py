@@ -23,6 +23,9 @@ FORMATS = {'.pt': 'pt', '.torchscript': 'jit', '.onnx': 'onnx'}
 
 def check_img_size(imgsz: int | list[int], s: int = 32, floor: int = 0) -> int | list[int]:
     """Round image size(s) up to a multiple of stride ``s`` (warning when changed), as YOLOv5's check_img_size."""
+    if any(int(x) < 1 for x in ([imgsz] if isinstance(imgsz, int) else imgsz)):
+        raise ValueError(f'--img-size must be positive, got {imgsz}')
+
     def up(x: int) -> int:
         return max(int(math.ceil(int(x) / s) * s), floor)
 

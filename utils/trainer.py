@@ -96,6 +96,9 @@ def check_options(opt: argparse.Namespace) -> argparse.Namespace:
         opt.weights = str(w.resolve())
     if not (opt.cfg or opt.weights):
         raise TrainError('either --cfg or --weights must be specified')
+    for flag, v in (('--epochs', opt.epochs), ('--imgsz', opt.imgsz)):
+        if v is not None and v < 1:
+            raise TrainError(f'{flag} must be a positive integer, got {v}')
     if opt.batch_size is not None and opt.batch_size != -1 and opt.batch_size < 1:
         raise TrainError(f'--batch-size must be positive, or -1 for AutoBatch; got {opt.batch_size}')
     if opt.evolve is not None and opt.evolve < 1:
