@@ -182,3 +182,28 @@ def test_hyp_errors(tmp_path):
         load_hyp(f)
     with pytest.raises(ConfigError, match=r'hyperparameter\(s\) fliplr must be numbers'):
         load_hyp({**load_hyp('hyp.scratch-low.yaml'), 'fliplr': 'half'})
+
+
+@pytest.mark.parametrize('key, value, need', [
+    ('lr0', -1.0, 'must be > 0'),  # was ValueError('Invalid learning rate') from torch.optim
+    ('lr0', 0, 'must be > 0'),
+    ('anchor_t', 0.0, 'must be > 0'),  # was ZeroDivisionError in the loss
+    ('momentum', 1.5, r'must be in \[0, 1\)'),  # SGD accepted it and diverged
+    ('warmup_momentum', 1.0, r'must be in \[0, 1\)'),
+    ('weight_decay', -0.1, 'must be >= 0'),
+    ('mosaic', 2.0, 'must be between 0 and 1'),
+    ('fliplr', -0.5, 'must be between 0 and 1'),
+    ('scale', 1.5, 'must be between 0 and 1'),
+    ('anchors', 0, 'must be > 0'),
+])
+def test_hyp_values_out_of_range(key, value, need, tmp_path):
+    f = _yaml(tmp_path / 'h.yaml', {**load_hyp('hyp.scratch-low.yaml'), key: value})
+    with pytest.raises(ConfigError, match=rf'h\.yaml: hyperparameter {key} {need}, got {value!r}'):
+        load_hyp(f)
+
+
+def test_hyp_range_edges_are_accepted():
+    base = load_hyp('hyp.scratch-low.yaml')
+    edges = {'lrf': 0, 'momentum': 0, 'weight_decay': 0, 'warmup_epochs': 0, 'mosaic': 1, 'mixup': 0, 'scale': 1,
+             'iou_t': 1, 'degrees': 180, 'anchors': 3}
+    assert load_hyp({**base, **edges})['degrees'] == 180

@@ -203,3 +203,10 @@ def test_next_hyp_starts_from_base_then_mutates_a_parent():
     child = ev.next_hyp(rows, base, keys, np.random.default_rng(0))
     assert child['nbs'] == 16 and child != {'lr0': 0.02, 'mosaic': 0.5, 'nbs': 16}
     assert 0.3 * 0.02 - 1e-9 <= child['lr0'] <= 3 * 0.02 + 1e-9 and 0 <= child['mosaic'] <= 1
+
+
+def test_evolution_bounds_are_valid_hyperparameters():
+    """Whatever evolution draws (clipped to META) must pass load_hyp's range checks."""
+    base = {**load_hyp(HYP), 'anchors': 3}
+    for side in (1, 2):
+        assert load_hyp({**base, **{k: v[side] for k, v in ev.META.items()}})

@@ -21,6 +21,23 @@ HYP_KEYS = ('lr0', 'lrf', 'momentum', 'weight_decay', 'warmup_epochs', 'warmup_m
             'cls', 'cls_pw', 'obj', 'obj_pw', 'iou_t', 'anchor_t', 'fl_gamma', 'hsv_h', 'hsv_s', 'hsv_v', 'degrees',
             'translate', 'scale', 'shear', 'perspective', 'flipud', 'fliplr', 'mosaic', 'mixup', 'copy_paste')
 
+# What each hyperparameter may be: values outside these make training fail (lr0 <= 0, anchor_t 0) or quietly diverge
+# (momentum >= 1); probabilities and fractional gains stay within [0, 1]. 'anchors' (optional) is anchors per level.
+_HYP_RULES = {
+    'positive': (lambda v: v > 0, 'must be > 0'),
+    'non_negative': (lambda v: v >= 0, 'must be >= 0'),
+    'fraction': (lambda v: 0 <= v <= 1, 'must be between 0 and 1'),
+    'momentum': (lambda v: 0 <= v < 1, 'must be in [0, 1)'),
+}
+HYP_RANGES = {
+    'lr0': 'positive', 'lrf': 'non_negative', 'momentum': 'momentum', 'weight_decay': 'non_negative',
+    'warmup_epochs': 'non_negative', 'warmup_momentum': 'momentum', 'warmup_bias_lr': 'non_negative',
+    'box': 'non_negative', 'cls': 'non_negative', 'cls_pw': 'positive', 'obj': 'non_negative', 'obj_pw': 'positive',
+    'iou_t': 'fraction', 'anchor_t': 'positive', 'fl_gamma': 'non_negative', 'hsv_h': 'fraction',
+    'hsv_s': 'fraction', 'hsv_v': 'fraction', 'degrees': 'non_negative', 'translate': 'fraction', 'scale': 'fraction',
+    'shear': 'non_negative', 'perspective': 'non_negative', 'flipud': 'fraction', 'fliplr': 'fraction',
+    'mosaic': 'fraction', 'mixup': 'fraction', 'copy_paste': 'fraction', 'anchors': 'positive'}
+
 
 class ConfigError(ValueError):
     """A configuration file is missing or malformed; the message is one line naming the file."""
@@ -69,6 +86,11 @@ def load_hyp(path: str | Path | dict) -> dict:
     bad = [k for k in HYP_KEYS if isinstance(hyp[k], bool) or not isinstance(hyp[k], (int, float))]
     if bad:
         raise ConfigError(f'{file}: hyperparameter(s) {", ".join(bad)} must be numbers')
+    for k, rule in HYP_RANGES.items():
+        ok, need = _HYP_RULES[rule]
+        v = hyp.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(v)):
+            raise ConfigError(f'{file}: hyperparameter {k} {need}, got {v!r}')
     nbs = hyp.get('nbs')  # optional: images per optimizer step (our addition; YOLOv5 fixes 64)
     if nbs is not None and (isinstance(nbs, bool) or not isinstance(nbs, (int, float)) or nbs < 1 or int(nbs) != nbs):
         raise ConfigError(f'{file}: hyperparameter nbs must be a positive integer, got {nbs!r}')
