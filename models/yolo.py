@@ -175,6 +175,30 @@ def _check_keys(d: dict, where: str) -> None:
     rows = d['backbone'] + d['head'] if isinstance(d['backbone'], list) and isinstance(d['head'], list) else None
     if not rows:
         raise ModelConfigError(f'{where}: backbone and head must be lists of [from, number, module, args] rows')
+    _check_values(d, where)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_values(d: dict, where: str) -> None:
+    """nc, ch, multiples and anchors must make a buildable model; each problem is one line naming the key."""
+    for key, default in (('nc', None), ('ch', 3), ('channel_multiple', 8)):
+        v = d.get(key, default)
+        if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            raise ModelConfigError(f'{where}: {key} must be a positive integer, got {v!r}')
+    for key in ('depth_multiple', 'width_multiple'):
+        if not (_is_number(d[key]) and d[key] > 0):
+            raise ModelConfigError(f'{where}: {key} must be a number > 0, got {d[key]!r}')
+    a = d['anchors']
+    if isinstance(a, int) and not isinstance(a, bool) and a >= 1:
+        return  # a count of placeholder anchors per level (AutoAnchor computes them)
+    ok = isinstance(a, list) and a and all(isinstance(lv, list) and lv and len(lv) % 2 == 0 and len(lv) == len(a[0])
+                                         and all(_is_number(x) and x > 0 for x in lv) for lv in a)
+    if not ok:
+        raise ModelConfigError(f'{where}: anchors must be a positive count or one list of w,h pixel pairs per level '
+                               f'(same length, values > 0), got {a!r}')
 
 
 def _check_row(row: Any, i: int, where: str) -> tuple[int | list[int], int, str, list]:

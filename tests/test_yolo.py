@@ -1,5 +1,6 @@
 """DetectionModel / parse_model: every shipped YAML, YOLOv5 numbers, backbone layer numbering, clear errors."""
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -288,6 +289,23 @@ def test_bad_yaml_files(tmp_path):
     cfg = tiny_cfg(head=[[-1, 1, 'Conv', [8, 1, 1, 'x', 'y', 'z', 'w', 'v']]])
     with pytest.raises(ModelConfigError, match=r'layer 5: Conv.* failed'):
         DetectionModel(cfg, verbose=False)
+
+
+@pytest.mark.parametrize('key, value, message', [
+    ('nc', 0, 'nc must be a positive integer, got 0'),  # was 'math domain error' in the bias init
+    ('nc', 'x', "nc must be a positive integer, got 'x'"),
+    ('depth_multiple', 'a', "depth_multiple must be a number > 0, got 'a'"),
+    ('width_multiple', 0, 'width_multiple must be a number > 0, got 0'),
+    ('ch', 0, 'ch must be a positive integer, got 0'),
+    ('anchors', [], 'anchors must be a positive count or one list of w,h pixel pairs per level'),  # was IndexError
+    ('anchors', 0, 'anchors must be a positive count'),
+    ('anchors', [[10, 13, 16]] * 3, 'anchors must be a positive count'),
+    ('anchors', [[10, 13], [16, 30, 33, 23], [1, 2]], 'anchors must be a positive count'),
+])
+def test_bad_yaml_values_are_one_line(key, value, message):
+    with pytest.raises(ModelConfigError, match=rf'model yaml: {re.escape(message)}'):
+        DetectionModel(tiny_cfg(**{key: value}), verbose=False)
+    assert DetectionModel(tiny_cfg(anchors=2), verbose=False).model[-1].na == 2  # a count is fine
 
 
 @pytest.mark.parametrize('shape', [(1, 3, 100, 96), (1, 3, 64, 80)])
