@@ -33,6 +33,8 @@ def _im(h, w, v=50):
     ((45, 100), dict(new_shape=64, auto=False, scaleFill=True), (64, 64), (0.64, 64 / 45), (0.0, 0.0), (0, 0)),
     # rectangular target (h, w)
     ((100, 200), dict(new_shape=(48, 64), auto=False), (48, 64), (0.32, 0.32), (0.0, 8.0), (8, 0)),
+    # 2000x3: width 3 * 0.032 rounds to 0 -> kept at 1 px (cv2.resize used to assert); 63 px of width padding
+    ((2000, 3), dict(new_shape=64, auto=False), (64, 64), (0.032, 0.032), (31.5, 0.0), (0, 31)),
 ])
 def test_letterbox_numbers(hw, kw, out_hw, ratio, pad, top_left):
     im, r, p = letterbox(_im(*hw, v=50), **kw)

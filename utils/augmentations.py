@@ -32,7 +32,7 @@ def letterbox(im: np.ndarray, new_shape: int | tuple[int, int] = 640, color: tup
     if not scaleup:
         r = min(r, 1.0)
     ratio = (r, r)
-    unpad_w, unpad_h = int(round(w0 * r)), int(round(h0 * r))
+    unpad_w, unpad_h = max(int(round(w0 * r)), 1), max(int(round(h0 * r)), 1)  # a 2000x3 image keeps 1 px
     dw, dh = new_w - unpad_w, new_h - unpad_h
     if auto:
         dw, dh = dw % stride, dh % stride
