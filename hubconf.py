@@ -54,16 +54,19 @@ def _create(name: str, pretrained: bool = True, channels: int = 3, classes: int 
     else:
         model = Model(cfg, ch=channels, nc=classes, verbose=verbose)
     model = model.to(device)
-    return AutoShape(model, verbose=verbose) if autoshape and channels == 3 else model
+    if autoshape and channels == 3:  # inference only: fused (BN folded, EfficientViT's fast path), as YOLOv5 fuses
+        return AutoShape(model.fuse().eval(), verbose=verbose)
+    return model
 
 
 def custom(path: str | Path = 'path/to/model.pt', autoshape: bool = True, _verbose: bool = True, device=None):
-    """A trained checkpoint (ours or an official YOLOv5 .pt), AutoShape-wrapped."""
+    """A trained checkpoint (ours or an official YOLOv5 .pt): fused and AutoShape-wrapped for inference, or the
+    plain (unfused, trainable) DetectionModel with ``autoshape=False``."""
     from models.autoshape import AutoShape
     from utils.checkpoints import load_model
     from utils.torch_utils import select_device
 
-    model = load_model(path, device=select_device('' if device is None else str(device)), fuse=False)
+    model = load_model(path, device=select_device('' if device is None else str(device)), fuse=autoshape)
     return AutoShape(model, verbose=_verbose) if autoshape else model
 
 

@@ -137,12 +137,16 @@ def test_torch_hub_load_custom_local(checkpoint):
     assert r.s == (1, 3, 64, 64) and r.xyxy[0].shape[1] == 6  # 64x96 -> 43x64 -> stride multiples
     raw = torch.hub.load(str(ROOT), 'custom', path=str(checkpoint), source='local', autoshape=False)
     assert not isinstance(raw, AutoShape) and raw.nc == 2
+    bns = [sum(isinstance(m, nn.BatchNorm2d) for m in x.modules()) for x in (model, raw)]
+    assert bns[0] == 0 and bns[1] > 0  # fused for inference (as YOLOv5), trainable without AutoShape
 
 
 def test_named_entry_points(checkpoint, tmp_path, monkeypatch):
     m = hubconf.yolov5n(pretrained=False, classes=3, _verbose=False)
     assert isinstance(m, AutoShape) and m.model.nc == 3
+    assert not any(isinstance(x, nn.BatchNorm2d) for x in m.modules())
     assert hubconf.yolov5_efficientvit(pretrained=False, classes=3, autoshape=False, _verbose=False).nc == 3
+    assert hubconf.yolov5_efficientvit(pretrained=False, classes=3, _verbose=False).model.model[0].fast  # fast path
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match='yolov5s.pt not found .*nothing is downloaded'):
         hubconf.yolov5s()
