@@ -13,13 +13,13 @@ This module is the pure part (mutation, parent choice, files); the loop that tra
 """
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 import yaml
 
 from utils.metrics import fitness
+from utils.plots import read_results_csv
 
 # key: (mutation gain, lower bound, upper bound) -- YOLOv5 v7.0's table; gain 0 means the key is never mutated
 META: dict[str, tuple[float, float, float]] = {
@@ -93,22 +93,18 @@ def read_evolve_csv(file: str | Path, keys: list[str]) -> np.ndarray:
     Its columns must be exactly RESULT_KEYS + ``keys``: rows of another evolution (other keys, another hyp file)
     cannot seed this one, and mixing them silently would mutate the wrong values."""
     file = Path(file)
+    want = [*RESULT_KEYS, *keys]
     if not file.is_file():
-        return np.zeros((0, len(RESULT_KEYS) + len(keys)))
+        return np.zeros((0, len(want)))
     try:
-        with open(file, newline='') as f:
-            table = [[x.strip() for x in row] for row in csv.reader(f) if any(x.strip() for x in row)]
-        header = table[0] if table else []
-        want = [*RESULT_KEYS, *keys]
-        if header != want:
-            extra, missing = sorted(set(header) - set(want)), sorted(set(want) - set(header))
-            raise EvolveError(f'{file}: columns do not match this evolution (extra {extra}, missing {missing}); '
-                              'use another --name or the same --hyp and --noautoanchor as before')
-        return np.array([[float(x) for x in r] for r in table[1:]], dtype=np.float64).reshape(-1, len(want))
+        header, rows = read_results_csv(file)  # the same padded layout as results.csv
     except (OSError, ValueError) as e:
-        if isinstance(e, EvolveError):
-            raise
         raise EvolveError(f'{file}: cannot read ({e})') from None
+    if header != want:
+        extra, missing = sorted(set(header) - set(want)), sorted(set(want) - set(header))
+        raise EvolveError(f'{file}: columns do not match this evolution (extra {extra}, missing {missing}); '
+                          'use another --name or the same --hyp and --noautoanchor as before')
+    return rows
 
 
 def append_evolve_row(file: str | Path, keys: list[str], results: tuple | list, hyp: dict) -> None:

@@ -148,7 +148,7 @@ def train(opt: argparse.Namespace) -> Path:
         return evolve(opt, info)
     opt = resume_options(opt) if opt.resume else check_options(opt)
     try:
-        check_ddp_options(info, opt.batch_size, opt.image_weights, bool(opt.evolve))
+        check_ddp_options(info, opt.batch_size, opt.image_weights)  # --evolve returned above
     except ValueError as e:
         raise TrainError(str(e)) from None
     device = init_distributed(info, select_device(opt.device, opt.batch_size))
@@ -183,15 +183,15 @@ def evolve(opt: argparse.Namespace, info: DistInfo | None = None) -> Path:
     keys = evolution.evolvable_keys(base, meta)
     csv_file, yaml_file = save_dir / 'evolve.csv', save_dir / 'hyp_evolve.yaml'
     try:
-        done = len(evolution.read_evolve_csv(csv_file, keys))
+        rows = evolution.read_evolve_csv(csv_file, keys)
     except evolution.EvolveError as e:
         raise TrainError(str(e)) from None
-    rng = np.random.default_rng([int(opt.seed), done])
+    rng = np.random.default_rng([int(opt.seed), len(rows)])
     prefix = colorstr('evolve: ')
     LOGGER.info(f'{prefix}{opt.evolve} generations of {len(keys)} hyperparameters in {save_dir}'
-                + (f' (continuing after {done} rows of {csv_file.name})' if done else ''))
+                + (f' (continuing after {len(rows)} rows of {csv_file.name})' if len(rows) else ''))
     for g in range(opt.evolve):
-        hyp = evolution.next_hyp(evolution.read_evolve_csv(csv_file, keys), base, keys, rng, meta)
+        hyp = evolution.next_hyp(rows, base, keys, rng, meta)
         run_opt = argparse.Namespace(**{**vars(opt), 'hyp': dict(hyp), 'save_dir': str(save_dir)})
         trainer = Trainer(run_opt, device, info)
         trainer.fit()
