@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import cv2
@@ -146,10 +147,10 @@ def run(weights: str | Path | list = 'yolov5s.pt', source: str | Path = DEFAULT_
                 im = preprocess(frame.im0, imgsz, stride, model.dynamic, device, model.fp16)
             with dt[1]:
                 t = dt[1].t
+                maps = nullcontext()
                 if visualize:
-                    with features_saved(model.model, increment_path(save_dir / Path(frame.path).stem, mkdir=True)):
-                        pred = model(im, augment=augment)
-                else:
+                    maps = features_saved(model.model, increment_path(save_dir / Path(frame.path).stem, mkdir=True))
+                with maps:
                     pred = model(im, augment=augment)
             with dt[2]:
                 det = non_max_suppression(pred, conf_thres, iou_thres, classes, agnostic_nms, max_det=max_det)[0]

@@ -26,12 +26,9 @@ MODELS = {'yolov5n': 'yolov5n.yaml', 'yolov5s': 'yolov5s.yaml', 'yolov5m': 'yolo
           **{f'yolov5_efficientvit_m{i}': f'yolov5-efficientvit-m{i}.yaml' for i in range(1, 6)}}
 
 
-def _local_weights(name: str) -> Path:
-    for p in (Path(f'{name}.pt'), ROOT / f'{name}.pt'):
-        if p.is_file():
-            return p
-    raise FileNotFoundError(f'{name}.pt not found in {Path.cwd()} or {ROOT}; nothing is downloaded: put the file '
-                            f"there, use custom(path='...'), or pretrained=False for random weights")
+def _local_weights(name: str) -> Path | None:
+    """``<name>.pt`` in the working directory, else in the repository root; None when neither has it."""
+    return next((p for p in (Path(f'{name}.pt'), ROOT / f'{name}.pt') if p.is_file()), None)
 
 
 def _create(name: str, pretrained: bool = True, channels: int = 3, classes: int = 80, autoshape: bool = True,
@@ -46,6 +43,9 @@ def _create(name: str, pretrained: bool = True, channels: int = 3, classes: int 
     cfg = ROOT / 'models' / MODELS[name]
     if pretrained:
         weights = _local_weights(name)
+        if weights is None:
+            raise FileNotFoundError(f'{name}.pt not found in {Path.cwd()} or {ROOT}; nothing is downloaded: put the '
+                                    f"file there, use custom(path='...'), or pretrained=False for random weights")
         model = load_model(weights, device='cpu', fuse=False)
         if classes != model.nc or channels != 3:  # a new head (or stem): keep every tensor that still fits
             src = model
@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> Path:
     """Run a model on the generated sample images, print the detections and save the annotated images."""
     import argparse
 
+    from utils.dataset_config import IMG_FORMATS
     from utils.logging import LOGGER
     from utils.synthetic import ensure_sample_images
 
@@ -96,12 +97,12 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument('--source', default=str(ROOT / 'data/images'), help='directory of images (generated if empty)')
     opt = p.parse_args(argv)
     name = opt.model
-    pretrained = any(q.is_file() for q in (Path(f'{name}.pt'), ROOT / f'{name}.pt'))
+    pretrained = _local_weights(name) is not None
     if not pretrained:
         LOGGER.warning(f'WARNING ⚠️ no local {name}.pt: random weights (expect no or random detections)')
     model = _create(name, pretrained=pretrained)
     src = Path(opt.source)
-    images = sorted(f for f in src.glob('*.*') if f.suffix.lower() in ('.jpg', '.jpeg', '.png', '.bmp'))
+    images = sorted(f for f in src.glob('*.*') if f.suffix[1:].lower() in IMG_FORMATS)  # as detect.py lists a dir
     images = images or ensure_sample_images(src)  # detect.py's default source is generated the same way
     results = model(images, size=320)
     results.print()
