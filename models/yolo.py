@@ -182,17 +182,21 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _is_positive_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
 def _check_values(d: dict, where: str) -> None:
     """nc, ch, multiples and anchors must make a buildable model; each problem is one line naming the key."""
     for key, default in (('nc', None), ('ch', 3), ('channel_multiple', 8)):
         v = d.get(key, default)
-        if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+        if not _is_positive_int(v):
             raise ModelConfigError(f'{where}: {key} must be a positive integer, got {v!r}')
     for key in ('depth_multiple', 'width_multiple'):
         if not (_is_number(d[key]) and d[key] > 0):
             raise ModelConfigError(f'{where}: {key} must be a number > 0, got {d[key]!r}')
     a = d['anchors']
-    if isinstance(a, int) and not isinstance(a, bool) and a >= 1:
+    if _is_positive_int(a):
         return  # a count of placeholder anchors per level (AutoAnchor computes them)
     ok = isinstance(a, list) and a and all(isinstance(lv, list) and lv and len(lv) % 2 == 0 and len(lv) == len(a[0])
                                          and all(_is_number(x) and x > 0 for x in lv) for lv in a)

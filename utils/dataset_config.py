@@ -28,6 +28,7 @@ _HYP_RULES = {
     'non_negative': (lambda v: v >= 0, 'must be >= 0'),
     'fraction': (lambda v: 0 <= v <= 1, 'must be between 0 and 1'),
     'momentum': (lambda v: 0 <= v < 1, 'must be in [0, 1)'),
+    'count': (lambda v: v >= 1 and int(v) == v, 'must be a positive integer'),
 }
 HYP_RANGES = {
     'lr0': 'positive', 'lrf': 'non_negative', 'momentum': 'momentum', 'weight_decay': 'non_negative',
@@ -36,7 +37,8 @@ HYP_RANGES = {
     'iou_t': 'fraction', 'anchor_t': 'positive', 'fl_gamma': 'non_negative', 'hsv_h': 'fraction',
     'hsv_s': 'fraction', 'hsv_v': 'fraction', 'degrees': 'non_negative', 'translate': 'fraction', 'scale': 'fraction',
     'shear': 'non_negative', 'perspective': 'non_negative', 'flipud': 'fraction', 'fliplr': 'fraction',
-    'mosaic': 'fraction', 'mixup': 'fraction', 'copy_paste': 'fraction', 'anchors': 'positive'}
+    'mosaic': 'fraction', 'mixup': 'fraction', 'copy_paste': 'fraction', 'anchors': 'positive',
+    'nbs': 'count'}  # nbs (optional): images per optimizer step, our addition (YOLOv5 fixes 64)
 
 
 class ConfigError(ValueError):
@@ -83,18 +85,19 @@ def load_hyp(path: str | Path | dict) -> dict:
     missing = [k for k in HYP_KEYS if k not in hyp]
     if missing:
         raise ConfigError(f'{file}: missing hyperparameter(s) {", ".join(missing)}')
-    bad = [k for k in HYP_KEYS if isinstance(hyp[k], bool) or not isinstance(hyp[k], (int, float))]
+    bad = [k for k in HYP_KEYS if not _is_number(hyp[k])]
     if bad:
         raise ConfigError(f'{file}: hyperparameter(s) {", ".join(bad)} must be numbers')
     for k, rule in HYP_RANGES.items():
         ok, need = _HYP_RULES[rule]
         v = hyp.get(k)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(v)):
+        if v is not None and not (_is_number(v) and ok(v)):
             raise ConfigError(f'{file}: hyperparameter {k} {need}, got {v!r}')
-    nbs = hyp.get('nbs')  # optional: images per optimizer step (our addition; YOLOv5 fixes 64)
-    if nbs is not None and (isinstance(nbs, bool) or not isinstance(nbs, (int, float)) or nbs < 1 or int(nbs) != nbs):
-        raise ConfigError(f'{file}: hyperparameter nbs must be a positive integer, got {nbs!r}')
     return hyp
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def image_files_in(p: Path) -> Iterator[Path]:
