@@ -27,6 +27,7 @@ from utils.boxes import scale_boxes, xyxy2xywh  # noqa: E402
 from utils.logging import LOGGER, colorstr, increment_path  # noqa: E402
 from utils.nms import non_max_suppression  # noqa: E402
 from utils.plots import Annotator, colors, detection_summary, features_saved, save_one_box  # noqa: E402
+from utils.safety import inside, path_component  # noqa: E402
 from utils.sources import Frame, SourceError, load_source  # noqa: E402
 from utils.torch_utils import select_device  # noqa: E402
 from utils.validator import Timer  # noqa: E402
@@ -78,10 +79,13 @@ class _VideoSink:
 
 
 def _handle_detections(frame: Frame, det: torch.Tensor, names: dict, save_dir: Path, opt: dict) -> np.ndarray:
-    """Write labels and crops, draw boxes; returns the annotated image."""
+    """Write labels and crops, draw boxes; returns the annotated image.
+
+    Class and file names become one path component each (``path_component``) and every file is checked to lie
+    inside ``save_dir``: a class named ``../../x`` from weights or a YAML writes ``crops/.._.._x/``, not ``../../x``."""
     im0, p = frame.im0, Path(frame.path)
     imc = im0.copy() if opt['save_crop'] else im0
-    stem = p.stem if frame.kind == 'image' else f'{p.stem}_{frame.frame}'
+    stem = path_component(p.stem if frame.kind == 'image' else f'{p.stem}_{frame.frame}')
     gn = torch.tensor(im0.shape, dtype=torch.float32)[[1, 0, 1, 0]]
     annotator = Annotator(im0, line_width=opt['line_thickness'], example=str(names))
     for *xyxy, conf, cls in reversed(det.tolist()):
@@ -93,7 +97,8 @@ def _handle_detections(frame: Frame, det: torch.Tensor, names: dict, save_dir: P
             label = None if opt['hide_labels'] else (names[c] if opt['hide_conf'] else f'{names[c]} {conf:.2f}')
             annotator.box_label(xyxy, label, color=colors(c, True))
         if opt['save_crop']:
-            save_one_box(torch.tensor(xyxy), imc, file=save_dir / 'crops' / names[c] / f'{p.stem}.jpg', BGR=True)
+            crop = inside(save_dir, save_dir / 'crops' / path_component(names[c]) / f'{path_component(p.stem)}.jpg')
+            save_one_box(torch.tensor(xyxy), imc, file=crop, BGR=True)
     return annotator.result()
 
 
@@ -149,7 +154,8 @@ def run(weights: str | Path | list = 'yolov5s.pt', source: str | Path = DEFAULT_
                 t = dt[1].t
                 maps = nullcontext()
                 if visualize:
-                    maps = features_saved(model.model, increment_path(save_dir / Path(frame.path).stem, mkdir=True))
+                    vis = inside(save_dir, save_dir / path_component(Path(frame.path).stem))
+                    maps = features_saved(model.model, increment_path(vis, mkdir=True))
                 with maps:
                     pred = model(im, augment=augment)
             with dt[2]:
@@ -161,7 +167,7 @@ def run(weights: str | Path | list = 'yolov5s.pt', source: str | Path = DEFAULT_
             if view_img:
                 _show(str(frame.path), im0, display)
             if save_img:
-                save_path = save_dir / Path(frame.path).name
+                save_path = inside(save_dir, save_dir / path_component(Path(frame.path).name))
                 if frame.kind == 'image':
                     cv2.imwrite(str(save_path), im0)
                 else:

@@ -131,6 +131,7 @@ def dataset_train_defaults(data: str | dict) -> dict:
     import yaml
 
     from utils.dataset_config import ConfigError, find_config
+    from utils.safety import read_yaml
     from utils.trainer import TrainError
     if isinstance(data, dict):
         d = data
@@ -139,8 +140,8 @@ def dataset_train_defaults(data: str | dict) -> dict:
         if file is None:
             return {}  # check_dataset reports the missing file with its own message
         try:
-            d = yaml.safe_load(Path(file).read_text(encoding='utf-8')) or {}
-        except (OSError, yaml.YAMLError) as e:
+            d = read_yaml(file) or {}  # no aliases, bounded size
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
             raise ConfigError(f'{file}: cannot read YAML ({e})') from None
     rec = d.get('train_defaults') or {} if isinstance(d, dict) else {}
     if not isinstance(rec, dict):

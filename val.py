@@ -84,7 +84,7 @@ def run(data: str | Path | dict = ROOT / 'data/shapes.yaml', weights: str | Path
     if not data.get(split):
         raise ConfigError(f'{data.get("yaml_file", "dataset")}: no {split!r} split defined')
     dataloader = create_dataloader(data[split], imgsz, batch_size, stride, single_cls, pad=pad, rect=rect,
-                                   workers=workers, prefix=colorstr(f'{split}: '), nc=data['nc'])[0]
+                                   workers=workers, prefix=colorstr(f'{split}: '), nc=data['nc'], root=data['path'])[0]
     stem = Path(str(weights[0] if isinstance(weights, (list, tuple)) else weights)).stem
     return validate(model, dataloader, model.names, conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det,
                     single_cls=single_cls, half=half and device.type == 'cuda', augment=augment, save_dir=save_dir,

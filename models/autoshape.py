@@ -27,6 +27,7 @@ from utils.boxes import scale_boxes, xyxy2xywh
 from utils.logging import LOGGER, colorstr, increment_path
 from utils.nms import non_max_suppression
 from utils.plots import Annotator, colors, detection_summary, save_one_box
+from utils.safety import image_header_size, inside, path_component
 
 
 def _as_rgb_array(im, i: int) -> tuple[np.ndarray, str]:
@@ -38,9 +39,10 @@ def _as_rgb_array(im, i: int) -> tuple[np.ndarray, str]:
         if not path.is_file():
             raise FileNotFoundError(f'{im}: image not found')
         try:
+            image_header_size(path)  # the pixel limit, from the header, before decoding
             with Image.open(path) as pil:
                 arr = np.asarray(ImageOps.exif_transpose(pil).convert('RGB'))
-        except OSError as e:
+        except (OSError, ValueError) as e:
             raise ValueError(f'{im}: cannot read image ({e})') from None
         return arr, path.with_suffix('.jpg').name
     if isinstance(im, Image.Image):
@@ -170,7 +172,8 @@ class Detections:
         """Annotated images into ``save_dir`` (numbered exp2, exp3... unless ``exist_ok``); returns the directory."""
         save_dir = increment_path(save_dir, exist_ok=exist_ok, mkdir=True)
         for i, f in enumerate(self.files):
-            cv2.imwrite(str(save_dir / f), cv2.cvtColor(self._annotated(i, labels), cv2.COLOR_RGB2BGR))
+            out = inside(save_dir, save_dir / path_component(f))
+            cv2.imwrite(str(out), cv2.cvtColor(self._annotated(i, labels), cv2.COLOR_RGB2BGR))
         LOGGER.info(f"Saved {self.n} image{'s' * (self.n > 1)} to {colorstr('bold', str(save_dir))}")
         return save_dir
 
@@ -181,7 +184,7 @@ class Detections:
         for im, det, f in zip(self.ims, self.pred, self.files):
             for *box, conf, cls in reversed(det.tolist()):
                 name = self.names.get(int(cls), str(int(cls)))
-                file = save_dir / 'crops' / name / f
+                file = inside(save_dir, save_dir / 'crops' / path_component(name) / path_component(f))
                 crops.append({'box': box, 'conf': conf, 'cls': cls, 'label': f'{name} {conf:.2f}',
                               'im': save_one_box(torch.tensor(box), im, file=file, BGR=False, save=save)})
         if save:

@@ -32,6 +32,7 @@ from models import common, efficientvit  # noqa: E402,F401  (registers the YOLOv
 from models.common import Conv, YamlContext, parse_activation, set_activation  # noqa: E402
 from models.registry import get_module, register_module  # noqa: E402
 from utils.logging import LOGGER, colorstr  # noqa: E402
+from utils.safety import read_yaml  # noqa: E402
 from utils.torch_utils import initialize_weights, meta_copy, model_info  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,8 +147,8 @@ def load_model_cfg(cfg: str | Path | dict) -> tuple[dict, str]:
         else:
             raise ModelConfigError(f'model config {str(cfg)!r} not found (looked in ., {ROOT / "models"})')
     try:
-        d = yaml.safe_load(path.read_text(encoding='utf-8'))
-    except yaml.YAMLError as e:
+        d = read_yaml(path)  # no aliases, bounded size
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as e:
         raise ModelConfigError(f'{path}: invalid YAML: {str(e).splitlines()[0]}') from None
     if not isinstance(d, dict):
         raise ModelConfigError(f'{path}: expected a mapping with nc, anchors, backbone and head')

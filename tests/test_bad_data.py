@@ -62,22 +62,23 @@ def _one_warning(lines: list[str], path: Path, text: str) -> str:
     return hits[0]
 
 
-def test_jpeg_missing_eoi_is_restored(tmp_path):
+def test_jpeg_missing_eoi_is_restored_in_memory_only(tmp_path):
     _good(tmp_path)
     im, lb = _dirs(tmp_path)
     f = im / 'trunc.jpg'
-    f.write_bytes(_jpeg_bytes()[:-2])  # drop the FFD9 end-of-image marker
+    truncated = _jpeg_bytes()[:-2]  # drop the FFD9 end-of-image marker
+    f.write_bytes(truncated)
     (lb / 'trunc.txt').write_text(GOOD_ROW + '\n')
     ds, lines = _load(tmp_path)
-    _one_warning(lines, f, 'corrupt JPEG restored and saved')
+    _one_warning(lines, f, 'corrupt JPEG restored in memory (the file is left unchanged)')
     assert _counts(ds) == (2, 0, 0, 0, 2)
-    assert f.read_bytes()[-2:] == b'\xff\xd9'
+    assert f.read_bytes() == truncated  # the user's dataset is never rewritten (YOLOv5 re-saved it in place)
     i = ds.im_files.index(str(f))
     assert ds[i][0].shape == (3, 64, 64)
     cache = tmp_path / 'labels' / 'train.cache'
     mtime = cache.stat().st_mtime_ns
-    _, lines = _load(tmp_path)  # restored file: the cache stays valid, the message is repeated from it
-    _one_warning(lines, f, 'corrupt JPEG restored and saved')
+    _, lines = _load(tmp_path)  # unchanged file: the cache stays valid, the message is repeated from it
+    _one_warning(lines, f, 'corrupt JPEG restored in memory')
     assert cache.stat().st_mtime_ns == mtime and not [m for m in lines if 'New cache' in m]
 
 
@@ -245,10 +246,10 @@ def test_non_ascii_path(tmp_path):
     root = tmp_path / 'données' / 'データ'
     im, lb = _dirs(root)
     f = im / 'chat_猫_é.jpg'
-    f.write_bytes(_jpeg_bytes()[:-2])  # also exercises the in-place JPEG repair on a non-ASCII path
+    f.write_bytes(_jpeg_bytes()[:-2])  # also exercises the in-memory JPEG repair on a non-ASCII path
     (lb / 'chat_猫_é.txt').write_text(GOOD_ROW + '\n')
     ds, lines = _load(root, cache_images='disk')
-    _one_warning(lines, f, 'corrupt JPEG restored and saved')
+    _one_warning(lines, f, 'corrupt JPEG restored in memory')
     assert _counts(ds) == (1, 0, 0, 0, 1) and ds.label_files[0].endswith('chat_猫_é.txt')
     img, lab, path, _ = ds[0]
     assert path == str(f) and lab.shape == (1, 6) and img.shape == (3, 64, 64)

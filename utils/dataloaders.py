@@ -1,17 +1,18 @@
-"""Training/validation data: image + YOLO label verification with a safe ``.cache``, the dataset, and the loader.
+"""Training/validation data: the dataset and the loader (the label scan and its ``.cache`` are in utils/label_cache.py).
 
 Semantics follow YOLOv5 v7.0 (labels found by the ``/images/`` -> ``/labels/`` rule, the scan summary line, mosaic,
 rect batches, ``--cache ram|disk``, quad collate). Differences, on purpose:
 - the label cache is an ``.npz`` of plain arrays loaded with ``allow_pickle=False`` (never unpickled), and its hash
   covers every file's path, size and mtime (YOLOv5 hashed only the total size, so edits of equal size went unseen);
 - images are decoded once during the scan, so undecodable files are caught there, not mid-epoch;
-- images are read with ``np.fromfile`` + ``cv2.imdecode`` (non-ASCII paths work) as 3-channel uint8 BGR, upright;
+- images are read with ``np.fromfile`` + ``cv2.imdecode`` (non-ASCII paths work) as 3-channel uint8 BGR, upright,
+  after their header is checked against the pixel limit (utils.safety.decode_image);
+- the scan never rewrites a file of the dataset, and the ``.cache`` is written only inside the dataset root;
 - label rows with class >= ``nc`` are dropped with a warning instead of aborting training;
 - the stats partition the images: found (with boxes) + missing + empty + corrupt == total.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import random
@@ -21,26 +22,31 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, distributed
 from tqdm import tqdm
 
 from utils.augmentations import augment_hsv, build_mosaic, copy_paste, letterbox, mixup, random_perspective
 from utils.boxes import xywhn2xyxy, xyxy2xywhn
 from utils.dataset_config import IMG_FORMATS, VID_FORMATS, DatasetError, image_files_in, load_hyp
+from utils.label_cache import (  # noqa: F401  (re-exported: the scan lived here)
+    BAR_FORMAT,
+    CACHE_VERSION,
+    _threads,
+    cache_path_for,
+    exif_size,
+    files_hash,
+    load_cache,
+    load_or_scan,
+    save_cache,
+    scan_labels,
+    verify_image_label,
+)
 from utils.logging import LOGGER
+from utils.safety import decode_image
 
 __all__ = ('IMG_FORMATS', 'VID_FORMATS', 'img2label_paths', 'exif_size', 'imread', 'verify_image_label',
            'LoadImagesAndLabels', 'InfiniteDataLoader', 'create_dataloader', 'collate_fn', 'collate_fn4',
            'seed_worker', 'CACHE_VERSION')
-
-CACHE_VERSION = 2  # bump when the cache layout or the verification rules change
-BAR_FORMAT = '{l_bar}{bar:10}{r_bar}'
-
-
-def _threads() -> int:
-    return max(1, min(8, (os.cpu_count() or 1) - 1))
-
 
 def img2label_paths(img_paths: list[str]) -> list[str]:
     """Label path of each image: the LAST ``/images/`` component becomes ``/labels/`` and the suffix ``.txt``."""
@@ -48,238 +54,18 @@ def img2label_paths(img_paths: list[str]) -> list[str]:
     return [os.path.splitext(sb.join(str(x).rsplit(sa, 1)))[0] + '.txt' for x in img_paths]
 
 
-def exif_size(img: Image.Image) -> tuple[int, int]:
-    """(w, h) of the image as displayed: swapped when the EXIF orientation is a 90-degree one (5, 6, 7, 8)."""
-    w, h = img.size
-    try:
-        if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
-            return h, w
-    except Exception:  # unreadable EXIF: keep the stored size
-        pass
-    return w, h
-
-
 def imread(path: str | Path) -> np.ndarray | None:
     """Read an image as upright 3-channel uint8 BGR (gray, RGBA and 16-bit converted); None if undecodable.
 
     ``np.fromfile`` + ``cv2.imdecode`` instead of ``cv2.imread`` so that non-ASCII paths work on every platform;
-    ``IMREAD_COLOR`` applies the EXIF orientation, drops alpha and maps 16-bit values v to v >> 8.
+    ``IMREAD_COLOR`` applies the EXIF orientation, drops alpha and maps 16-bit values v to v >> 8. The header is
+    checked first (utils.safety.decode_image): an image over the pixel limit is None too, never decoded.
     """
     try:
-        buf = np.fromfile(str(path), dtype=np.uint8)
-    except OSError:
-        return None
-    return cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
-
-
-def _one_line(e: BaseException | str) -> str:
-    return ' '.join(str(e).split())
-
-
-def _parse_labels(lb_file: str) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Rows ``cls cx cy w h`` or polygons ``cls x1 y1 x2 y2 ...`` -> (boxes (n, 5) float32, polygons).
-
-    Polygons (normalised (k, 2) arrays) are returned only when the file has any, one per row: box rows then get
-    their rectangle, so labels and polygons stay aligned for copy-paste and polygon warping.
-    """
-    with open(lb_file, encoding='utf-8-sig') as f:  # -sig: tolerate a byte-order mark
-        rows = [line.split() for line in f.read().splitlines() if line.strip()]
-    out, polys = [], []
-    for row in rows:
-        try:
-            v = [float(x) for x in row]
-        except ValueError:
-            raise ValueError(f'non-numeric label value in row {" ".join(row)!r}') from None
-        if len(v) == 5:
-            out.append(v)
-            polys.append(None)
-        elif len(v) >= 7 and len(v) % 2 == 1:  # polygon segment -> its bounding box
-            xy = np.array(v[1:], np.float32).reshape(-1, 2)
-            (x1, y1), (x2, y2) = xy.min(0), xy.max(0)
-            out.append([v[0], (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1])
-            polys.append(xy)
-        else:
-            raise ValueError(f'labels require 5 columns, {len(v)} columns detected')
-    lb = np.array(out, dtype=np.float32).reshape(-1, 5)
-    if all(p is None for p in polys):
-        return lb, []
-    rect = xywhn2xyxy(lb[:, 1:], 1, 1)
-    return lb, [p if p is not None else rect[i][[0, 1, 2, 1, 2, 3, 0, 3]].reshape(4, 2) for i, p in enumerate(polys)]
-
-
-def _check_labels(lb: np.ndarray) -> None:
-    if not np.isfinite(lb).all():
-        raise ValueError('non-finite label values')
-    if (lb < 0).any():
-        raise ValueError(f'negative label values {lb[lb < 0].tolist()[:4]}')
-    if (lb[:, 1:] > 1).any():
-        raise ValueError(f'non-normalized or out of bounds coordinates {lb[:, 1:][lb[:, 1:] > 1].tolist()[:4]}')
-    if (lb[:, 0] != np.round(lb[:, 0])).any():
-        raise ValueError(f'non-integer class indices {lb[:, 0][lb[:, 0] != np.round(lb[:, 0])].tolist()[:4]}')
-
-
-def _restore_jpeg(im_file: str, prefix: str) -> str:
-    """Re-save a JPEG that lacks its FFD9 end marker (YOLOv5 does the same); '' when the file is complete.
-
-    The missing marker is appended in memory so the decoder accepts what is there; the image is written back
-    upright (EXIF orientation applied) at quality 100 through a temp file + rename.
-    """
-    data = np.fromfile(im_file, dtype=np.uint8)
-    if data[-2:].tobytes() == b'\xff\xd9':
-        return ''
-    im = cv2.imdecode(np.concatenate([data, np.array([0xFF, 0xD9], np.uint8)]), cv2.IMREAD_COLOR)
-    ok, enc = cv2.imencode('.jpg', im, [cv2.IMWRITE_JPEG_QUALITY, 100]) if im is not None else (False, None)
-    if not ok:
-        raise ValueError('truncated JPEG cannot be decoded')
-    tmp = f'{im_file}.{os.getpid()}.tmp'
-    enc.tofile(tmp)
-    os.replace(tmp, im_file)
-    return f'{prefix}WARNING ⚠️ {im_file}: corrupt JPEG restored and saved'
-
-
-def _check_image(im_file: str, prefix: str) -> tuple[tuple[int, int], str]:
-    """(w, h) of a valid image and an optional warning; raises on a corrupt one. Restores JPEGs lacking EOI."""
-    with Image.open(im_file) as im:
-        im.verify()
-        fmt = (im.format or '').lower()
-    with Image.open(im_file) as im:
-        shape = exif_size(im)
-    if fmt not in IMG_FORMATS:
-        raise ValueError(f'invalid image format {fmt}')
-    if shape[0] < 10 or shape[1] < 10:
-        raise ValueError(f'image size {shape} <10 pixels')
-    msg = ''
-    if fmt in ('jpeg', 'jpg'):
-        msg = _restore_jpeg(im_file, prefix)
-    if cv2.imdecode(np.fromfile(im_file, dtype=np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_2) is None:
-        raise ValueError('image cannot be decoded')
-    return shape, msg
-
-
-def verify_image_label(args: tuple[str, str, str]) -> tuple:
-    """Check one (image, label file, prefix) pair.
-
-    Returns (im_file | None, labels (n,5) | None, (w,h) | None, polygons, found, missing, empty, corrupt, message):
-    exactly one of found/missing/empty/corrupt is 1. Missing and empty label files make background images.
-    """
-    im_file, lb_file, prefix = args
-    try:
-        shape, msg = _check_image(im_file, prefix)
-    except Exception as e:
-        return None, None, None, [], 0, 0, 0, 1, f'{prefix}WARNING ⚠️ {im_file}: ignoring corrupt image: {_one_line(e)}'
-    if not os.path.isfile(lb_file):
-        return im_file, np.zeros((0, 5), np.float32), shape, [], 0, 1, 0, 0, msg
-    try:
-        lb, segs = _parse_labels(lb_file)
-        _check_labels(lb)
-    except Exception as e:
-        return None, None, None, [], 0, 0, 0, 1, f'{prefix}WARNING ⚠️ {lb_file}: ignoring corrupt label: {_one_line(e)}'
-    if not len(lb):
-        return im_file, lb, shape, [], 0, 0, 1, 0, msg
-    _, keep = np.unique(lb, axis=0, return_index=True)
-    if len(keep) < len(lb):
-        dup = f'{prefix}WARNING ⚠️ {lb_file}: {len(lb) - len(keep)} duplicate labels removed'
-        msg = f'{msg}\n{dup}' if msg else dup
-        keep = np.sort(keep)
-        lb, segs = lb[keep], [segs[i] for i in keep] if segs else []
-    return im_file, lb, shape, segs, 1, 0, 0, 0, msg
-
-
-def files_hash(paths: list[str]) -> str:
-    """sha256 over every path with its size and mtime (missing files included), so any edit invalidates the cache."""
-    h = hashlib.sha256(str(CACHE_VERSION).encode())
-    for p in paths:
-        try:
-            st = os.stat(p)
-            h.update(f'{p}\0{st.st_size}\0{st.st_mtime_ns}\n'.encode())
-        except OSError:
-            h.update(f'{p}\0-\n'.encode())
-    return h.hexdigest()
-
-
-def load_cache(path: Path) -> dict | None:
-    """Read a label cache written by ``save_cache``; None when absent or unreadable. Never unpickles."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            d = {k: z[k] for k in z.files}
-        if int(d['version']) != CACHE_VERSION:
-            return None
-        counts = d['label_counts'].astype(int)
-        d['labels'] = np.split(d['labels'].astype(np.float32), np.cumsum(counts)[:-1]) if len(counts) else []
-        flat = np.split(d['seg_points'], np.cumsum(d['seg_lens'])[:-1]) if len(d['seg_lens']) else []
-        ends = np.cumsum(d['seg_per_image'])
-        d['segments'] = [flat[e - k:e] for e, k in zip(ends, d['seg_per_image'])]
-        d['im_files'] = [str(x) for x in d['im_files']]
-        d['msgs'] = [str(x) for x in d['msgs']]
-        d['hash'] = str(d['hash'])
-        return d
-    except Exception:  # missing, truncated, foreign or old-format file: rebuild
+        return decode_image(path)
+    except ValueError:
         return None
 
-
-def save_cache(path: Path, d: dict, prefix: str = '') -> None:
-    """Write the cache atomically (temp file + rename) as plain arrays; warn when the directory is not writeable."""
-    labels, flat = d['labels'], [x for segs in d['segments'] for x in segs]
-    arrays = dict(version=np.array(CACHE_VERSION), hash=np.array(d['hash']),
-                  im_files=np.array(d['im_files'], dtype=str), shapes=np.asarray(d['shapes'], np.int64).reshape(-1, 2),
-                  label_counts=np.array([len(x) for x in labels], np.int64),
-                  labels=np.concatenate(labels, 0) if labels else np.zeros((0, 5), np.float32),
-                  results=np.array(d['results'], np.int64), msgs=np.array(d['msgs'], dtype=str),
-                  seg_points=np.concatenate(flat, 0).astype(np.float32) if flat else np.zeros((0, 2), np.float32),
-                  seg_lens=np.array([len(x) for x in flat], np.int64),
-                  seg_per_image=np.array([len(x) for x in d['segments']], np.int64))
-    tmp = path.with_name(f'{path.name}.{os.getpid()}.tmp')
-    try:
-        with open(tmp, 'wb') as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-        LOGGER.info(f'{prefix}New cache created: {path}')
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        LOGGER.warning(f'{prefix}WARNING ⚠️ Cache directory {path.parent} is not writeable: {_one_line(e)}')
-
-
-def scan_labels(im_files: list[str], label_files: list[str], cache_path: Path, prefix: str = '') -> dict:
-    """Verify every pair in a thread pool with a tqdm bar; returns the cache dict (valid images only)."""
-    x = {'im_files': [], 'labels': [], 'shapes': [], 'segments': [], 'msgs': []}
-    nf = nm = ne = nc = 0
-    desc = f"{prefix}Scanning '{cache_path.with_suffix('')}'..."
-    with ThreadPool(_threads()) as pool:
-        it = pool.imap(verify_image_label, zip(im_files, label_files, [prefix] * len(im_files)))
-        pbar = tqdm(it, desc=desc, total=len(im_files), bar_format=BAR_FORMAT)
-        for im_file, lb, shape, segs, nf_f, nm_f, ne_f, nc_f, msg in pbar:
-            nf, nm, ne, nc = nf + nf_f, nm + nm_f, ne + ne_f, nc + nc_f
-            if im_file:
-                x['im_files'].append(im_file)
-                x['labels'].append(lb)
-                x['shapes'].append(shape)
-                x['segments'].append(segs)
-            if msg:
-                x['msgs'].extend(msg.split('\n'))
-            pbar.desc = f'{desc} {nf + ne} images, {nm + ne} backgrounds, {nc} corrupt'
-        pbar.close()
-    x['results'] = (nf, nm, ne, nc, len(im_files))
-    x['hash'] = files_hash(label_files + im_files)  # after the scan: restored JPEGs must not invalidate it
-    return x
-
-
-def cache_path_for(path: str | list[str], label_files: list[str]) -> Path:
-    """YOLOv5's location: ``<list>.cache`` for a single .txt list, else ``<first label dir>.cache``."""
-    paths = list(path) if isinstance(path, (list, tuple)) else [path]
-    if len(paths) == 1 and Path(paths[0]).is_file():
-        return Path(paths[0]).with_suffix('.cache')
-    return Path(label_files[0]).parent.with_suffix('.cache')
-
-
-def load_or_scan(im_files: list[str], label_files: list[str], cache_path: Path,
-                 prefix: str = '') -> tuple[dict, bool]:
-    """The cached scan when its version and file hash still match, else a fresh scan saved to ``cache_path``."""
-    cache = load_cache(cache_path)
-    if cache is not None and cache['hash'] == files_hash(label_files + im_files):
-        return cache, True
-    cache = scan_labels(im_files, label_files, cache_path, prefix)
-    save_cache(cache_path, cache, prefix)
-    return cache, False
 
 def _list_images(path: str | Path | list, prefix: str) -> list[str]:
     files = []
@@ -312,7 +98,8 @@ class LoadImagesAndLabels(Dataset):
     def __init__(self, path: str | Path | list, img_size: int = 640, batch_size: int = 16, augment: bool = False,
                  hyp: dict | None = None, rect: bool = False, image_weights: bool = False,
                  cache_images: str | bool | None = False, single_cls: bool = False, stride: int = 32,
-                 pad: float = 0.0, prefix: str = '', nc: int | None = None, verbose: bool = True):
+                 pad: float = 0.0, prefix: str = '', nc: int | None = None, verbose: bool = True,
+                 root: str | Path | None = None):
         self.img_size, self.augment, self.image_weights = img_size, augment, image_weights
         self.hyp = (load_hyp(hyp) if hyp is not None else load_hyp('hyp.scratch-low.yaml')) if augment else hyp
         self.rect = False if image_weights else rect
@@ -322,7 +109,7 @@ class LoadImagesAndLabels(Dataset):
         all_ims = _list_images(path, prefix)
         all_lbs = img2label_paths(all_ims)
         self.cache_path = cache_path_for(path, all_lbs)
-        cache, from_cache = load_or_scan(all_ims, all_lbs, self.cache_path, prefix)
+        cache, from_cache = load_or_scan(all_ims, all_lbs, self.cache_path, prefix, root)  # root: YAML's path:
         nf, nm, ne, ncor, total = (int(v) for v in cache['results'])
         self.stats = dict(found=nf, missing=nm, empty=ne, corrupt=ncor, total=total, cls_removed=0)
         self.msgs = list(cache['msgs'])
@@ -426,8 +213,10 @@ class LoadImagesAndLabels(Dataset):
     def _read(self, i: int) -> np.ndarray:
         f, npy = self.im_files[i], self.npy_files[i]
         if self.cache_images == 'disk' and npy.exists():
-            try:
-                return np.load(npy, allow_pickle=False)
+            try:  # memory-mapped first: a foreign .npy claiming a huge shape allocates nothing
+                arr = np.load(npy, mmap_mode='r', allow_pickle=False)
+                if arr.dtype == np.uint8 and arr.shape == (*self.shapes[i][::-1].astype(int), 3):
+                    return np.array(arr)
             except (OSError, ValueError):  # unreadable or foreign .npy: fall back to the image itself
                 pass
         im = imread(f)
@@ -560,8 +349,10 @@ def create_dataloader(path: str | Path | list, imgsz: int, batch_size: int, stri
                       hyp: dict | None = None, augment: bool = False, cache: str | bool | None = None,
                       pad: float = 0.0, rect: bool = False, rank: int = -1, workers: int = 8,
                       image_weights: bool = False, quad: bool = False, prefix: str = '', shuffle: bool = False,
-                      seed: int = 0, nc: int | None = None) -> tuple[DataLoader, LoadImagesAndLabels]:
-    """Build the dataset and its loader as YOLOv5's ``create_dataloader``; ``nc`` drops labels with class >= nc.
+                      seed: int = 0, nc: int | None = None,
+                      root: str | Path | None = None) -> tuple[DataLoader, LoadImagesAndLabels]:
+    """Build the dataset and its loader as YOLOv5's ``create_dataloader``; ``nc`` drops labels with class >= nc;
+    ``root`` (the dataset YAML's ``path:``) bounds where the label ``.cache`` may be written.
 
     Rank 0 builds the label cache first in DDP (other ranks wait, then read it); rank != -1 uses a
     DistributedSampler; workers = min(cpus per device, batch size, ``workers``), seeded per worker.
@@ -574,7 +365,8 @@ def create_dataloader(path: str | Path | list, imgsz: int, batch_size: int, stri
     try:  # rank 0 releases the others even when the data is bad, so every rank reports the error
         dataset = LoadImagesAndLabels(path, imgsz, batch_size, augment=augment, hyp=hyp, rect=rect,
                                       image_weights=image_weights, cache_images=cache, single_cls=single_cls,
-                                      stride=int(stride), pad=pad, prefix=prefix, nc=nc, verbose=rank in (-1, 0))
+                                      stride=int(stride), pad=pad, prefix=prefix, nc=nc, verbose=rank in (-1, 0),
+                                      root=root)
     finally:
         if rank == 0 and _distributed_ready():
             torch.distributed.barrier()

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from utils.safety import UnsafeFileError, check_names, read_yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 IMG_FORMATS = ('bmp', 'dng', 'jpeg', 'jpg', 'mpo', 'png', 'tif', 'tiff', 'webp', 'pfm')
 VID_FORMATS = ('asf', 'avi', 'gif', 'm4v', 'mkv', 'mov', 'mp4', 'mpeg', 'mpg', 'ts', 'wmv')
@@ -64,8 +66,7 @@ def find_config(file: str | Path, *subdirs: str) -> Path | None:
 
 def _read_yaml(file: Path, err: type[ConfigError]) -> dict:
     try:
-        with open(file, encoding='utf-8') as f:
-            data = yaml.safe_load(f)
+        data = read_yaml(file)  # no aliases (an alias bomb expands 1 kB to gigabytes), bounded size
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise err(f'{file}: cannot read YAML: {_one_line(e)}') from None
     if not isinstance(data, dict):
@@ -147,7 +148,12 @@ def _names(file: Path | str, data: dict) -> dict[int, str]:
         raise DatasetError(f"{file}: 'names' keys must be integers, got {list(names)[:5]}")
     if sorted(names) != list(range(len(names))):
         raise DatasetError(f"{file}: 'names' keys must be 0..{len(names) - 1}, got {sorted(names)[:10]}")
-    names = {k: str(names[k]) for k in sorted(names)}
+    if any(not isinstance(v, (str, int, float)) or isinstance(v, bool) for v in names.values()):
+        raise DatasetError(f"{file}: 'names' values must be strings")
+    try:
+        names = check_names({k: str(v) for k, v in names.items()}, f'{file}: names')  # count and length limits
+    except UnsafeFileError as e:
+        raise DatasetError(str(e)) from None
     nc = data.get('nc')
     if nc is not None and nc != len(names):
         raise DatasetError(f"{file}: nc={nc} but 'names' has {len(names)} entries")

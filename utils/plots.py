@@ -48,13 +48,19 @@ def _names_dict(names) -> dict[int, str]:
     return {int(k): str(v) for k, v in (names.items() if isinstance(names, dict) else enumerate(names))}
 
 
+def mpl_text(text) -> str:
+    """Text for a matplotlib label: ``$`` escaped, so a class named ``$x^$`` is drawn as written instead of being
+    parsed as mathtext (which raised ValueError and ended val.py / train.py while plotting)."""
+    return str(text).replace('$', r'\$')
+
+
 def _names_list(names) -> list[str]:
-    """Class names from a dict {i: name} or a sequence, as a list."""
+    """Class names from a dict {i: name} or a sequence, as a list of matplotlib-safe labels (see ``mpl_text``)."""
     if names is None:
         return []
     if isinstance(names, dict):
-        return [str(names[k]) for k in sorted(names)]
-    return [str(x) for x in names]
+        return [mpl_text(names[k]) for k in sorted(names)]
+    return [mpl_text(x) for x in names]
 
 
 class Annotator:
@@ -287,10 +293,10 @@ def plot_results(file: str | Path = 'path/to/results.csv', dir: str | Path = '')
             x = data[:, 0]
             for i, j in enumerate(RESULTS_PANELS):
                 y = data[:, j]
-                ax[i].plot(x, y, marker='.', label=f.stem, linewidth=2, markersize=8)
+                ax[i].plot(x, y, marker='.', label=mpl_text(f.stem), linewidth=2, markersize=8)
                 if len(y):
                     ax[i].plot(x, _gaussian_smooth(y), ':', label='smooth', linewidth=2)
-                ax[i].set_title(header[j], fontsize=12)
+                ax[i].set_title(mpl_text(header[j]), fontsize=12)
             plotted = True
         except Exception as e:
             LOGGER.warning(f'WARNING ⚠️ Plotting error for {f}: {e}')
@@ -323,7 +329,7 @@ def plot_evolve(evolve_csv: str | Path = 'path/to/evolve.csv', n_results: int = 
     for ax, k, v in zip(axes, keys, values.T):
         ax.scatter(v, fit, c=fit, cmap='viridis', s=12, alpha=0.8, edgecolors='none')
         ax.plot(v[best], fit[best], 'k+', markersize=15)
-        ax.set_title(f'{k} = {v[best]:.3g}', fontdict={'size': 9})
+        ax.set_title(f'{mpl_text(k)} = {v[best]:.3g}', fontdict={'size': 9})
         ax.tick_params(labelsize=7)
         ax.locator_params(axis='x', nbins=4)
     for ax in axes[::cols]:
@@ -347,7 +353,7 @@ def plot_val_study(files: list[str | Path], sizes: list[int], out: str | Path = 
     ax = fig.subplots(2, 4).ravel()
     for f in files:
         y = np.loadtxt(f, ndmin=2)
-        label = Path(f).stem.replace('study_', '')
+        label = mpl_text(Path(f).stem.replace('study_', ''))
         for a, (title, j) in zip(ax, STUDY_PANELS):
             a.plot(sizes[:len(y)], y[:, j], '.-', linewidth=2, markersize=8, label=label)
             a.set_title(title)

@@ -19,6 +19,7 @@ import numpy as np
 
 from utils.dataset_config import IMG_FORMATS, VID_FORMATS
 from utils.logging import LOGGER
+from utils.safety import MAX_IMAGE_PIXELS, UnsafeFileError, check_pixels, decode_image
 
 URL_PREFIXES = ('rtsp://', 'rtmp://', 'http://', 'https://')
 
@@ -127,9 +128,10 @@ class LoadImages:
         LOGGER.warning(f'WARNING ⚠️ skipping {path}: {why}')
 
     def _image(self, i: int, path: str) -> Iterator[Frame]:
-        im = cv2.imread(path)
-        if im is None:
-            self._skip(path, 'unreadable or corrupt image')
+        try:
+            im = decode_image(path)  # header checked first: a 600-byte file may claim 20000x20000 pixels
+        except ValueError as e:  # UnsafeFileError included; cv2.error never escapes
+            self._skip(path, str(e))
             return
         self.frames_read += 1
         yield Frame(path, im, 'image', i + 1, self.nf)
@@ -141,6 +143,9 @@ class LoadImages:
                 self._skip(path, 'video cannot be opened')
                 return
             meta = _capture_meta(cap)
+            if meta['width'] * meta['height'] > MAX_IMAGE_PIXELS:
+                self._skip(path, f"frames of {meta['width']}x{meta['height']} exceed {MAX_IMAGE_PIXELS:,} pixels")
+                return
             total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
             frames = max(total // self.vid_stride, 1) if total > 0 else 0
             n = 0
@@ -217,6 +222,12 @@ class LoadStreams:
         self.timeout, self.readers, self.meta = timeout, [], []
         for s in self.sources:
             cap = cv2.VideoCapture(int(s) if s.isnumeric() else s)
+            try:
+                check_pixels(int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+            except UnsafeFileError as e:
+                cap.release()
+                self.close()
+                raise SourceError(f'stream {s}: {e}') from None
             ok, im = cap.read() if cap.isOpened() else (False, None)
             if not ok or im is None:
                 cap.release()

@@ -315,7 +315,7 @@ class Trainer:
             self.data['train'], self.imgsz, self.batch_size // ws, self.gs, opt.single_cls, hyp=self.hyp,
             augment=True, cache=None if opt.cache == 'val' else opt.cache, rect=opt.rect, rank=self.info.local_rank,
             workers=opt.workers, image_weights=opt.image_weights, quad=opt.quad, prefix=colorstr('train: '),
-            shuffle=True, seed=opt.seed, nc=self.nc)
+            shuffle=True, seed=opt.seed, nc=self.nc, root=self.data['path'])
         labels = np.concatenate([lb.reshape(-1, 5) for lb in self.dataset.labels], 0)
         if len(labels) and int(labels[:, 0].max()) >= self.nc:
             raise TrainError(f'Label class {int(labels[:, 0].max())} exceeds nc={self.nc} in {opt.data}. '
@@ -326,7 +326,7 @@ class Trainer:
             self.val_loader = create_dataloader(
                 self.data['val'], self.imgsz, self.batch_size // ws * 2, self.gs, opt.single_cls, hyp=self.hyp,
                 cache=None if opt.noval else opt.cache, rect=True, rank=-1, workers=opt.workers * 2, pad=0.5,
-                prefix=colorstr('val: '), nc=self.nc)[0]
+                prefix=colorstr('val: '), nc=self.nc, root=self.data['path'])[0]
 
     def build_optimizer(self) -> None:
         """Nominal-batch accumulation, decay rescaling, the three groups and the per-epoch LambdaLR."""
