@@ -277,3 +277,24 @@ class Concat(nn.Module):
 
 
 register_module('nn.Upsample')(nn.Upsample)
+
+UPSAMPLE_MODES = ('nearest', 'nearest-exact', 'bilinear', 'bicubic')
+
+
+def _upsample_yaml_args(c1s: list[int], args: list, n: int, ctx: YamlContext) -> tuple[list, int, int]:
+    """nn.Upsample ``[size, scale_factor, mode]``: size None, a scale in (0, MAX_UPSAMPLE] and a known mode, so a
+    model YAML (or a checkpoint's) cannot ask for a gigantic feature map or crash the first forward."""
+    from utils.safety import MAX_UPSAMPLE
+
+    size, scale, mode = (list(args) + [None, None, 'nearest'][len(args):])[:3] if len(args) <= 3 else (0, 0, 0)
+    if len(args) > 3 or size is not None:
+        raise ValueError(f'expected [None, scale_factor, mode], got {args}')
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= MAX_UPSAMPLE:
+        raise ValueError(f'scale_factor must be a number in (0, {MAX_UPSAMPLE}], got {scale!r}')
+    if mode not in UPSAMPLE_MODES:
+        raise ValueError(f'mode must be one of {", ".join(UPSAMPLE_MODES)}, got {str(mode)[:40]!r}')
+    return list(args), n, c1s[0]
+
+
+# yaml_args for registered classes we do not own (parse_model looks here when the class has none)
+FOREIGN_YAML_ARGS: dict[type, Callable] = {nn.Upsample: _upsample_yaml_args}

@@ -18,7 +18,9 @@ if __name__ == '__main__':  # entry point only: make the repository root importa
 
 import argparse  # noqa: E402
 import ast  # noqa: E402
+import contextlib  # noqa: E402
 import inspect  # noqa: E402
+import itertools  # noqa: E402
 import math  # noqa: E402
 from copy import deepcopy  # noqa: E402
 from typing import Any  # noqa: E402
@@ -29,10 +31,10 @@ import torch.nn.functional as F  # noqa: E402
 import yaml  # noqa: E402
 
 from models import common, efficientvit  # noqa: E402,F401  (registers the YOLOv5 blocks and EfficientViT_M0..M5)
-from models.common import Conv, YamlContext, parse_activation, set_activation  # noqa: E402
+from models.common import FOREIGN_YAML_ARGS, Conv, YamlContext, parse_activation, set_activation  # noqa: E402
 from models.registry import get_module, register_module  # noqa: E402
 from utils.logging import LOGGER, colorstr  # noqa: E402
-from utils.safety import read_yaml  # noqa: E402
+from utils.safety import MAX_CLASSES, MAX_LAYER_REPEATS, MAX_MODEL_PARAMS, MAX_MODEL_ROWS, read_yaml  # noqa: E402
 from utils.torch_utils import initialize_weights, meta_copy, model_info  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,6 +178,8 @@ def _check_keys(d: dict, where: str) -> None:
     rows = d['backbone'] + d['head'] if isinstance(d['backbone'], list) and isinstance(d['head'], list) else None
     if not rows:
         raise ModelConfigError(f'{where}: backbone and head must be lists of [from, number, module, args] rows')
+    if len(rows) > MAX_MODEL_ROWS:
+        raise ModelConfigError(f'{where}: {len(rows)} layer rows, over the limit of {MAX_MODEL_ROWS}')
     _check_values(d, where)
 
 
@@ -193,8 +197,10 @@ def _check_values(d: dict, where: str) -> None:
         v = d.get(key, default)
         if not _is_positive_int(v):
             raise ModelConfigError(f'{where}: {key} must be a positive integer, got {v!r}')
+    if d['nc'] > MAX_CLASSES:
+        raise ModelConfigError(f"{where}: nc {d['nc']} is over the limit of {MAX_CLASSES} classes")
     for key in ('depth_multiple', 'width_multiple'):
-        if not (_is_number(d[key]) and d[key] > 0):
+        if not (_is_number(d[key]) and d[key] > 0 and math.isfinite(d[key])):
             raise ModelConfigError(f'{where}: {key} must be a number > 0, got {d[key]!r}')
     a = d['anchors']
     if _is_positive_int(a):
@@ -268,7 +274,9 @@ def _build(module: Any, args: list, n: int, name: str, i: int, where: str) -> nn
 
 
 def parse_model(d: dict, ch: list[int], yaml_file: str = '') -> tuple[nn.Sequential, list[int]]:
-    """Build the layers of a model YAML dict; return (nn.Sequential, sorted indices whose outputs are kept)."""
+    """Build the layers of a model YAML dict; return (nn.Sequential, sorted indices whose outputs are kept).
+
+    Under ``torch.device('meta')`` nothing is allocated: ``check_model_size`` counts a model that way first."""
     where = yaml_file or 'model yaml'
     _check_keys(d, where)
     nc, anchors = d['nc'], d['anchors']
@@ -288,9 +296,13 @@ def parse_model(d: dict, ch: list[int], yaml_file: str = '') -> tuple[nn.Sequent
         src = [] if i == 0 else _resolve_from(f, i, chs, where)
         c1s = ch[:1] if i == 0 else [chs[j] for j in src]
         n = max(round(n * ctx.depth_multiple), 1) if n > 1 else n
-        if hasattr(module, 'yaml_args'):
+        if n > MAX_LAYER_REPEATS:
+            raise ModelConfigError(f'{where}: layer {i}: {n} repeats after depth_multiple, over the limit of '
+                                   f'{MAX_LAYER_REPEATS}')
+        yaml_args = getattr(module, 'yaml_args', None) or FOREIGN_YAML_ARGS.get(module)
+        if yaml_args:
             try:
-                args, n, c2 = module.yaml_args(c1s, args, n, ctx)
+                args, n, c2 = yaml_args(c1s, args, n, ctx)
             except (TypeError, ValueError, IndexError) as e:
                 raise ModelConfigError(f'{where}: layer {i}: {name}: {e}') from None
         else:
@@ -321,6 +333,33 @@ def parse_model(d: dict, ch: list[int], yaml_file: str = '') -> tuple[nn.Sequent
     return model, sorted(save)
 
 
+@contextlib.contextmanager
+def _logger_off():
+    """The shape-only build repeats nothing to the user (activation line, pretrained-weights report)."""
+    was, LOGGER.disabled = LOGGER.disabled, True
+    try:
+        yield
+    finally:
+        LOGGER.disabled = was
+
+
+def meta_layers(d: dict, ch: int, where: str = 'model yaml') -> nn.Sequential:
+    """The layers of model yaml ``d`` with shape-only (meta) tensors: no memory, nothing logged."""
+    with torch.device('meta'), _logger_off():
+        return parse_model(deepcopy(d), ch=[ch], yaml_file=where)[0]
+
+
+def check_model_size(d: dict, ch: int, where: str = 'model yaml') -> int:
+    """Parameters + buffers of the model ``d`` describes, counted on the meta device (no memory); a model over
+    MAX_MODEL_PARAMS is refused with one line before any real tensor exists (width_multiple 16 asks for 27 GiB)."""
+    layers = meta_layers(d, ch, where)
+    n = sum(t.numel() for t in itertools.chain(layers.parameters(), layers.buffers()))
+    if n > MAX_MODEL_PARAMS:
+        raise ModelConfigError(f'{where}: the model would have {n:,} parameters ({n * 4 / 2**30:.1f} GiB), over the '
+                               f'limit of {MAX_MODEL_PARAMS:,}')
+    return n
+
+
 def layer_table(model: nn.Sequential) -> str:
     """YOLOv5's layer table: index, from, n, params, module, arguments."""
     lines = [f"{'':>3}{'from':>18}{'n':>3}{'params':>10}  {'module':<40}{'arguments':<30}"]
@@ -344,6 +383,7 @@ class DetectionModel(nn.Module):
         if anchors:
             LOGGER.info(f'Overriding model.yaml anchors with anchors={anchors}')
             self.yaml['anchors'] = round(anchors)
+        check_model_size(self.yaml, ch, self.yaml_file or 'model yaml')  # refuse before allocating
         self.model, self.save = parse_model(deepcopy(self.yaml), ch=[ch], yaml_file=self.yaml_file)
         self.nc: int = self.yaml['nc']
         self.names: dict[int, str] = {i: f'{i}' for i in range(self.nc)}

@@ -22,9 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
+import yaml
 
-from models.yolo import DetectionModel, ModelConfigError
+from models.yolo import DetectionModel, ModelConfigError, meta_layers
+from utils import pickle_scan
 from utils.logging import LOGGER
+from utils.safety import MAX_CLASSES, UnsafeFileError, check_names, read_yaml
 
 FORMAT = 'yolov5-efficientvit'
 FORMAT_VERSION = 1
@@ -71,15 +74,38 @@ def _allow_list() -> list[Any]:
     return allowed
 
 
+def _global_name(item: Any) -> str:
+    return item[1] if isinstance(item, tuple) else f'{item.__module__}.{item.__qualname__}'
+
+
+def _scan(path: Path) -> None:
+    """The opcode scan of utils.pickle_scan: the allow-list's names, plus the tensor rebuilds, storages and dtypes a
+    state dict needs; module classes may only be created empty (official YOLOv5 pickles)."""
+    modules = {_global_name(x) for x in _allow_list() if isinstance(x, type) or x[0] is _PickledModule}
+    dtypes = {str(v) for v in vars(torch).values() if isinstance(v, torch.dtype)}
+    torch_defaults = {'builtins.bytearray', 'builtins.complex', 'collections.Counter', 'torch.Tensor',
+                      'torch.nn.parameter.Parameter'}  # allowed by torch; the scan refuses calling them
+    names = {_global_name(x) for x in _allow_list()} | dtypes | torch_defaults | pickle_scan.PLAIN_CALLS | {
+        pickle_scan.REBUILD_TENSOR, pickle_scan.REBUILD_PARAMETER}
+    try:
+        pickle_scan.scan_checkpoint(path, names, modules)
+    except UnsafeFileError as e:
+        raise CheckpointError(str(e)) from None
+    except OSError as e:
+        raise CheckpointError(f'{path}: cannot read ({e.strerror or type(e).__name__})') from None
+
+
 def _unsafe_global(e: Exception) -> str | None:
     m = re.search(r'GLOBAL ([\w.]+)', str(e))
     return m.group(1) if m else None
 
 
 def _torch_load(path: Path) -> Any:
-    """torch.load(weights_only=True) with the YOLOv5 allow-list; every failure becomes a one-line CheckpointError."""
+    """torch.load(weights_only=True) with the YOLOv5 allow-list, after the opcode scan (utils.pickle_scan) has shown
+    that loading calls nothing but tensor rebuilds and stays within the file's size; every failure is one line."""
     if not path.is_file():
         raise CheckpointError(f'{path}: checkpoint not found')
+    _scan(path)
     try:
         with torch.serialization.safe_globals(_allow_list()):
             return torch.load(path, map_location='cpu', weights_only=True)
@@ -145,58 +171,106 @@ def save_checkpoint(ckpt: dict, path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """Read one of our checkpoints, or an official YOLOv5 v6.x/v7.0 .pt converted to our format."""
+    """Read one of our checkpoints, or an official YOLOv5 v6.x/v7.0 .pt converted to our format; its fields are
+    checked by ``check_checkpoint`` either way."""
     path = Path(path)
     obj = _torch_load(path)
     if isinstance(obj, dict) and obj.get('format') == FORMAT:
-        if int(obj.get('format_version', 0)) > FORMAT_VERSION:
-            raise CheckpointError(f'{path}: format_version {obj["format_version"]} is newer than this code '
-                                  f'({FORMAT_VERSION})')
-        missing = [k for k in ('model', 'model_yaml') if obj.get(k) is None]
-        if missing:
-            raise CheckpointError(f'{path}: checkpoint lacks {", ".join(missing)}')
-        return obj
+        return check_checkpoint(obj, path)
     if isinstance(obj, dict) and isinstance(obj.get('ema') or obj.get('model'), _PickledModule):
-        return _convert_official(obj, path)
-    keys = list(obj)[:5] if isinstance(obj, dict) else type(obj).__name__
+        return check_checkpoint(_convert_official(obj, path), path)
+    keys = [str(k)[:40] for k in list(obj)[:5]] if isinstance(obj, dict) else type(obj).__name__
     raise CheckpointError(f'{path}: not a {FORMAT} or YOLOv5 checkpoint (found {keys})')
+
+
+# key: (accepted types, what the message calls them); None is accepted for every key not in _REQUIRED
+_FIELDS = {
+    'format_version': (int, 'an integer'), 'model': (dict, 'a state dict'), 'model_yaml': (dict, 'a mapping'),
+    'ema': (dict, 'a state dict'), 'optimizer': (dict, 'an optimizer state dict'), 'names': ((dict, list), 'names'),
+    'nc': (int, 'an integer'), 'epoch': (int, 'an integer'), 'updates': (int, 'an integer'),
+    'best_fitness': ((int, float), 'a number'), 'opt': (dict, 'a mapping'), 'hyp': (dict, 'a mapping'),
+    'train_state': (dict, 'a mapping'), 'date': (str, 'a string'), 'yaml_file': (str, 'a string'),
+}
+_REQUIRED = ('format_version', 'model', 'model_yaml')
+
+
+def check_checkpoint(ckpt: dict, path: str | Path) -> dict:
+    """THE check of a loaded checkpoint's fields (ours and converted official files), so no consumer meets a field
+    of the wrong type: each problem is a one-line CheckpointError naming the file and the field."""
+    for key, (types, what) in _FIELDS.items():
+        v = ckpt.get(key)
+        if v is None and key not in _REQUIRED:
+            continue
+        if not isinstance(v, types) or (isinstance(v, bool) and types is not bool):
+            raise CheckpointError(f'{path}: field {key!r} must be {what}, got {type(v).__name__}')
+    if ckpt['format_version'] > FORMAT_VERSION:
+        raise CheckpointError(f'{path}: format_version {ckpt["format_version"]} is newer than this code '
+                              f'({FORMAT_VERSION})')
+    for key in ('model', 'ema'):
+        sd = ckpt.get(key) or {}
+        bad = next((k for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
+        if bad is not None:
+            raise CheckpointError(f'{path}: field {key!r} must map names to tensors; entry {str(bad)[:40]!r} does not')
+    hyp = ckpt.get('hyp') or {}
+    bad = next((k for k, v in hyp.items() if not isinstance(k, str) or isinstance(v, bool)
+                or not isinstance(v, (int, float, type(None)))), None)
+    if bad is not None:
+        raise CheckpointError(f'{path}: hyperparameter {str(bad)[:40]!r} must be a number')
+    if any(not isinstance(k, str) for k in ckpt.get('opt') or {}):
+        raise CheckpointError(f'{path}: field \'opt\' must map option names (strings) to values')
+    nc = ckpt.get('nc')
+    if nc is not None and not 1 <= nc <= MAX_CLASSES:
+        raise CheckpointError(f'{path}: nc must be an integer in 1..{MAX_CLASSES}, got {nc}')
+    if nc is None and isinstance(ckpt['model_yaml'].get('nc'), int):
+        nc = ckpt['model_yaml']['nc']  # the model is built with this many classes
+    if ckpt.get('names'):
+        try:
+            ckpt['names'] = check_names(ckpt['names'], str(path), nc)
+        except UnsafeFileError as e:
+            raise CheckpointError(str(e)) from None
+    ckpt['epoch'] = -1 if ckpt.get('epoch') is None else ckpt['epoch']
+    ckpt['opt'] = ckpt.get('opt') or {}
+    return ckpt
 
 
 def _official_state(m: _PickledModule, path: Path) -> dict[str, torch.Tensor]:
     try:
         sd = m.state_dict()
+        return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
     except Exception as e:  # a damaged object graph
         raise CheckpointError(f'{path}: cannot read the pickled YOLOv5 model ({_first_line(e)})') from None
-    return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
 
 
 def _convert_official(obj: dict, path: Path) -> dict:
-    """An official YOLOv5 checkpoint dict (pickled models) -> our format (state dicts + yaml + names)."""
+    """An official YOLOv5 checkpoint dict (pickled models) -> our format (state dicts + yaml + names), types left to
+    check_checkpoint."""
     model = obj.get('model') if isinstance(obj.get('model'), _PickledModule) else obj['ema']
     attrs = model.__dict__
     cfg = attrs.get('yaml')
     if not isinstance(cfg, dict):
         raise CheckpointError(f'{path}: the pickled YOLOv5 model has no yaml dict; cannot rebuild it')
-    names = attrs.get('names') or [str(i) for i in range(int(cfg.get('nc', 0)))]
-    if isinstance(names, (list, tuple)):
-        names = dict(enumerate(names))
+    nc = cfg.get('nc')
+    names = attrs.get('names') or ([str(i) for i in range(nc)] if isinstance(nc, int) and 0 < nc <= MAX_CLASSES
+                                   else None)
     ema = obj.get('ema')
     return {
         'format': FORMAT, 'format_version': FORMAT_VERSION, 'converted_from': 'yolov5',
         'model': _official_state(model, path),
         'ema': _official_state(ema, path) if isinstance(ema, _PickledModule) and ema is not model else None,
-        'updates': int(obj.get('updates') or 0), 'optimizer': None, 'model_yaml': dict(cfg),
-        'names': {int(k): str(v) for k, v in names.items()}, 'nc': int(cfg.get('nc', len(names))),
-        'epoch': int(obj['epoch']) if isinstance(obj.get('epoch'), int) else -1,
-        'best_fitness': 0.0, 'opt': {}, 'hyp': dict(attrs.get('hyp') or {}), 'date': str(obj.get('date') or ''),
-        'train_state': None, 'yaml_file': str(attrs.get('yaml_file') or ''),
+        'updates': obj.get('updates') if isinstance(obj.get('updates'), int) else 0, 'optimizer': None,
+        'model_yaml': dict(cfg), 'names': names, 'nc': nc,
+        'epoch': obj['epoch'] if isinstance(obj.get('epoch'), int) else -1,
+        'best_fitness': 0.0, 'opt': {}, 'hyp': attrs.get('hyp') or {}, 'date': str(obj.get('date') or '')[:100],
+        'train_state': None, 'yaml_file': attrs.get('yaml_file') if isinstance(attrs.get('yaml_file'), str) else '',
     }
 
 
 def without_pretrained(cfg: dict) -> dict:
     """The yaml with the backbone's pretrained path cleared: a checkpoint carries the weights already."""
     cfg = dict(cfg)
-    rows = [list(r) for r in cfg.get('backbone', [])]
+    if not isinstance(cfg.get('backbone'), list):
+        return cfg  # not a model yaml: DetectionModel says why
+    rows = [list(r) if isinstance(r, (list, tuple)) else r for r in cfg['backbone']]
     if rows and isinstance(rows[0], list) and len(rows[0]) == 4 and rows[0][3] and isinstance(rows[0][3][0], str) \
             and rows[0][3][0] not in ('nc', 'anchors'):
         rows[0][3] = ['', *rows[0][3][1:]]
@@ -228,8 +302,8 @@ def model_from_checkpoint(ckpt: dict, prefer_ema: bool = True, source: str = 'ch
     model.yaml_file = str(ckpt.get('yaml_file') or '')  # optional key: the summary is then named after the yaml
     check_state_dict(model, state, source)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-    names = ckpt.get('names') or {}
-    model.names = {int(k): str(v) for k, v in (names.items() if isinstance(names, dict) else enumerate(names))}
+    if ckpt.get('names'):  # check_checkpoint made them {0..nc-1: str}
+        model.names = dict(ckpt['names'])
     model.nc = len(model.names) or model.nc
     if ckpt.get('hyp'):
         model.hyp = dict(ckpt['hyp'])
@@ -270,3 +344,64 @@ def strip_optimizer(path: str | Path, s: str | Path = '') -> Path:
     mb = out.stat().st_size / 1e6
     LOGGER.info(f"Optimizer stripped from {path},{f' saved as {s},' if s else ''} {mb:.1f}MB")
     return out
+
+
+_INT_OPTIONS = {'epochs': 1, 'imgsz': 1, 'workers': 0, 'batch_size': -1}  # smallest value a resumed run may get
+
+
+def saved_options(last: Path, ckpt: dict, current: argparse.Namespace) -> dict:
+    """A killed run's options for ``--resume``: ``<run>/opt.yaml``, else the checkpoint's ``opt``. Each value must
+    have the kind of the command-line default it replaces; otherwise one CheckpointError line names the file."""
+    file = Path(last).parent.parent / 'opt.yaml'
+    if file.is_file():
+        try:
+            d = read_yaml(file)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            raise CheckpointError(f'{file}: cannot read YAML: {" ".join(str(e).split())}') from None
+    else:
+        file, d = Path(last), ckpt.get('opt') or {}
+    if not isinstance(d, dict) or any(not isinstance(k, str) for k in d):
+        raise CheckpointError(f'{file}: options must be a mapping of option names to values')
+    _check_resume_weights(ckpt, Path(last))
+    defaults = vars(current)
+    for k, v in d.items():
+        if k in ('resume', 'weights', 'cfg', 'save_dir'):
+            continue  # replaced by resume_options
+        if k in defaults and not _same_kind(v, defaults[k]):
+            raise CheckpointError(f'{file}: option {k!r} has a {type(v).__name__} value where '
+                                  f'{type(defaults[k]).__name__} is expected')
+        low = _INT_OPTIONS.get(k)
+        if low is not None and v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < low or v == 0
+                                                  and k == 'batch_size'):
+            raise CheckpointError(f'{file}: option {k!r} must be an integer >= {low}, got {str(v)[:40]!r}')
+    return d
+
+
+def _check_resume_weights(ckpt: dict, path: Path) -> None:
+    """--resume loads 'model' and 'ema' strictly: both must fit the model their yaml builds (checked on the meta
+    device, so nothing is allocated)."""
+    cfg = {**without_pretrained(ckpt['model_yaml']), **({'nc': ckpt['nc']} if ckpt.get('nc') else {})}
+    model = nn.Module()  # state-dict keys as DetectionModel's: 'model.<layer>...'
+    try:
+        model.model = meta_layers(cfg, cfg.get('ch', 3), str(path))
+    except ModelConfigError as e:
+        raise CheckpointError(f'{path}: cannot rebuild the model: {e}') from None
+    for key in ('model', 'ema'):
+        if ckpt.get(key) is not None:
+            check_state_dict(model, ckpt[key], f'{path} ({key})')
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    """True when ``value`` may replace ``default`` (None defaults take any plain value; ints are no bools)."""
+    if default is None:
+        return value is None or isinstance(value, (bool, int, float, str, list, dict))
+    if isinstance(default, bool):  # --resume and --upload_dataset also take a path
+        return isinstance(value, (bool, str))
+    if isinstance(value, bool):
+        return False
+    if isinstance(default, list):
+        kinds = {type(x) for x in default} or {int, str}
+        return isinstance(value, list) and all(type(x) in kinds for x in value)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))

@@ -31,6 +31,7 @@ from utils.checkpoints import (
     load_checkpoint,
     load_model,
     save_checkpoint,
+    saved_options,
     strip_optimizer,
     transfer_weights,
     without_pretrained,
@@ -124,9 +125,7 @@ def resume_options(opt: argparse.Namespace) -> argparse.Namespace:
     if ckpt.get('epoch', -1) < 0 or ckpt.get('optimizer') is None:
         raise TrainError(f'{last} training to {ckpt.get("opt", {}).get("epochs", "?")} epochs is finished, nothing '
                          f'to resume. Start a new training without --resume, i.e. python train.py --weights {last}')
-    opt_yaml = last.parent.parent / 'opt.yaml'
-    d = yaml.safe_load(opt_yaml.read_text()) if opt_yaml.is_file() else dict(ckpt.get('opt') or {})
-    new = argparse.Namespace(**{**vars(opt), **d})
+    new = argparse.Namespace(**{**vars(opt), **saved_options(last, ckpt, opt)})  # checked: kinds, weights
     new.cfg, new.weights, new.resume = '', str(last.resolve()), True
     new.save_dir = str(last.resolve().parent.parent)  # where the run really is, even if it was moved
     LOGGER.info(f'Resuming training from {last}')
@@ -273,7 +272,10 @@ class Trainer:
         self.stopper = EarlyStopping(patience=opt.patience)
         self.scaler = torch.amp.GradScaler('cuda', enabled=self.amp)
         if opt.resume:
-            self.restore(ckpt)
+            try:
+                self.restore(ckpt)
+            except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:  # a damaged train_state
+                raise TrainError(f'{opt.weights}: damaged training state ({type(e).__name__}: {e})') from None
         del ckpt
         self.set_model_attributes()
         self.train_model = wrap_ddp(self.model, self.info, self.device, opt.sync_bn)
