@@ -22,8 +22,9 @@ if str(ROOT) not in sys.path:
 
 from utils.argtypes import positive_int, unit_interval  # noqa: E402
 from utils.augmentations import letterbox  # noqa: E402
-from utils.backends import BackendError, DetectBackend, check_img_size  # noqa: E402
+from utils.backends import DetectBackend, check_img_size  # noqa: E402
 from utils.boxes import scale_boxes, xyxy2xywh  # noqa: E402
+from utils.cli import one_line_errors  # noqa: E402
 from utils.logging import LOGGER, colorstr, increment_path  # noqa: E402
 from utils.nms import non_max_suppression  # noqa: E402
 from utils.plots import Annotator, colors, detection_summary, features_saved, save_one_box  # noqa: E402
@@ -121,8 +122,10 @@ def run(weights: str | Path | list = 'yolov5s.pt', source: str | Path = DEFAULT_
         augment: bool = False, visualize: bool = False, update: bool = False,
         project: str | Path = ROOT / 'runs/detect', name: str = 'exp', exist_ok: bool = False,
         line_thickness: int = 3, hide_labels: bool = False, hide_conf: bool = False, half: bool = False,
-        dnn: bool = False, vid_stride: int = 1) -> Path:
-    """Detect objects in ``source`` with ``weights``; returns the run directory (runs/detect/exp{N})."""
+        dnn: bool = False, vid_stride: int = 1, trust_weights: bool = False) -> Path:
+    """Detect objects in ``source`` with ``weights``; returns the run directory (runs/detect/exp{N}).
+
+    ``trust_weights`` allows ``.torchscript`` files, which are programs (refused otherwise)."""
     source = _resolve_source(source)
     save_img = not nosave and not str(source).endswith('.txt')
     dataset = load_source(source, vid_stride=vid_stride)
@@ -135,7 +138,7 @@ def run(weights: str | Path | list = 'yolov5s.pt', source: str | Path = DEFAULT_
         from utils.dataset_config import check_dataset
 
         data_dict = check_dataset(data, autogenerate=False)
-    model = DetectBackend(weights, device=device, fp16=half, data=data_dict)
+    model = DetectBackend(weights, device=device, fp16=half, data=data_dict, trust_weights=trust_weights)
     stride, names = model.stride, model.names
     imgsz = [imgsz] * 2 if isinstance(imgsz, int) else list(imgsz) * (2 if len(imgsz) == 1 else 1)
     imgsz = model.static_shape or tuple(check_img_size(imgsz, s=stride))
@@ -223,18 +226,16 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--half', action='store_true', help='use FP16 half-precision inference')
     p.add_argument('--dnn', action='store_true', help='accepted for compatibility; ONNX runs on onnxruntime')
     p.add_argument('--vid-stride', type=positive_int, default=1, help='video frame-rate stride')
+    p.add_argument('--trust-weights', action='store_true',
+                   help='allow .torchscript weights: TorchScript is code that runs on load; only files you trust')
     opt = p.parse_args(argv)
     opt.imgsz *= 2 if len(opt.imgsz) == 1 else 1
     return opt
 
 
 def main(opt: argparse.Namespace) -> None:
-    from utils.dataset_config import ConfigError
-
-    try:
+    with one_line_errors('detect.py'):
         run(**vars(opt))
-    except (BackendError, SourceError, ConfigError, FileNotFoundError) as e:
-        sys.exit(f'detect.py: {e}')
 
 
 if __name__ == '__main__':

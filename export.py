@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
 from utils.argtypes import positive_int  # noqa: E402
-from utils.backends import BackendError, check_img_size  # noqa: E402
+from utils.backends import check_img_size  # noqa: E402
 from utils.logging import LOGGER, colorstr  # noqa: E402
 from utils.torch_utils import select_device  # noqa: E402
 
@@ -221,12 +221,12 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(opt: argparse.Namespace) -> None:
+    from utils.cli import one_line_errors
+
     weights = opt.weights if isinstance(opt.weights, list) else [opt.weights]
-    try:
+    with one_line_errors('export.py', own=(ExportError,)):
         for w in weights:
             run(**{**vars(opt), 'weights': w})
-    except (ExportError, BackendError) as e:
-        sys.exit(f'export.py: {e}')
 
 
 if __name__ == '__main__':

@@ -110,4 +110,7 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == '__main__':
-    main()
+    from utils.cli import one_line_errors
+
+    with one_line_errors('hubconf.py'):
+        main()

@@ -166,12 +166,10 @@ def run(**kwargs) -> Path:
 
 def cli(args: list[str] | None = None) -> None:
     """Command line: expected problems (bad files, finished checkpoints) end with one line, not a traceback."""
-    from utils.trainer import TrainError, expected_errors
-    try:
+    from utils.cli import one_line_errors
+    from utils.trainer import TrainError
+    with one_line_errors('train.py', own=(TrainError,), show_type=True):
         main(parse_opt(args=args))
-    except expected_errors() as e:
-        msg = ' '.join(str(e).split())
-        sys.exit(f'train.py: {msg}' if isinstance(e, TrainError) else f'train.py: {type(e).__name__}: {msg}')
 
 
 if __name__ == '__main__':

@@ -20,6 +20,7 @@ if str(ROOT) not in sys.path:
 
 from utils.argtypes import non_negative_int, positive_int, unit_interval  # noqa: E402
 from utils.backends import BackendError, DetectBackend, check_img_size  # noqa: E402
+from utils.cli import one_line_errors  # noqa: E402
 from utils.coco import coco80_to_coco91_class, find_coco_annotations  # noqa: E402
 from utils.dataloaders import create_dataloader  # noqa: E402
 from utils.dataset_config import ConfigError, check_dataset  # noqa: E402
@@ -50,11 +51,12 @@ def run(data: str | Path | dict = ROOT / 'data/shapes.yaml', weights: str | Path
         augment: bool = False, verbose: bool = False, save_txt: bool = False, save_hybrid: bool = False,
         save_conf: bool = False, save_json: bool = False, project: str | Path = ROOT / 'runs/val',
         name: str = 'exp', exist_ok: bool = False, half: bool = True, dnn: bool = False, plots: bool = True,
-        rect: bool | None = None):
+        rect: bool | None = None, trust_weights: bool = False):
     """Validate ``weights`` on ``data[task]`` -> ((mp, mr, map50, map, 0, 0, 0), maps, times).
 
     ``rect`` (Python only; default: when the model takes any input size, i.e. .pt or a --dynamic ONNX) selects
     rectangular batches with pad 0.5, as YOLOv5 uses for .pt models; fixed-size exports run square images.
+    ``trust_weights`` allows ``.torchscript`` files, which are programs (refused otherwise).
     """
     if save_hybrid:
         LOGGER.warning('WARNING ⚠️ --save-hybrid returns high mAP from hybrid labels, not from predictions alone')
@@ -66,7 +68,7 @@ def run(data: str | Path | dict = ROOT / 'data/shapes.yaml', weights: str | Path
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
     (save_dir / 'labels' if save_txt or save_hybrid else save_dir).mkdir(parents=True, exist_ok=True)
 
-    model = DetectBackend(weights, device=device, fp16=half)
+    model = DetectBackend(weights, device=device, fp16=half, trust_weights=trust_weights)
     stride, pt = model.stride, model.pt
     imgsz = check_img_size(imgsz, s=stride)
     if model.static_shape and model.static_shape != (imgsz, imgsz):
@@ -160,6 +162,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--exist-ok', action='store_true', help='existing project/name ok, do not increment')
     p.add_argument('--half', action='store_true', help='use FP16 half-precision inference')
     p.add_argument('--dnn', action='store_true', help='accepted for compatibility; ONNX runs on onnxruntime')
+    p.add_argument('--trust-weights', action='store_true',
+                   help='allow .torchscript weights: TorchScript is code that runs on load; only files you trust')
     opt = p.parse_args(argv)
     opt.save_json |= opt.data.endswith('coco.yaml')
     opt.save_txt |= opt.save_hybrid
@@ -167,13 +171,11 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(opt: argparse.Namespace) -> None:
-    try:
+    with one_line_errors('val.py'):
         if opt.task == 'study':
             study(**{k: v for k, v in vars(opt).items() if k not in ('task', 'imgsz')})
         else:
             run(**vars(opt))
-    except (BackendError, ConfigError, FileNotFoundError) as e:
-        sys.exit(f'val.py: {e}')
 
 
 if __name__ == '__main__':

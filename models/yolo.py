@@ -573,10 +573,10 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(opt: argparse.Namespace) -> DetectionModel:
-    try:
+    from utils.cli import one_line_errors
+
+    with one_line_errors('ERROR', own=(ModelConfigError, InputSizeError, FileNotFoundError), shared=False):
         model = DetectionModel(opt.cfg, nc=opt.nc, verbose=False)
-    except (ModelConfigError, InputSizeError) as e:
-        raise SystemExit(f'ERROR: {e}') from None
     model.info(imgsz=opt.imgsz)
     if not opt.no_fuse:
         model.eval().fuse()

@@ -126,7 +126,7 @@ def test_backends_reproduce_pt_outputs(exported):
     n = 3 * sum((IMGSZ // s) ** 2 for s in (8, 16, 32))
     assert ref.shape == (1, n, 5 + 2)
     for fmt in ('onnx', 'torchscript'):
-        b = DetectBackend(exported[fmt])
+        b = DetectBackend(exported[fmt], trust_weights=True)  # our own export: trusted
         assert (b.stride, b.names, b.dynamic) == (32, NAMES, False)
         torch.testing.assert_close(b(im), ref, atol=1e-3, rtol=1e-3)
 
@@ -137,7 +137,8 @@ def test_detect_with_exports_matches_pt(exported):
     assert sum(len(v) for v in pt_labels.values()) >= 2  # the comparison is about real detections
     for fmt in ('onnx', 'torchscript'):
         run = detect.run(weights=exported[fmt], source=exported['images'], imgsz=[IMGSZ], conf_thres=0.3,
-                         save_txt=True, save_conf=True, project=exported['tmp'] / 'detect', name=fmt)
+                         save_txt=True, save_conf=True, project=exported['tmp'] / 'detect', name=fmt,
+                         trust_weights=True)
         got = read_labels(run / 'labels')
         assert got.keys() == pt_labels.keys()
         for k in got:
@@ -153,7 +154,7 @@ def test_val_with_exports_matches_pt(exported):
     # predictions add confident wrong-class boxes, hence not 1.0
     assert map50 > 0.5 and map_ > 0.4
     for fmt in ('onnx', 'torchscript'):
-        (_, _, m50, m, *_), mp, _ = val.run(weights=exported[fmt], **kw)
+        (_, _, m50, m, *_), mp, _ = val.run(weights=exported[fmt], trust_weights=True, **kw)
         # fp32 tolerance: among the thousands of conf >= 0.001 predictions a few near-tied confidences (gaps ~1e-6)
         # may swap rank between backends, moving AP by < 1e-3
         assert m50 == pytest.approx(map50, abs=2e-3) and m == pytest.approx(map_, abs=2e-3)
@@ -218,5 +219,7 @@ def test_backend_errors(tmp_path):
     with pytest.raises(BackendError, match=r'bad\.onnx: cannot load onnx model'):
         DetectBackend(tmp_path / 'bad.onnx')
     (tmp_path / 'bad.torchscript').write_bytes(b'garbage')
-    with pytest.raises(BackendError, match=r'bad\.torchscript: cannot load jit model'):
+    with pytest.raises(BackendError, match=r'bad\.torchscript: refused: a \.torchscript file is a program'):
         DetectBackend(tmp_path / 'bad.torchscript')
+    with pytest.raises(BackendError, match=r'bad\.torchscript: cannot load jit model'):
+        DetectBackend(tmp_path / 'bad.torchscript', trust_weights=True)

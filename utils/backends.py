@@ -2,7 +2,12 @@
 
 ``.pt`` (this project's checkpoints and official YOLOv5 v6.x/v7.0 files, through utils.checkpoints.load_model, fused),
 ``.torchscript`` and ``.onnx`` (onnxruntime) all give ``forward(im) -> pred (B, N, 5+nc)`` plus ``stride``, ``names``
-and ``fp16``. Exported files carry ``stride`` and ``names`` as metadata (see export.py).
+and ``fp16``. Exported files carry ``stride`` and ``names`` as metadata (see export.py); both are checked (stride in
+1..MAX_STRIDE, exactly nc bounded string names) before use.
+
+``.pt`` and ``.onnx`` are data. A ``.torchscript`` file is a program: its code runs while it loads (a scripted
+``__setstate__`` can write any file), so it is refused unless the caller passes ``trust_weights=True``
+(``--trust-weights``).
 """
 from __future__ import annotations
 
@@ -16,7 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from utils.checkpoints import CheckpointError
 from utils.logging import LOGGER
+from utils.safety import MAX_NAMES_TEXT, UnsafeFileError, check_names, check_onnx_file, check_stride
 
 FORMATS = {'.pt': 'pt', '.torchscript': 'jit', '.onnx': 'onnx'}
 
@@ -35,20 +42,27 @@ def check_img_size(imgsz: int | list[int], s: int = 32, floor: int = 0) -> int |
     return new
 
 
+def _one_line(e: BaseException) -> str:
+    return ' '.join(str(e).split())[:300]
+
+
 class BackendError(Exception):
     """A weights file that is missing, of an unsupported format, or that cannot be loaded."""
 
 
-def parse_names(value) -> dict[int, str]:
-    """Class names from metadata: a dict, a list, or their text (JSON or a Python literal, never evaluated)."""
+def parse_names(value, source: str = 'metadata', nc: int | None = None) -> dict[int, str]:
+    """Class names from metadata: a dict, a list, or their text (JSON or a Python literal, never evaluated), checked
+    by utils.safety.check_names (bounded, strings, exactly ``nc`` when given)."""
     if isinstance(value, str):
+        if len(value) > MAX_NAMES_TEXT:
+            raise UnsafeFileError(f'{source}: names metadata has {len(value)} characters, over {MAX_NAMES_TEXT}')
         try:
             value = json.loads(value)
         except json.JSONDecodeError:
             value = ast.literal_eval(value)
-    if isinstance(value, (list, tuple)):
-        value = dict(enumerate(value))
-    return {int(k): str(v) for k, v in value.items()}
+    if isinstance(value, dict):  # JSON keys are strings
+        value = {int(k) if isinstance(k, str) and k.isdigit() else k: v for k, v in value.items()}
+    return check_names(value, source, nc)
 
 
 def default_names(n: int = 999) -> dict[int, str]:
@@ -65,7 +79,7 @@ class DetectBackend(nn.Module):
     is_backend = True  # the validator does not wrap backends in autocast: fp16 is handled here
 
     def __init__(self, weights: str | Path | list, device: torch.device | str = 'cpu', fp16: bool = False,
-                 fuse: bool = True, data: dict | None = None):
+                 fuse: bool = True, data: dict | None = None, trust_weights: bool = False):
         super().__init__()
         paths = [Path(str(x)) for x in (weights if isinstance(weights, (list, tuple)) else [weights])]
         w = paths[0]
@@ -80,18 +94,32 @@ class DetectBackend(nn.Module):
             raise BackendError(f'{w}: unsupported model format {w.suffix!r}; supported: {", ".join(FORMATS)}')
         if not w.is_file():
             raise BackendError(f'{w} does not exist')
+        if self.format == 'jit' and not trust_weights:
+            raise BackendError(f'{w}: refused: a .torchscript file is a program whose code runs while it loads, not '
+                               'weights; load it only from a source you trust, with --trust-weights')
         self.device = torch.device(device)
         self.fp16 = bool(fp16) and self.device.type == 'cuda'
         self.pt, self.jit, self.onnx = (self.format == f for f in ('pt', 'jit', 'onnx'))
         self.weights, self.stride, self.names, self.min_size = w, 32, None, 0
+        self.nc: int | None = None  # classes the model predicts, when its files say so
         try:
             getattr(self, f'_load_{self.format}')(w, fuse)
+            self.names = self._checked_names(w, data)
         except BackendError:
             raise
+        except (UnsafeFileError, CheckpointError) as e:  # already one line naming the file
+            raise BackendError(str(e)) from None
         except Exception as e:  # corrupt or foreign files: one clear line naming the file
-            raise BackendError(f'{w}: cannot load {self.format} model ({type(e).__name__}: {e})') from None
-        if self.names is None:
-            self.names = parse_names(data['names']) if data and 'names' in data else default_names()
+            raise BackendError(f'{w}: cannot load {self.format} model ({type(e).__name__}: {_one_line(e)})') from None
+
+    def _checked_names(self, w: Path, data: dict | None) -> dict[int, str]:
+        """The model's names, else --data's, else class0..: exactly nc of them when nc is known (names shorter than
+        nc used to end detect.py with a KeyError at the first such detection)."""
+        if self.names is not None:
+            return check_names(self.names, f'{w} names', self.nc)
+        if data and 'names' in data:
+            return check_names(data['names'], f'{data.get("yaml_file", "--data")} names for {w.name}', self.nc)
+        return default_names(self.nc or 999)
 
     def _load_pt(self, w: Path, fuse: bool) -> None:
         from utils.checkpoints import load_model
@@ -109,7 +137,7 @@ class DetectBackend(nn.Module):
         self.model = model.half() if self.fp16 else model.float()
         self.model.eval()
         self.stride = max(int(model.stride.max()), 32)
-        self.names = parse_names(model.names)
+        self.names, self.nc = dict(model.names), int(model.nc)
 
     def _load_jit(self, w: Path, fuse: bool) -> None:
         extra = {'config.txt': ''}
@@ -119,12 +147,13 @@ class DetectBackend(nn.Module):
         self.model = model.half() if self.fp16 else model.float()
         self.model.eval()
         if extra['config.txt']:
-            meta = json.loads(extra['config.txt'])
-            self.stride, self.names = int(meta['stride']), parse_names(meta['names'])
+            meta = json.loads(extra['config.txt'][:MAX_NAMES_TEXT * 2])
+            self.stride, self.names = check_stride(meta['stride'], str(w)), parse_names(meta['names'], str(w))
 
     def _load_onnx(self, w: Path, fuse: bool) -> None:
         import onnxruntime
 
+        check_onnx_file(w)  # no external data, no sparse tensors (our exports have neither)
         providers = ['CPUExecutionProvider']
         if self.device.type == 'cuda' and 'CUDAExecutionProvider' in onnxruntime.get_available_providers():
             providers.insert(0, ('CUDAExecutionProvider', {'device_id': self.device.index or 0}))
@@ -134,10 +163,12 @@ class DetectBackend(nn.Module):
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.fp16 = inp.type == 'tensor(float16)'
         meta = self.session.get_modelmeta().custom_metadata_map
+        out = self.session.get_outputs()[0].shape
+        self.nc = out[-1] - 5 if out and isinstance(out[-1], int) and out[-1] > 5 else None
         if 'stride' in meta:
-            self.stride = int(meta['stride'])
+            self.stride = check_stride(meta['stride'], f'{w} metadata')
         if 'names' in meta:
-            self.names = parse_names(meta['names'])
+            self.names = parse_names(meta['names'], f'{w} metadata', self.nc)
         self.min_size = int(meta.get('min_size', 0))  # --dynamic window-attention exports: smallest exact side
 
     @property

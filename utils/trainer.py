@@ -20,14 +20,13 @@ import torch.nn.functional as F
 import yaml
 from tqdm import tqdm
 
-from models.yolo import Model, ModelConfigError
+from models.yolo import Model
 from utils import evolve as evolution
 from utils import optim
 from utils.autoanchor import check_anchors
 from utils.autobatch import autobatch
 from utils.callbacks import TQDM_BAR_FORMAT, EarlyStopping, RunLogger, progress_header, progress_row
 from utils.checkpoints import (
-    CheckpointError,
     load_checkpoint,
     load_model,
     save_checkpoint,
@@ -37,7 +36,7 @@ from utils.checkpoints import (
     without_pretrained,
 )
 from utils.dataloaders import create_dataloader
-from utils.dataset_config import ConfigError, check_dataset, find_config, load_hyp
+from utils.dataset_config import check_dataset, find_config, load_hyp
 from utils.distributed import (
     DistInfo,
     barrier,
@@ -54,7 +53,7 @@ from utils.logging import LOGGER, colorstr, increment_path
 from utils.loss import ComputeLoss
 from utils.metrics import fitness
 from utils.plots import plot_evolve, plot_images, plot_labels, plot_results
-from utils.torch_utils import DeviceError, de_parallel, init_seeds, select_device, training_memory_format
+from utils.torch_utils import de_parallel, init_seeds, select_device, training_memory_format
 
 CKPT_FORMAT, CKPT_VERSION = 'yolov5-efficientvit', 1
 MAX_GRAD_NORM = 10.0
@@ -63,11 +62,6 @@ EMA_ATTRS = ('yaml', 'nc', 'hyp', 'names', 'stride', 'class_weights')
 
 class TrainError(Exception):
     """A problem with the training options or files; the message is one line."""
-
-
-def expected_errors() -> tuple[type[BaseException], ...]:
-    """Errors the CLI reports as one line (bad options, files, checkpoints), not as a traceback."""
-    return TrainError, CheckpointError, ConfigError, DeviceError, ModelConfigError, FileNotFoundError
 
 
 # ----------------------------------------------------------------------------------------------------- options
