@@ -1,10 +1,10 @@
 """YOLOv5 v7.0 detection model: Detect head, parse_model and DetectionModel (alias Model).
 
 YAML rows ``[from, number, module, args]`` are resolved through models.registry (no eval). Each module sizes itself
-with its ``yaml_args`` classmethod (see models/common.py). A module whose instance declares a list ``out_channels``
-(a multi-output backbone such as EfficientViT) must be the first row; it occupies layer indices 0-4, with its
-outputs at the last indices (three outputs: P3=2, P4=3, P5=4) exposed by parameter-free ``FeatureSlot`` layers, so
-the next row is index 5 and layer numbers agree in the printed table, ``from`` fields, state-dict keys and --freeze.
+with its ``yaml_args`` classmethod (see models/common.py). A ``models.backbone.Backbone`` (EfficientViT, Timm: several
+outputs, declared in its ``feature_info``) must be the first row; it occupies layer indices 0-4, with its outputs at
+the last indices (three outputs: P3=2, P4=3, P5=4) exposed by parameter-free ``FeatureSlot`` layers, so the next row
+is index 5 and layer numbers agree in the printed table, ``from`` fields, state-dict keys and --freeze.
 
 Usage: python models/yolo.py --cfg models/yolov5-efficientvit.yaml
 """
@@ -18,7 +18,6 @@ if __name__ == '__main__':  # entry point only: make the repository root importa
 
 import argparse  # noqa: E402
 import ast  # noqa: E402
-import inspect  # noqa: E402
 import math  # noqa: E402
 from copy import deepcopy  # noqa: E402
 from typing import Any  # noqa: E402
@@ -29,6 +28,7 @@ import torch.nn.functional as F  # noqa: E402
 import yaml  # noqa: E402
 
 from models import common, efficientvit  # noqa: E402,F401  (registers the YOLOv5 blocks and EfficientViT_M0..M5)
+from models.backbone import Backbone  # noqa: E402
 from models.common import Conv, YamlContext, parse_activation, set_activation  # noqa: E402
 from models.registry import get_module, register_module  # noqa: E402
 from utils.logging import LOGGER, colorstr  # noqa: E402
@@ -241,14 +241,12 @@ def _tag(m: nn.Module, i: int, f: int | list[int], type_name: str, n: int, args:
     return m
 
 
-def _backbone_layers(m: nn.Module, outs: list[int], name: str, args: list, where: str) -> tuple[list, list[int]]:
-    """Layer 0 (the backbone) and the FeatureSlots 1..4 placing its k outputs at the last k indices."""
+def _backbone_layers(m: Backbone, name: str, args: list, where: str) -> tuple[list, list[int]]:
+    """Layer 0 (the backbone) and the FeatureSlots 1..4 placing its k declared outputs at the last k indices."""
+    outs = m.out_channels
     k = len(outs)
     if not 1 <= k < BACKBONE_SLOTS:
         raise ModelConfigError(f'{where}: {name} declares {k} outputs; a backbone row supports 1..{BACKBONE_SLOTS - 1}')
-    strides = list(getattr(m, 'strides', []))
-    if len(strides) != k:
-        raise ModelConfigError(f'{where}: {name} declares {k} out_channels but {len(strides)} strides')
     layers = [_tag(m, 0, -1, name, 1, args)]
     ch = [0]
     for s in range(1, BACKBONE_SLOTS):
@@ -295,13 +293,12 @@ def parse_model(d: dict, ch: list[int], yaml_file: str = '') -> tuple[nn.Sequent
         else:
             c2 = c1s[0]
         m = _build(module, args, n, name, i, where)
-        outs = getattr(m, 'out_channels', None)
         f_norm = (-1 if f == -1 else src[0]) if isinstance(f, int) else [-1 if j == -1 else a for j, a in zip(f, src)]
-        if isinstance(outs, (list, tuple)):  # multi-output backbone
+        if isinstance(m, Backbone):
             if i != 0:
                 raise ModelConfigError(f'{where}: layer {i}: {name} returns several feature maps; '
                                        'such a backbone must be the first row')
-            new, new_ch = _backbone_layers(m, [int(c) for c in outs], _type_name(module), args, where)
+            new, new_ch = _backbone_layers(m, _type_name(module), args, where)
             layers += new
             chs += new_ch
             save.add(0)
@@ -358,14 +355,10 @@ class DetectionModel(nn.Module):
         self.stride = m.stride
         self._initialize_biases()
         for layer in self.model:
-            if not self._is_backbone(layer):  # a backbone keeps its own BN settings (pretrained statistics)
+            if not isinstance(layer, Backbone):  # a backbone keeps its own BN settings (pretrained statistics)
                 initialize_weights(layer)
         if verbose:
             self.info()
-
-    @staticmethod
-    def _is_backbone(layer: nn.Module) -> bool:
-        return isinstance(getattr(layer, 'out_channels', None), (list, tuple))
 
     def _probe_strides(self, ch: int) -> torch.Tensor:
         """Detect's strides from one forward of a 256x256 image, run on a shape-only (meta) copy of the model: no
@@ -385,8 +378,8 @@ class DetectionModel(nn.Module):
             finally:
                 self.train(was_training)
         layer0 = self.model[0]
-        if self._is_backbone(layer0):
-            declared = [int(s) for s in layer0.strides]
+        if isinstance(layer0, Backbone):  # a check of the declaration, which alone wires the head
+            declared = layer0.strides
             measured = [PROBE_SIZE // shapes[m.i][-2] for m in self.model[1:BACKBONE_SLOTS] if m.index is not None]
             if measured != declared:
                 raise ModelConfigError(f'{self.yaml_file}: backbone {layer0.type} declares strides {declared} '
@@ -469,19 +462,16 @@ class DetectionModel(nn.Module):
         m.anchor_grid = [fn(g) for g in m.anchor_grid]
         return self
 
-    def fuse(self, fast: bool = True) -> DetectionModel:
+    def fuse(self, exact: bool = False) -> DetectionModel:
         """Fold every BatchNorm into its conv (YOLO layers and the backbone); print the fused summary.
 
-        fast=True also lets a backbone that offers one (``fuse(fast=...)``, e.g. EfficientViT) switch to its faster
-        inference path, which computes the same function with a different float summation order.
+        A backbone takes its fastest inference path computing the same function (EfficientViT: the fast path, another
+        float summation order); ``exact=True`` asks it for the plain path's arithmetic instead.
         """
         LOGGER.info('Fusing layers... ')
         for layer in self.model:
-            if self._is_backbone(layer) and hasattr(layer, 'fuse'):
-                if 'fast' in inspect.signature(layer.fuse).parameters:
-                    layer.fuse(fast=fast)
-                else:
-                    layer.fuse()
+            if isinstance(layer, Backbone):
+                layer.fuse(exact=exact)
                 continue
             for m in layer.modules():
                 if isinstance(m, Conv):
