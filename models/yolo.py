@@ -19,6 +19,7 @@ if __name__ == '__main__':  # entry point only: make the repository root importa
 import argparse  # noqa: E402
 import ast  # noqa: E402
 import math  # noqa: E402
+from collections.abc import Iterable  # noqa: E402
 from copy import deepcopy  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -332,6 +333,7 @@ class DetectionModel(nn.Module):
     def __init__(self, cfg: str | Path | dict = 'yolov5s.yaml', ch: int = 3, nc: int | None = None,
                  anchors: Any = None, verbose: bool = True):
         super().__init__()
+        self.frozen_layers: set[int] = set()  # whole layers frozen by freeze() (--freeze)
         self.yaml, self.yaml_file = load_model_cfg(cfg)
         ch = self.yaml['ch'] = self.yaml.get('ch', ch)
         if nc and nc != self.yaml.get('nc'):
@@ -477,6 +479,47 @@ class DetectionModel(nn.Module):
                 if isinstance(m, Conv):
                     m.fuse()
         self.info(table=False)
+        return self
+
+    def freeze(self, layers: Iterable[int]) -> list[str]:
+        """Freeze whole layers (``--freeze`` indices; the backbone is layer 0) on top of what is frozen already
+        (e.g. a backbone's ``frozen_stages``): no gradients, BatchNorm statistics fixed. Never unfreezes anything.
+        Returns the names of every frozen parameter."""
+        for i in sorted({int(i) for i in layers if 0 <= int(i) < len(self.model)}):
+            layer = self.model[i]
+            if isinstance(layer, Backbone):
+                layer.freeze(len(layer.stages()))
+            for p in layer.parameters():
+                p.requires_grad_(False)
+            layer.eval()
+            self.frozen_layers.add(i)
+        return [n for n, p in self.named_parameters() if not p.requires_grad]
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """Frozen layers and the frozen stages of a backbone: the parts whose state must never change."""
+        out = [self.model[i] for i in sorted(self.frozen_layers)]
+        return out + [m for layer in self.model if isinstance(layer, Backbone) and layer.i not in self.frozen_layers
+                      for m in layer.frozen_modules()]
+
+    def frozen_state_keys(self) -> set[str]:
+        """State-dict keys (parameters and BN statistics) of the frozen parts: EMA copies these instead of averaging
+        them, so they stay bit-identical."""
+        names = {id(m): n for n, m in self.named_modules()}  # a backbone's stage may be an unregistered container
+        subs = {id(s): s for m in self.frozen_modules() for s in m.modules() if id(s) in names}
+        return {f'{names[i]}.{k}' for i, s in subs.items()
+                for k, _ in (*s.named_parameters(recurse=False), *s.named_buffers(recurse=False))}
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names the optimizer must not decay, as the backbone declares them (timm's convention)."""
+        return {f'model.{layer.i}.{n}' for layer in self.model if isinstance(layer, Backbone)
+                for n in layer.no_weight_decay()}
+
+    def train(self, mode: bool = True) -> DetectionModel:
+        """Train mode except the frozen layers (a backbone keeps its own frozen stages in eval mode)."""
+        super().train(mode)
+        if mode:
+            for i in self.frozen_layers:
+                self.model[i].eval()
         return self
 
     def info(self, verbose: bool = False, imgsz: int | tuple[int, int] = 640,
