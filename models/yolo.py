@@ -28,7 +28,7 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import yaml  # noqa: E402
 
-from models import common, efficientvit  # noqa: E402,F401  (registers the YOLOv5 blocks and EfficientViT_M0..M5)
+from models import common, efficientvit, timm_backbone  # noqa: E402,F401  (registers the blocks and backbones)
 from models.backbone import Backbone  # noqa: E402
 from models.common import Conv, YamlContext, parse_activation, set_activation  # noqa: E402
 from models.registry import get_module, register_module  # noqa: E402

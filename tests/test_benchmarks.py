@@ -48,6 +48,8 @@ def test_model_path_and_labels(root):
     assert speed.short_label('yolov5-efficientvit') == 'EffViT-M0'
     assert speed.short_label('models/yolov5-efficientvit-m5.yaml') == 'EffViT-M5'
     assert speed.short_label('yolov5x') == 'yolov5x'
+    assert speed.short_label('models/yolov5-timm-resnet18.yaml') == 'timm-resnet18'
+    assert all(speed.model_path(m).is_file() for m in speed.MODELS) and len(speed.MODELS) == 14
 
 
 def fake_report(cells: dict, info: dict, cols: list[dict], command: str = 'x') -> dict:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from models.registry import weights_arg
 from models.yolo import DetectionModel, ModelConfigError
 from utils.logging import LOGGER
 
@@ -194,12 +195,13 @@ def _convert_official(obj: dict, path: Path) -> dict:
 
 
 def without_pretrained(cfg: dict) -> dict:
-    """The yaml with the backbone's pretrained path cleared: a checkpoint carries the weights already."""
+    """The yaml with the backbone's weights-file argument cleared: a checkpoint carries the weights already."""
     cfg = dict(cfg)
     rows = [list(r) for r in cfg.get('backbone', [])]
-    if rows and isinstance(rows[0], list) and len(rows[0]) == 4 and rows[0][3] and isinstance(rows[0][3][0], str) \
-            and rows[0][3][0] not in ('nc', 'anchors'):
-        rows[0][3] = ['', *rows[0][3][1:]]
+    row = rows[0] if rows and isinstance(rows[0], list) and len(rows[0]) == 4 else None
+    j = weights_arg(row[2]) if row and isinstance(row[2], str) else None  # where that backbone takes its file
+    if j is not None and isinstance(row[3], list) and len(row[3]) > j and isinstance(row[3][j], str):
+        row[3] = [*row[3][:j], '', *row[3][j + 1:]]
         cfg['backbone'] = rows
     return cfg
 
