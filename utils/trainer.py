@@ -306,17 +306,12 @@ class Trainer:
         else:
             model = Model(opt.cfg, ch=3, nc=self.nc, anchors=hyp.get('anchors'), verbose=self.info.is_main)
         self.model = model.to(self.device, memory_format=self.memory_format)
-        self.freeze()
-        return ckpt
-
-    def freeze(self) -> None:
-        """--freeze layers on top of the YAML's backbone frozen_stages (the union; the model owns both)."""
-        layers = optim.freeze_indices(self.opt.freeze)
-        frozen = self.model.freeze(layers)
+        frozen = self.model.freeze(optim.freeze_indices(opt.freeze))  # on top of the YAML's frozen_stages: the union
         if frozen:
             bb = self.model.model[0]
-            stages = f', backbone frozen_stages {bb.frozen_stages}' if isinstance(bb, Backbone) else ''
-            LOGGER.info(f'freezing {len(frozen)} parameters (--freeze layers {layers}{stages})')
+            LOGGER.info(f'freezing {len(frozen)} parameters (--freeze {opt.freeze}'
+                        + (f', backbone frozen_stages {bb.frozen_stages})' if isinstance(bb, Backbone) else ')'))
+        return ckpt
 
     def build_data(self) -> None:
         """Train loader on every rank (distributed sampler in DDP), val loader on rank 0 only."""
