@@ -134,13 +134,10 @@ def _prepare(weights: Path, device: torch.device, imgsz: list[int], batch_size: 
     from utils.checkpoints import CheckpointError, load_model
 
     try:
-        model = load_model(weights, device=device, fuse=True).eval()
+        model = load_model(weights, device=device, fuse=False)
     except (CheckpointError, ModelConfigError) as e:
         raise ExportError(str(e)) from None
-    if dynamic:  # the exact path, whose layers the window check below can observe
-        for m in model.modules():
-            if callable(getattr(m, 'set_fast', None)) and getattr(m, 'fast', False):
-                m.set_fast(False)
+    model.fuse(exact=dynamic).eval()  # --dynamic: the exact path, whose layers the window check below can observe
     for p in model.parameters():
         p.requires_grad_(False)
     gs = max(int(model.stride.max()), 32)

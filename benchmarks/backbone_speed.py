@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""EfficientViT backbone latency: the exact fused path (``fuse()``, the seed's arithmetic) against the fast path
-(``fuse(fast=True)``), timed interleaved in the same process so machine load affects both alike.
+"""EfficientViT backbone latency: the exact fused path (``fuse(exact=True)``, the seed's arithmetic) against the fast
+path (``fuse()``, the default), timed interleaved in the same process so machine load affects both alike.
 
     python benchmarks/backbone_speed.py --variants m0 m5 --batch 1 8 --imgsz 640 --runs 20
     python benchmarks/backbone_speed.py --conditioning      # also: why compare_seed.py can only pass bit for bit
@@ -9,13 +9,13 @@ The speed table has one Markdown row per (variant, batch): medians in ms, the me
 and the largest relative output difference between the two paths (float32, weights from the default init with BN
 statistics perturbed so no branch is trivially zero).
 
-``--conditioning`` adds a second table on ``compare_seed.py``-style weights (``randn * 0.2`` for every kernel,
-whatever its fan-in). The exact path is the seed's arithmetic bit for bit (compare_seed.py checks that), so what it
-shows holds for the seed too: (1) how far the exact path's own float32 result is from its float64 result — the
-rounding error of the reference itself; when that exceeds compare_seed's 1e-4 tolerance, only code that rounds
-exactly like the seed can pass; (2) the fast path against the exact path in float64, where rounding no longer
-hides the math; (3) the share of the exact path's time spent inside convolution kernels — code that must round
-like the seed has to run those same kernels, so ``1 / share`` bounds its speed-up.
+``--conditioning`` adds a second table on chaotic weights (``randn * 0.2`` for every kernel, whatever its fan-in:
+what ``compare_seed.py`` drew until it moved to well-conditioned weights). The exact path is the seed's arithmetic
+bit for bit, so what it shows holds for the seed too: (1) how far the exact path's own float32 result is from its
+float64 result — the rounding error of the reference itself; beyond a 1e-4 tolerance only code that rounds exactly
+like the seed could pass a check on such weights; (2) the fast path against the exact path in float64, where
+rounding no longer hides the math; (3) the share of the exact path's time spent inside convolution kernels — code
+that must round like the seed has to run those same kernels, so ``1 / share`` bounds its speed-up.
 """
 from __future__ import annotations
 
@@ -55,9 +55,9 @@ def _perturb_bn(model: torch.nn.Module, seed: int = 0) -> None:
                 m.running_var.copy_(0.75 + 0.5 * torch.rand(n, generator=g))
 
 
-def compare_seed_weights(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """The weights ``compare_seed.py`` draws: ``randn * 0.2`` for every kernel whatever its fan-in, ``randn * 0.5``
-    for vectors, random BN statistics. Activations then grow to ~1e5 (M0) - 1e15 (M5): an ill-conditioned net."""
+def chaotic_weights(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """The weights ``compare_seed.py`` used to draw: ``randn * 0.2`` for every kernel whatever its fan-in,
+    ``randn * 0.5`` for vectors, random BN statistics. Activations grow to ~1e5 (M0) - 1e15 (M5): ill-conditioned."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
@@ -86,7 +86,7 @@ def bench(variant: str, batch: int, imgsz: int, runs: int) -> dict:
     """Median latencies (ms) of both paths, median ratio exact/fast and max relative output difference."""
     base = getattr(ev, f'EfficientViT_{variant.upper()}')().eval()
     _perturb_bn(base)
-    exact, fast = copy.deepcopy(base).fuse(), copy.deepcopy(base).fuse(fast=True)
+    exact, fast = copy.deepcopy(base).fuse(exact=True), copy.deepcopy(base).fuse()
     x = torch.randn(batch, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         diff = rel_diff(exact(x), fast(x))
@@ -114,12 +114,12 @@ def conv_share(model: torch.nn.Module, x: torch.Tensor, runs: int = 3) -> float:
 
 
 def conditioning(variant: str, sizes: tuple[tuple[int, int], ...] = COMPARE_SIZES, imgsz: int = 640) -> dict:
-    """On compare_seed-style weights: the exact path's float32-vs-float64 error (per output, worst size), the fast
+    """On chaotic weights: the exact path's float32-vs-float64 error (per output, worst size), the fast
     path vs the exact path in float64, and the exact path's convolution share of time at ``imgsz`` (batch 1)."""
-    base = compare_seed_weights(getattr(ev, f'EfficientViT_{variant.upper()}')()).eval()
+    base = chaotic_weights(getattr(ev, f'EfficientViT_{variant.upper()}')()).eval()
     # fuse AFTER the cast: fusing in float32 would round the folded weights, which this net amplifies
-    exact32 = copy.deepcopy(base).fuse()
-    exact64, fast64 = copy.deepcopy(base).double().fuse(), copy.deepcopy(base).double().fuse(fast=True)
+    exact32 = copy.deepcopy(base).fuse(exact=True)
+    exact64, fast64 = copy.deepcopy(base).double().fuse(exact=True), copy.deepcopy(base).double().fuse()
     g = torch.Generator().manual_seed(1)
     ref_err, fast_err, peak = [0.0, 0.0, 0.0], 0.0, 0.0
     for h, w in sizes:
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument('--runs', type=int, default=20)
     ap.add_argument('--threads', type=int, default=0, help='torch threads (0: leave the default)')
     ap.add_argument('--conditioning', action='store_true',
-                    help="also the table on compare_seed.py's weights (reference rounding error, bit-exact bound)")
+                    help='also the table on chaotic weights (reference rounding error, bit-exact bound)')
     ap.add_argument('--compare-sizes', nargs='+', type=_size, default=list(COMPARE_SIZES), metavar='HxW',
                     help="input sizes (HxW) of the conditioning table, default compare_seed.py's")
     opt = ap.parse_args(argv)
@@ -167,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
     if opt.conditioning:
         sizes = tuple(opt.compare_sizes)
-        print(f"\nOn compare_seed.py-style weights, batch 2 at {', '.join(f'{h}x{w}' for h, w in sizes)} (worst size);"
-              f" conv share at {opt.imgsz}x{opt.imgsz}, batch 1:\n")
+        print(f"\nOn chaotic weights (compare_seed.py's old ones), batch 2 at {', '.join(f'{h}x{w}' for h, w in sizes)}"
+              f' (worst size); conv share at {opt.imgsz}x{opt.imgsz}, batch 1:\n')
         print('| variant | largest activation | exact f32 vs f64: P3 / P4 / P5 | fast vs exact, f64 '
               '| conv kernels\' share of exact time | bit-exact speed-up bound |')
         print('|---|---|---|---|---|---|')

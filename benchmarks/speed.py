@@ -35,7 +35,8 @@ if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # entry point: make the repository importable when run as a script
 
 MODELS = ['yolov5n', 'yolov5s', 'yolov5m', 'yolov5l', 'yolov5x', 'yolov5-efficientvit'] + [
-    f'yolov5-efficientvit-m{i}' for i in range(1, 6)]
+    f'yolov5-efficientvit-m{i}' for i in range(1, 6)] + [
+    f'yolov5-timm-{name}' for name in ('mobilenetv3', 'efficientnet_b0', 'resnet18')]
 BASELINE = 'yolov5n'
 HYP = ROOT / 'data/hyps/hyp.scratch-low.yaml'
 
@@ -65,11 +66,12 @@ def model_label(name: str) -> str:
 
 
 def short_label(name: str) -> str:
-    """Plot label: 'yolov5-efficientvit' -> 'EffViT-M0', 'yolov5-efficientvit-m3' -> 'EffViT-M3', else the stem."""
+    """Plot label: 'yolov5-efficientvit' -> 'EffViT-M0', 'yolov5-efficientvit-m3' -> 'EffViT-M3',
+    'yolov5-timm-resnet18' -> 'timm-resnet18', else the stem."""
     stem = model_label(name)
     if stem.startswith('yolov5-efficientvit'):
         return 'EffViT-' + (stem.rsplit('-', 1)[1].upper() if stem.count('-') == 2 else 'M0')
-    return stem
+    return stem.removeprefix('yolov5-')
 
 
 def interleaved(tasks: dict[str, Callable[[], None]], runs: int, warmup: int = 1,

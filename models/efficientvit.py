@@ -6,25 +6,33 @@ Official code: github.com/microsoft/Cream/tree/main/EfficientViT (classification
 This is the detection variant the project's seed describes: the fourth patch-embed conv has stride 1, so the three
 stages come out at strides 8/16/32, and every attention window is 7x7 (biases of shape (heads, 49)). State-dict keys
 are those of the official Cream checkpoints, so their weights load directly; timm's layout is mapped by
-``timm_to_cream``. Differences from the seed, on purpose: output channels and strides are declared (no dummy
-forward), the attention bias is never stale, maps smaller than a window attend over the whole map, ``fuse()`` keeps
-device and dtype, and ``frozen_stages`` holds in train mode.
+``timm_to_cream`` (checkpoint filters and loader: ``models/efficientvit_weights.py``). Differences from the seed, on
+purpose: it is a ``models.backbone.Backbone`` (outputs declared, no dummy forward), the attention bias is never
+stale, maps smaller than a window attend over the whole map, ``fuse()`` keeps device and dtype and gives the fast
+inference path (``fuse(exact=True)``: the seed's arithmetic), and ``frozen_stages`` holds in train mode.
 
-File order (timm's anatomy): blocks, model, checkpoint filters, variant table, registered factories.
+File order (timm's anatomy): blocks, model, variant table, registered factories.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.backbone import Backbone
+from models.efficientvit_weights import (  # noqa: F401  (public names, importable from here as before)
+    LoadReport,
+    PretrainedError,
+    adapt_kernel,
+    cream_state_dict,
+    load_pretrained,
+    resize_attention_biases,
+    timm_to_cream,
+    timm_to_cream_key,
+)
 from models.registry import register_module
-from utils.logging import LOGGER
 
 __all__ = ['EfficientViT', 'EfficientViT_M0', 'EfficientViT_M1', 'EfficientViT_M2', 'EfficientViT_M3',
            'EfficientViT_M4', 'EfficientViT_M5', 'VARIANTS', 'PretrainedError', 'LoadReport', 'load_pretrained',
@@ -338,27 +346,22 @@ def _fold_identity(conv: nn.Conv2d) -> nn.Conv2d:
 # ----------------------------------------------------------------------------------------------------------------
 # Model
 # ----------------------------------------------------------------------------------------------------------------
-class EfficientViT(nn.Module):
-    """Three-stage EfficientViT returning ``[P3, P4, P5]`` (strides 8/16/32) as a list (the YOLO glue needs a list).
+class EfficientViT(Backbone):
+    """Three-stage EfficientViT returning ``[P3, P4, P5]`` (strides 8/16/32) as a list.
 
-    ``frozen_stages``: 0 none, 1 patch_embed, 2 +blocks1, 3 +blocks2, 4 +blocks3. Frozen parts have
-    ``requires_grad=False`` and their BNs stay in eval mode even when the model is put in train mode.
+    Stages (``frozen_stages``): 1 patch_embed, 2 +blocks1, 3 +blocks2, 4 +blocks3 (the whole backbone). Frozen parts
+    have ``requires_grad=False`` and their BNs stay in eval mode even when the model is put in train mode.
     """
 
     def __init__(self, embed_dim: Iterable[int] = (64, 128, 192), depth: Iterable[int] = (1, 2, 3),
                  num_heads: Iterable[int] = (4, 4, 4), window_size: Iterable[int] = (7, 7, 7),
                  kernels: Iterable[int] = (7, 5, 3, 3), key_dim: Iterable[int] = (16, 16, 16), in_chans: int = 3,
                  frozen_stages: int = 0, distillation: bool = False):
-        super().__init__()
         ed, depth, nh = list(embed_dim), list(depth), list(num_heads)
         win, kd, kernels = list(window_size), list(key_dim), list(kernels)
-        if not 0 <= frozen_stages <= 4:
-            raise ValueError(f'frozen_stages must be 0..4 (0 none, 4 whole backbone), got {frozen_stages}')
+        super().__init__(channels=ed, strides=[8, 16, 32])
         if any(c % h for c, h in zip(ed, nh)):
             raise ValueError(f'embed_dim {ed} must be divisible by num_heads {nh}')
-        self.out_channels: list[int] = ed
-        self.strides: list[int] = [8, 16, 32]
-        self.frozen_stages = frozen_stages
         self.fast = False
         self.distillation = distillation  # accepted for signature compatibility; the backbone has no head
         c0 = ed[0]
@@ -373,24 +376,15 @@ class EfficientViT(nn.Module):
                 stages[i] += [_dw_ffn(ed[i - 1]), PatchMerging(ed[i - 1], ed[i]), _dw_ffn(ed[i])]
             stages[i] += [EfficientViTBlock(ed[i], kd[i], nh[i], win[i], kernels) for _ in range(depth[i])]
         self.blocks1, self.blocks2, self.blocks3 = (nn.Sequential(*s) for s in stages)
-        self._freeze()
+        self.freeze(frozen_stages)
 
-    def stage_modules(self) -> list[nn.Module]:
+    def stages(self) -> list[nn.Module]:
         """The four freezable parts, in order."""
         return [self.patch_embed, self.blocks1, self.blocks2, self.blocks3]
 
-    def _freeze(self) -> None:
-        for m in self.stage_modules()[:self.frozen_stages]:
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad_(False)
-
-    def train(self, mode: bool = True) -> EfficientViT:
-        super().train(mode)
-        if mode:
-            for m in self.stage_modules()[:self.frozen_stages]:
-                m.eval()
-        return self
+    def no_weight_decay(self) -> set[str]:
+        """The attention-bias tables: learned positional terms, not weights to shrink (as the official recipe)."""
+        return {n for n, _ in self.named_parameters() if n.endswith('attention_biases')}
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.fast and not self.training:
@@ -413,17 +407,18 @@ class EfficientViT(nn.Module):
         return outs
 
     @torch.no_grad()
-    def fuse(self, fast: bool = False) -> EfficientViT:
-        """Fold every BatchNorm into its conv, in place (same device and dtype); returns self.
+    def fuse(self, exact: bool = False) -> EfficientViT:
+        """Fold every BatchNorm into its conv, in place (same device and dtype), and take the fast path; returns self.
 
-        ``fast=True`` also folds each residual depthwise conv into one conv (identity added to the kernel centre)
-        and switches eval-mode forwards to the channels-last, token-layout attention path.
+        The fast path also folds each residual depthwise conv into one conv (identity added to the kernel centre)
+        and runs eval-mode forwards channels-last in token layout: the same function, summed in another order.
+        ``exact=True`` only folds the BNs, keeping the seed's arithmetic bit for bit. Calling it again is harmless.
         """
         for parent in list(self.modules()):
             for name, child in list(parent.named_children()):
                 if isinstance(child, ConvNorm):
                     setattr(parent, name, child.fuse())
-        if fast:
+        if not exact:
             for parent in list(self.modules()):
                 for name, child in list(parent.named_children()):
                     if isinstance(child, Residual) and _is_depthwise(child.m):
@@ -437,179 +432,6 @@ class EfficientViT(nn.Module):
             raise RuntimeError('EfficientViT fast path needs fused convs: call fuse() first')
         self.fast = on
         return self
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Checkpoint filters (pure functions) and loading
-# ----------------------------------------------------------------------------------------------------------------
-class PretrainedError(ValueError):
-    """A pretrained file that cannot be used (unreadable, or not an EfficientViT checkpoint)."""
-
-
-def _map_timm_stage_key(rest: list[str]) -> list[str] | None:
-    """``stages.{s}.{downsample|blocks}...`` -> ``blocks{s+1}.{j}...``; None for keys with no official twin."""
-    s = int(rest[1])
-    if rest[2] == 'blocks':
-        return [f'blocks{s + 1}', str(int(rest[3]) + (3 if s > 0 else 0))] + rest[4:]
-    if rest[2] == 'downsample' and s > 0:
-        j = {'res1': 0, 'patchmerge': 1, 'res2': 2}.get(rest[3])
-        return None if j is None else [f'blocks{s + 1}', str(j)] + rest[4:]
-    return None
-
-
-def timm_to_cream_key(key: str) -> str | None:
-    """Map one timm ``efficientvit_msra`` key to the official (Cream) name; None when it has no counterpart."""
-    parts = key.split('.')
-    if parts[-1] == 'attention_bias_idxs':
-        return None
-    if parts[0] == 'patch_embed' and len(parts) > 1 and parts[1].startswith('conv'):
-        parts = ['patch_embed', str(2 * (int(parts[1][4:]) - 1))] + parts[2:]
-    elif parts[0] == 'stages':
-        mapped = _map_timm_stage_key(parts)
-        if mapped is None:
-            return None
-        parts = mapped
-    elif parts[0] == 'head':
-        parts = ['head'] + [{'linear': 'l'}.get(p, p) for p in parts[1:]]
-    # ConvNorm's conv is called 'conv' in timm and 'c' officially; 'conv1'..'conv3' of PatchMerging stay.
-    return '.'.join('c' if p == 'conv' else p for p in parts)
-
-
-def timm_to_cream(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename a timm-format state dict to official keys (keys without a counterpart are dropped)."""
-    out = {}
-    for k, v in state_dict.items():
-        new = timm_to_cream_key(k)
-        if new is not None:
-            out[new] = v
-    return out
-
-
-def _unwrap(obj: object, path: str) -> dict[str, torch.Tensor]:
-    """Find the state dict inside a checkpoint: ``{'model': sd}``, ``{'state_dict': sd}`` or a bare state dict."""
-    if isinstance(obj, dict):
-        for key in ('model', 'state_dict', 'model_ema'):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise PretrainedError(f'{path}: not an EfficientViT checkpoint (no state dict of tensors found)')
-    return obj
-
-
-def cream_state_dict(obj: object, path: str = '<checkpoint>') -> dict[str, torch.Tensor]:
-    """Official-key state dict from a loaded Cream, mmdet or timm checkpoint (prefixes stripped, timm renamed)."""
-    sd = _unwrap(obj, path)
-    stripped = {}
-    for k, v in sd.items():
-        for prefix in ('module.', 'backbone.'):
-            if k.startswith(prefix):
-                k = k[len(prefix):]
-        stripped[k] = v
-    if any(k.startswith('stages.') or k.startswith('patch_embed.conv1.') for k in stripped):
-        stripped = timm_to_cream(stripped)
-    return stripped
-
-
-def resize_attention_biases(bias: torch.Tensor, resolution: int) -> torch.Tensor:
-    """Bicubic-resize a (heads, S*S) bias table over its (|dy|, |dx|) grid to (heads, resolution**2), as Cream does."""
-    h, n = bias.shape
-    s = math.isqrt(n)
-    if s * s != n:
-        raise ValueError(f'attention bias length {n} is not a square')
-    grid = bias.detach().float().view(1, h, s, s)
-    out = F.interpolate(grid, size=(resolution, resolution), mode='bicubic', align_corners=False)
-    return out.view(h, resolution * resolution).to(bias.dtype)
-
-
-def adapt_kernel(weight: torch.Tensor, k: int) -> tuple[torch.Tensor, bool]:
-    """Fit a (C, 1, ks, ks) depthwise kernel to k x k: zero-pad a smaller one (exact), centre-crop a larger one.
-
-    Returns the kernel and whether it was cropped (which changes the function, so the caller warns).
-    """
-    ks = weight.shape[-1]
-    if ks == k:
-        return weight, False
-    if (ks - k) % 2:
-        raise ValueError(f'cannot centre a {ks}x{ks} kernel in {k}x{k}')
-    if ks < k:
-        p = (k - ks) // 2
-        return F.pad(weight, (p, p, p, p)), False
-    c = (ks - k) // 2
-    return weight[..., c:c + k, c:c + k].contiguous(), True
-
-
-@dataclass
-class LoadReport:
-    """What ``load_pretrained`` did with each tensor of the checkpoint."""
-    path: str
-    loaded: list[str] = field(default_factory=list)
-    adapted: dict[str, str] = field(default_factory=dict)
-    skipped: dict[str, str] = field(default_factory=dict)
-    missing: list[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        reasons: dict[str, int] = {}
-        for why in self.skipped.values():
-            reasons[why] = reasons.get(why, 0) + 1
-        why = '; '.join(f'{n} {r}' for r, n in sorted(reasons.items())) or 'none'
-        return (f'{self.path}: loaded {len(self.loaded)} tensors ({len(self.adapted)} of them adapted), '
-                f'skipped {len(self.skipped)} ({why}), {len(self.missing)} model tensors not in the file')
-
-
-def _adapt(key: str, src: torch.Tensor, dst: torch.Tensor, report: LoadReport) -> torch.Tensor | None:
-    """Make ``src`` fit ``dst``'s shape where the architecture allows it; None (and a skip reason) otherwise."""
-    if key.endswith('attention_biases') and src.dim() == 2 and src.shape[0] == dst.shape[0]:
-        r = math.isqrt(dst.shape[1])
-        report.adapted[key] = f'bias resized {math.isqrt(src.shape[1])}x{math.isqrt(src.shape[1])} -> {r}x{r}'
-        return resize_attention_biases(src, r)
-    if '.dws.' in key and key.endswith('c.weight') and src.shape[:2] == dst.shape[:2] and src.dim() == 4:
-        out, cropped = adapt_kernel(src, dst.shape[-1])
-        how = 'centre-cropped' if cropped else 'zero-padded'
-        report.adapted[key] = f'q kernel {src.shape[-1]}x{src.shape[-1]} {how} to {dst.shape[-1]}x{dst.shape[-1]}'
-        if cropped:
-            LOGGER.warning(f'WARNING: {key}: {report.adapted[key]} (outputs change; fine-tune to recover)')
-        return out
-    report.skipped[key] = 'shape mismatch'
-    return None
-
-
-def load_pretrained(model: nn.Module, path: str | Path) -> LoadReport:
-    """Load Cream/timm/mmdet EfficientViT weights into ``model`` by name, adapting what differs; log a report.
-
-    Head and ``attention_bias_idxs`` tensors are ignored; attention biases of another resolution are resized
-    bicubically; q depthwise kernels of another size are padded or cropped. Raises FileNotFoundError or
-    PretrainedError with a one-line message.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f'pretrained weights not found: {path}')
-    try:
-        obj = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # corrupt, truncated, or a pickle with foreign classes
-        detail = ' '.join(str(e).split())[:120]
-        raise PretrainedError(f'{path}: cannot read as a weights-only torch checkpoint '
-                              f'({type(e).__name__}{": " + detail if detail else ""})') from None
-    sd = cream_state_dict(obj, str(path))
-    own = model.state_dict()
-    report = LoadReport(str(path))
-    new = {}
-    for k, v in sd.items():
-        if k.startswith(('head.', 'head_dist.')) or k.endswith('attention_bias_idxs'):
-            report.skipped[k] = 'classifier head' if k.startswith('head') else 'derived index (recomputed)'
-        elif k not in own:
-            report.skipped[k] = 'not in model'
-        elif v.shape == own[k].shape:
-            new[k] = v
-        elif (a := _adapt(k, v, own[k], report)) is not None:
-            new[k] = a
-    if not new:
-        raise PretrainedError(f'{path}: no tensor matches the EfficientViT backbone (checkpoint of another model?)')
-    model.load_state_dict(new, strict=False)
-    report.loaded = sorted(new)
-    report.missing = sorted(k for k in own if k not in new and not k.endswith('attention_bias_idxs'))
-    LOGGER.info(report.summary())
-    return report
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -632,42 +454,42 @@ def _create(variant: str, pretrained: str = '', frozen_stages: int = 0, distilla
     return model.fuse() if fuse else model
 
 
-@register_module()
+@register_module(kind='backbone', weights_arg=0)
 def EfficientViT_M0(pretrained: str = '', frozen_stages: int = 0, distillation: bool = False,
                     fuse: bool = False) -> EfficientViT:
     """EfficientViT-M0 backbone: channels 64/128/192 at strides 8/16/32."""
     return _create('m0', pretrained, frozen_stages, distillation, fuse)
 
 
-@register_module()
+@register_module(kind='backbone', weights_arg=0)
 def EfficientViT_M1(pretrained: str = '', frozen_stages: int = 0, distillation: bool = False,
                     fuse: bool = False) -> EfficientViT:
     """EfficientViT-M1 backbone: channels 128/144/192 at strides 8/16/32."""
     return _create('m1', pretrained, frozen_stages, distillation, fuse)
 
 
-@register_module()
+@register_module(kind='backbone', weights_arg=0)
 def EfficientViT_M2(pretrained: str = '', frozen_stages: int = 0, distillation: bool = False,
                     fuse: bool = False) -> EfficientViT:
     """EfficientViT-M2 backbone: channels 128/192/224 at strides 8/16/32."""
     return _create('m2', pretrained, frozen_stages, distillation, fuse)
 
 
-@register_module()
+@register_module(kind='backbone', weights_arg=0)
 def EfficientViT_M3(pretrained: str = '', frozen_stages: int = 0, distillation: bool = False,
                     fuse: bool = False) -> EfficientViT:
     """EfficientViT-M3 backbone: channels 128/240/320 at strides 8/16/32."""
     return _create('m3', pretrained, frozen_stages, distillation, fuse)
 
 
-@register_module()
+@register_module(kind='backbone', weights_arg=0)
 def EfficientViT_M4(pretrained: str = '', frozen_stages: int = 0, distillation: bool = False,
                     fuse: bool = False) -> EfficientViT:
     """EfficientViT-M4 backbone: channels 128/256/384 at strides 8/16/32."""
     return _create('m4', pretrained, frozen_stages, distillation, fuse)
 
 
-@register_module()
+@register_module(kind='backbone', weights_arg=0)
 def EfficientViT_M5(pretrained: str = '', frozen_stages: int = 0, distillation: bool = False,
                     fuse: bool = False) -> EfficientViT:
     """EfficientViT-M5 backbone: channels 192/288/384 at strides 8/16/32."""

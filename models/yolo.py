@@ -1,10 +1,10 @@
 """YOLOv5 v7.0 detection model: Detect head, parse_model and DetectionModel (alias Model).
 
 YAML rows ``[from, number, module, args]`` are resolved through models.registry (no eval). Each module sizes itself
-with its ``yaml_args`` classmethod (see models/common.py). A module whose instance declares a list ``out_channels``
-(a multi-output backbone such as EfficientViT) must be the first row; it occupies layer indices 0-4, with its
-outputs at the last indices (three outputs: P3=2, P4=3, P5=4) exposed by parameter-free ``FeatureSlot`` layers, so
-the next row is index 5 and layer numbers agree in the printed table, ``from`` fields, state-dict keys and --freeze.
+with its ``yaml_args`` classmethod (see models/common.py). A ``models.backbone.Backbone`` (EfficientViT, Timm: several
+outputs, declared in its ``feature_info``) must be the first row; it occupies layer indices 0-4, with its outputs at
+the last indices (three outputs: P3=2, P4=3, P5=4) exposed by parameter-free ``FeatureSlot`` layers, so the next row
+is index 5 and layer numbers agree in the printed table, ``from`` fields, state-dict keys and --freeze.
 
 Usage: python models/yolo.py --cfg models/yolov5-efficientvit.yaml
 """
@@ -19,9 +19,9 @@ if __name__ == '__main__':  # entry point only: make the repository root importa
 import argparse  # noqa: E402
 import ast  # noqa: E402
 import contextlib  # noqa: E402
-import inspect  # noqa: E402
 import itertools  # noqa: E402
 import math  # noqa: E402
+from collections.abc import Iterable  # noqa: E402
 from copy import deepcopy  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -30,9 +30,10 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import yaml  # noqa: E402
 
-from models import common, efficientvit  # noqa: E402,F401  (registers the YOLOv5 blocks and EfficientViT_M0..M5)
+from models import common, efficientvit, timm_backbone  # noqa: E402,F401  (registers the blocks and backbones)
+from models.backbone import Backbone  # noqa: E402
 from models.common import FOREIGN_YAML_ARGS, Conv, YamlContext, parse_activation, set_activation  # noqa: E402
-from models.registry import get_module, register_module  # noqa: E402
+from models.registry import get_module, register_module, weights_arg  # noqa: E402
 from utils.logging import LOGGER, colorstr  # noqa: E402
 from utils.safety import MAX_CLASSES, MAX_LAYER_REPEATS, MAX_MODEL_PARAMS, MAX_MODEL_ROWS, read_yaml  # noqa: E402
 from utils.torch_utils import initialize_weights, meta_copy, model_info  # noqa: E402
@@ -248,14 +249,12 @@ def _tag(m: nn.Module, i: int, f: int | list[int], type_name: str, n: int, args:
     return m
 
 
-def _backbone_layers(m: nn.Module, outs: list[int], name: str, args: list, where: str) -> tuple[list, list[int]]:
-    """Layer 0 (the backbone) and the FeatureSlots 1..4 placing its k outputs at the last k indices."""
+def _backbone_layers(m: Backbone, name: str, args: list, where: str) -> tuple[list, list[int]]:
+    """Layer 0 (the backbone) and the FeatureSlots 1..4 placing its k declared outputs at the last k indices."""
+    outs = m.out_channels
     k = len(outs)
     if not 1 <= k < BACKBONE_SLOTS:
         raise ModelConfigError(f'{where}: {name} declares {k} outputs; a backbone row supports 1..{BACKBONE_SLOTS - 1}')
-    strides = list(getattr(m, 'strides', []))
-    if len(strides) != k:
-        raise ModelConfigError(f'{where}: {name} declares {k} out_channels but {len(strides)} strides')
     layers = [_tag(m, 0, -1, name, 1, args)]
     ch = [0]
     for s in range(1, BACKBONE_SLOTS):
@@ -308,13 +307,12 @@ def parse_model(d: dict, ch: list[int], yaml_file: str = '') -> tuple[nn.Sequent
         else:
             c2 = c1s[0]
         m = _build(module, args, n, name, i, where)
-        outs = getattr(m, 'out_channels', None)
         f_norm = (-1 if f == -1 else src[0]) if isinstance(f, int) else [-1 if j == -1 else a for j, a in zip(f, src)]
-        if isinstance(outs, (list, tuple)):  # multi-output backbone
+        if isinstance(m, Backbone):
             if i != 0:
                 raise ModelConfigError(f'{where}: layer {i}: {name} returns several feature maps; '
                                        'such a backbone must be the first row')
-            new, new_ch = _backbone_layers(m, [int(c) for c in outs], _type_name(module), args, where)
+            new, new_ch = _backbone_layers(m, _type_name(module), args, where)
             layers += new
             chs += new_ch
             save.add(0)
@@ -349,10 +347,24 @@ def meta_layers(d: dict, ch: int, where: str = 'model yaml') -> nn.Sequential:
         return parse_model(deepcopy(d), ch=[ch], yaml_file=where)[0]
 
 
+def without_pretrained(cfg: dict) -> dict:
+    """The yaml with the backbone's weights-file argument cleared: a checkpoint carries the weights already."""
+    cfg = dict(cfg)
+    if not isinstance(cfg.get('backbone'), list):
+        return cfg  # not a model yaml: DetectionModel says why
+    rows = [list(r) if isinstance(r, (list, tuple)) else r for r in cfg['backbone']]
+    row = rows[0] if rows and isinstance(rows[0], list) and len(rows[0]) == 4 else None
+    j = weights_arg(row[2]) if row and isinstance(row[2], str) else None  # where that backbone takes its file
+    if j is not None and isinstance(row[3], list) and len(row[3]) > j and isinstance(row[3][j], str):
+        row[3] = [*row[3][:j], '', *row[3][j + 1:]]
+        cfg['backbone'] = rows
+    return cfg
+
+
 def check_model_size(d: dict, ch: int, where: str = 'model yaml') -> int:
     """Parameters + buffers of the model ``d`` describes, counted on the meta device (no memory); a model over
     MAX_MODEL_PARAMS is refused with one line before any real tensor exists (width_multiple 16 asks for 27 GiB)."""
-    layers = meta_layers(d, ch, where)
+    layers = meta_layers(without_pretrained(d), ch, where)  # shapes only: the weights file is not read here
     n = sum(t.numel() for t in itertools.chain(layers.parameters(), layers.buffers()))
     if n > MAX_MODEL_PARAMS:
         raise ModelConfigError(f'{where}: the model would have {n:,} parameters ({n * 4 / 2**30:.1f} GiB), over the '
@@ -375,6 +387,7 @@ class DetectionModel(nn.Module):
     def __init__(self, cfg: str | Path | dict = 'yolov5s.yaml', ch: int = 3, nc: int | None = None,
                  anchors: Any = None, verbose: bool = True):
         super().__init__()
+        self.frozen_layers: set[int] = set()  # whole layers frozen by freeze() (--freeze)
         self.yaml, self.yaml_file = load_model_cfg(cfg)
         ch = self.yaml['ch'] = self.yaml.get('ch', ch)
         if nc and nc != self.yaml.get('nc'):
@@ -399,14 +412,10 @@ class DetectionModel(nn.Module):
         self.stride = m.stride
         self._initialize_biases()
         for layer in self.model:
-            if not self._is_backbone(layer):  # a backbone keeps its own BN settings (pretrained statistics)
+            if not isinstance(layer, Backbone):  # a backbone keeps its own BN settings (pretrained statistics)
                 initialize_weights(layer)
         if verbose:
             self.info()
-
-    @staticmethod
-    def _is_backbone(layer: nn.Module) -> bool:
-        return isinstance(getattr(layer, 'out_channels', None), (list, tuple))
 
     def _probe_strides(self, ch: int) -> torch.Tensor:
         """Detect's strides from one forward of a 256x256 image, run on a shape-only (meta) copy of the model: no
@@ -426,8 +435,8 @@ class DetectionModel(nn.Module):
             finally:
                 self.train(was_training)
         layer0 = self.model[0]
-        if self._is_backbone(layer0):
-            declared = [int(s) for s in layer0.strides]
+        if isinstance(layer0, Backbone):  # a check of the declaration, which alone wires the head
+            declared = layer0.strides
             measured = [PROBE_SIZE // shapes[m.i][-2] for m in self.model[1:BACKBONE_SLOTS] if m.index is not None]
             if measured != declared:
                 raise ModelConfigError(f'{self.yaml_file}: backbone {layer0.type} declares strides {declared} '
@@ -510,24 +519,62 @@ class DetectionModel(nn.Module):
         m.anchor_grid = [fn(g) for g in m.anchor_grid]
         return self
 
-    def fuse(self, fast: bool = True) -> DetectionModel:
+    def fuse(self, exact: bool = False) -> DetectionModel:
         """Fold every BatchNorm into its conv (YOLO layers and the backbone); print the fused summary.
 
-        fast=True also lets a backbone that offers one (``fuse(fast=...)``, e.g. EfficientViT) switch to its faster
-        inference path, which computes the same function with a different float summation order.
+        A backbone takes its fastest inference path computing the same function (EfficientViT: the fast path, another
+        float summation order); ``exact=True`` asks it for the plain path's arithmetic instead.
         """
         LOGGER.info('Fusing layers... ')
         for layer in self.model:
-            if self._is_backbone(layer) and hasattr(layer, 'fuse'):
-                if 'fast' in inspect.signature(layer.fuse).parameters:
-                    layer.fuse(fast=fast)
-                else:
-                    layer.fuse()
+            if isinstance(layer, Backbone):
+                layer.fuse(exact=exact)
                 continue
             for m in layer.modules():
                 if isinstance(m, Conv):
                     m.fuse()
         self.info(table=False)
+        return self
+
+    def freeze(self, layers: Iterable[int]) -> list[str]:
+        """Freeze whole layers (``--freeze`` indices; the backbone is layer 0) on top of what is frozen already
+        (e.g. a backbone's ``frozen_stages``): no gradients, BatchNorm statistics fixed. Never unfreezes anything.
+        Returns the names of every frozen parameter."""
+        for i in sorted({int(i) for i in layers if 0 <= int(i) < len(self.model)}):
+            layer = self.model[i]
+            if isinstance(layer, Backbone):
+                layer.freeze(len(layer.stages()))
+            for p in layer.parameters():
+                p.requires_grad_(False)
+            layer.eval()
+            self.frozen_layers.add(i)
+        return [n for n, p in self.named_parameters() if not p.requires_grad]
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """Frozen layers and the frozen stages of a backbone: the parts whose state must never change."""
+        out = [self.model[i] for i in sorted(self.frozen_layers)]
+        return out + [m for layer in self.model if isinstance(layer, Backbone) and layer.i not in self.frozen_layers
+                      for m in layer.frozen_modules()]
+
+    def frozen_state_keys(self) -> set[str]:
+        """State-dict keys (parameters and BN statistics) of the frozen parts: EMA copies these instead of averaging
+        them, so they stay bit-identical."""
+        names = {id(m): n for n, m in self.named_modules()}  # a backbone's stage may be an unregistered container
+        subs = {id(s): s for m in self.frozen_modules() for s in m.modules() if id(s) in names}
+        return {f'{names[i]}.{k}' for i, s in subs.items()
+                for k, _ in (*s.named_parameters(recurse=False), *s.named_buffers(recurse=False))}
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names the optimizer must not decay, as the backbone declares them (timm's convention)."""
+        return {f'model.{layer.i}.{n}' for layer in self.model if isinstance(layer, Backbone)
+                for n in layer.no_weight_decay()}
+
+    def train(self, mode: bool = True) -> DetectionModel:
+        """Train mode except the frozen layers (a backbone keeps its own frozen stages in eval mode)."""
+        super().train(mode)
+        if mode:
+            for i in self.frozen_layers:
+                self.model[i].eval()
         return self
 
     def info(self, verbose: bool = False, imgsz: int | tuple[int, int] = 640,

@@ -48,6 +48,8 @@ def test_model_path_and_labels(root):
     assert speed.short_label('yolov5-efficientvit') == 'EffViT-M0'
     assert speed.short_label('models/yolov5-efficientvit-m5.yaml') == 'EffViT-M5'
     assert speed.short_label('yolov5x') == 'yolov5x'
+    assert speed.short_label('models/yolov5-timm-resnet18.yaml') == 'timm-resnet18'
+    assert all(speed.model_path(m).is_file() for m in speed.MODELS) and len(speed.MODELS) == 14
 
 
 def fake_report(cells: dict, info: dict, cols: list[dict], command: str = 'x') -> dict:
@@ -140,11 +142,13 @@ def test_conv_share_counts_only_convolution_kernels():
     assert 0 < mixed < 1
 
 
-def test_conditioning_on_compare_seed_weights():
-    """compare_seed-style weights really are the ill-conditioned regime, and the fast path is exact in float64."""
+def test_conditioning_on_chaotic_weights():
+    """The chaotic weights really are the ill-conditioned regime, and in float64 the fast path is the exact path's
+    function: the net amplifies even float64 rounding (1e-16 by ~1e7), so the bound is 1e-7; a wrong path is off by
+    far more than that."""
     c = backbone_speed.conditioning('m0', ((224, 224),), imgsz=64)
     assert c['peak'] > 1e4
-    assert c['fast_err'] < 1e-9
+    assert c['fast_err'] < 1e-7
     assert c['ref_err'][0] < 1e-5  # P3 (stride 8) is still well behaved in float32
     assert 0 < c['conv_share'] < 1
 

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from models.yolo import DetectionModel
 from tests.helpers import write_dataset
 from utils.callbacks import read_results_csv
+from utils.checkpoints import save_checkpoint
 from utils.distributed import DistInfo, broadcast_object, check_ddp_options, dist_info, wrap_ddp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,12 +25,19 @@ def free_port() -> int:
 
 @pytest.mark.slow
 def test_two_process_gloo_training(tmp_path):
+    """Two ranks train yolov5n from saved weights with --freeze 3: logs, run dir and LRs as YOLOv5, and the frozen
+    layers keep every bit of the starting weights (model and EMA) although each rank sees other images."""
     data = write_dataset(tmp_path / 'tiny', n_train=8, n_val=2, nc=3, imgsz=64)
+    torch.manual_seed(0)
+    start = DetectionModel('models/yolov5n.yaml', nc=3, verbose=False)
+    init = save_checkpoint({'model': start.state_dict(), 'model_yaml': start.yaml, 'nc': 3,
+                            'names': {0: 'a', 1: 'b', 2: 'c'}}, tmp_path / 'init.pt')
     env = {k: v for k, v in os.environ.items() if k not in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE')}
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_addr', '127.0.0.1',
            '--master_port', str(free_port()), str(ROOT / 'train.py'), '--data', str(data), '--cfg',
            'models/yolov5n.yaml', '--epochs', '1', '--img', '64', '--batch-size', '4', '--workers', '0',
-           '--device', 'cpu', '--project', str(tmp_path / 'runs'), '--name', 'ddp', '--noplots', '--sync-bn']
+           '--device', 'cpu', '--project', str(tmp_path / 'runs'), '--name', 'ddp', '--noplots', '--sync-bn',
+           '--weights', str(init), '--freeze', '3', '--save-period', '1']
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
@@ -43,6 +52,12 @@ def test_two_process_gloo_training(tmp_path):
     assert rows[0][11] == pytest.approx(0.0991)
     ckpt = torch.load(save_dir / 'weights/last.pt', map_location='cpu', weights_only=True)
     assert ckpt['epoch'] == -1 and not any(k.startswith('module.') for k in ckpt['model'])  # de-paralleled
+    e0 = torch.load(save_dir / 'weights/epoch0.pt', map_location='cpu', weights_only=True)
+    frozen = {k: v for k, v in start.state_dict().items() if k.startswith(('model.0.', 'model.1.', 'model.2.'))}
+    assert any(k.endswith('running_var') for k in frozen)
+    for state in ('model', 'ema'):
+        assert all(torch.equal(e0[state][k], v) for k, v in frozen.items()), state
+        assert not torch.equal(e0[state]['model.3.conv.weight'], start.state_dict()['model.3.conv.weight'])
 
 
 def test_helpers_outside_a_launch(monkeypatch):

@@ -12,7 +12,9 @@ HYP = {'lr0': 0.01, 'lrf': 0.01, 'momentum': 0.937, 'weight_decay': 0.0005, 'war
 
 
 class TinyAttention(nn.Module):
-    """Stands in for an EfficientViT attention block: a parameter named attention_biases plus a linear layer."""
+    """Stands in for an EfficientViT attention block: a parameter named attention_biases plus a linear layer.
+
+    The optimizer spares attention_biases only because the model names it (``no_weight_decay``), as timm does."""
 
     def __init__(self):
         super().__init__()
@@ -36,22 +38,27 @@ def _ids(params):
     return {id(p) for p in params}
 
 
+SKIP = {'model.2.attention_biases'}  # what Net's no_weight_decay() would name
+
+
 def test_split_params_groups_every_parameter_once():
     net = Net()
-    decay, no_decay, biases = optim.split_params(net)
+    decay, no_decay, biases = optim.split_params(net, skip_decay=SKIP)
     m = net.model
     assert _ids(decay) == _ids([m[0][0].weight, m[1][0].weight, m[2].proj.weight, m[3].weight])
     assert _ids(no_decay) == _ids([m[0][1].weight, m[1][1].weight, m[2].attention_biases, m[2].ln.weight])
     assert _ids(biases) == _ids([m[0][1].bias, m[1][0].bias, m[1][1].bias, m[2].proj.bias, m[2].ln.bias,
                                  m[3].bias])
     assert len(decay) + len(no_decay) + len(biases) == len(list(net.parameters())) == 14
+    decay, no_decay, _ = optim.split_params(net)  # nothing named: the table is an ordinary weight, decayed
+    assert id(m[2].attention_biases) in _ids(decay) and len(no_decay) == 3
 
 
 @pytest.mark.parametrize('name, cls', [('SGD', torch.optim.SGD), ('Adam', torch.optim.Adam),
                                        ('AdamW', torch.optim.AdamW)])
 def test_build_optimizer_group_order_and_hyper(name, cls):
     net = Net()
-    opt = optim.build_optimizer(net, name, lr=0.01, momentum=0.937, decay=0.0005)
+    opt = optim.build_optimizer(net, name, lr=0.01, momentum=0.937, decay=0.0005, skip_decay=SKIP)
     assert type(opt) is cls
     g = opt.param_groups
     assert [len(x['params']) for x in g] == [6, 4, 4]  # biases, decayed weights, norm/attention weights
@@ -73,7 +80,7 @@ def test_optimizer_log_line(caplog):
     LOGGER.propagate = True
     try:
         with caplog.at_level('INFO', logger=LOGGER.name):
-            optim.build_optimizer(Net(), 'SGD', lr=0.01, decay=0.0005)
+            optim.build_optimizer(Net(), 'SGD', lr=0.01, decay=0.0005, skip_decay=SKIP)
     finally:
         LOGGER.propagate = False
     assert 'SGD(lr=0.01) with parameter groups 4 weight(decay=0.0), 4 weight(decay=0.0005), 6 bias' in caplog.text
@@ -151,20 +158,8 @@ def test_warmup_leaves_adam_betas():
     assert opt.param_groups[0]['betas'] == (0.937, 0.999)
 
 
-@pytest.mark.parametrize('freeze, frozen_layers', [([0], set()), ([2], {0, 1}), ([5], {0, 1, 2, 3}),
-                                                   ([1, 3], {1, 3})])
-def test_freeze_layers(freeze, frozen_layers):
-    net = Net()
-    frozen = optim.freeze_layers(net, freeze)
-    layers = {int(n.split('.')[1]) for n in frozen}
-    assert layers == frozen_layers
-    for name, p in net.named_parameters():
-        assert p.requires_grad == (int(name.split('.')[1]) not in frozen_layers)
-
-
-def test_freeze_prefixes_do_not_match_longer_indices():
-    assert optim.freeze_prefixes([2]) == ['model.0.', 'model.1.']
-    net = nn.Module()
-    net.model = nn.Sequential(*[nn.Linear(1, 1) for _ in range(12)])
-    frozen = optim.freeze_layers(net, [2])
-    assert frozen == ['model.0.weight', 'model.0.bias', 'model.1.weight', 'model.1.bias']  # not model.10./model.11.
+@pytest.mark.parametrize('freeze, layers', [([0], []), ([2], [0, 1]), ([5], [0, 1, 2, 3, 4]), ([1, 3], [1, 3]),
+                                            ([0, 1], [0, 1]), ([3, 3, 1], [1, 3])])
+def test_freeze_indices_as_yolov5_reads_them(freeze, layers):
+    """One value N: layers 0..N-1 (--freeze 0 nothing); several values: exactly those layers."""
+    assert optim.freeze_indices(freeze) == layers

@@ -174,11 +174,11 @@ def test_freeze_5_freezes_the_whole_efficientvit_backbone(data, tmp_path):
     from models.yolo import Model
     from utils import optim
     model = Model('models/yolov5-efficientvit.yaml', nc=3, verbose=False)
-    frozen = optim.freeze_layers(model, [5])
+    frozen = model.freeze(optim.freeze_indices([5]))
     backbone = [n for n, _ in model.named_parameters() if n.startswith('model.0.')]
     assert len(backbone) > 100 and frozen == backbone
     assert all(p.requires_grad for n, p in model.named_parameters() if not n.startswith('model.0.'))
-    decay, no_decay, biases = optim.split_params(model)
+    decay, no_decay, biases = optim.split_params(model, model.no_weight_decay())
     ab = [p for n, p in model.named_parameters() if n.endswith('attention_biases')]
     assert len(ab) > 0 and {id(p) for p in ab} <= {id(p) for p in no_decay}
     assert len(decay) + len(no_decay) + len(biases) == len(list(model.parameters()))

@@ -10,8 +10,9 @@ import torch
 import torch.nn as nn
 
 from models import registry
+from models.backbone import Backbone
 from models.common import Conv
-from models.efficientvit import EfficientViT_M0
+from models.efficientvit import EfficientViT, EfficientViT_M0
 from models.yolo import (
     Detect,
     DetectionModel,
@@ -95,12 +96,12 @@ def test_every_yaml_builds_runs_fuses(cfg, log_text):
         pred, _ = model(x)
         assert pred.shape == (1, 3 * (24 * 32 + 12 * 16 + 6 * 8), 85)
         assert torch.isfinite(pred).all()
-        model.fuse(fast=False)  # exact path: BN folding only
+        model.fuse(exact=True)  # exact path: BN folding only
         fused, _ = model(x)
         torch.testing.assert_close(fused, pred, rtol=1e-4, atol=1e-4 * float(pred.abs().max()))
         model.fuse()  # default: also a backbone's fast inference path (same function, other summation order)
         fast, _ = model(x)
-    if hasattr(model.model[0], 'fast'):
+    if isinstance(model.model[0], EfficientViT):
         assert model.model[0].fast is True
     torch.testing.assert_close(fast, pred, rtol=1e-2, atol=1e-2 * float(pred.abs().max()))
     text = log_text.getvalue()
@@ -182,13 +183,11 @@ def test_layer_table_and_summary_text(yolov5n, log_text):
 
 # ----------------------------------------------------------------- multi-output backbone convention
 
-class TinyBackbone(nn.Module):
+class TinyBackbone(Backbone):
     """Three outputs at strides 8/16/32 (declared), with BN eps 1e-5 that YOLO init must not touch."""
 
     def __init__(self, strides=(8, 16, 32)):
-        super().__init__()
-        self.out_channels = [8, 16, 24]
-        self.strides = list(strides)
+        super().__init__(channels=[8, 16, 24], strides=strides)
         self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 8, 1), nn.BatchNorm2d(8), nn.ReLU())
         self.s2 = nn.Conv2d(8, 16, 3, 2, 1)
         self.s3 = nn.Conv2d(16, 24, 3, 2, 1)
@@ -199,7 +198,10 @@ class TinyBackbone(nn.Module):
         p4 = self.s2(p3)
         return [p3, p4, self.s3(p4)]
 
-    def fuse(self):
+    def stages(self):
+        return [self.stem, self.s2, self.s3]
+
+    def fuse(self, exact=False):
         self.fused = True
         return self
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import yaml
 
-from models.yolo import DetectionModel, ModelConfigError, meta_layers
+from models.yolo import DetectionModel, ModelConfigError, meta_layers, without_pretrained
 from utils import pickle_scan
 from utils.logging import LOGGER
 from utils.safety import MAX_CLASSES, UnsafeFileError, check_names, read_yaml
@@ -82,11 +82,7 @@ def _scan(path: Path) -> None:
     """The opcode scan of utils.pickle_scan: the allow-list's names, plus the tensor rebuilds, storages and dtypes a
     state dict needs; module classes may only be created empty (official YOLOv5 pickles)."""
     modules = {_global_name(x) for x in _allow_list() if isinstance(x, type) or x[0] is _PickledModule}
-    dtypes = {str(v) for v in vars(torch).values() if isinstance(v, torch.dtype)}
-    torch_defaults = {'builtins.bytearray', 'builtins.complex', 'collections.Counter', 'torch.Tensor',
-                      'torch.nn.parameter.Parameter'}  # allowed by torch; the scan refuses calling them
-    names = {_global_name(x) for x in _allow_list()} | dtypes | torch_defaults | pickle_scan.PLAIN_CALLS | {
-        pickle_scan.REBUILD_TENSOR, pickle_scan.REBUILD_PARAMETER}
+    names = {_global_name(x) for x in _allow_list()} | pickle_scan.state_dict_globals()
     try:
         pickle_scan.scan_checkpoint(path, names, modules)
     except UnsafeFileError as e:
@@ -263,19 +259,6 @@ def _convert_official(obj: dict, path: Path) -> dict:
         'best_fitness': 0.0, 'opt': {}, 'hyp': attrs.get('hyp') or {}, 'date': str(obj.get('date') or '')[:100],
         'train_state': None, 'yaml_file': attrs.get('yaml_file') if isinstance(attrs.get('yaml_file'), str) else '',
     }
-
-
-def without_pretrained(cfg: dict) -> dict:
-    """The yaml with the backbone's pretrained path cleared: a checkpoint carries the weights already."""
-    cfg = dict(cfg)
-    if not isinstance(cfg.get('backbone'), list):
-        return cfg  # not a model yaml: DetectionModel says why
-    rows = [list(r) if isinstance(r, (list, tuple)) else r for r in cfg['backbone']]
-    if rows and isinstance(rows[0], list) and len(rows[0]) == 4 and rows[0][3] and isinstance(rows[0][3][0], str) \
-            and rows[0][3][0] not in ('nc', 'anchors'):
-        rows[0][3] = ['', *rows[0][3][1:]]
-        cfg['backbone'] = rows
-    return cfg
 
 
 def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = 'checkpoint') -> None:

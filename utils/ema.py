@@ -8,6 +8,7 @@ from copy import deepcopy
 import torch
 import torch.nn as nn
 
+from models.yolo import DetectionModel
 from utils.torch_utils import de_parallel
 
 
@@ -28,7 +29,8 @@ class ModelEMA:
 
     The decay ramps up as ``d = decay * (1 - exp(-updates / tau))`` so the first updates follow the model closely
     (early weights are poor) and later ones average over ~1/(1-decay) steps. The EMA copy is kept in eval mode with
-    gradients off; it is a copy of the unwrapped model, so DP/DDP wrappers never reach checkpoints.
+    gradients off; it is a copy of the unwrapped model, so DP/DDP wrappers never reach checkpoints. A
+    DetectionModel's frozen entries are copied, not averaged: ``d*v + (1-d)*v`` is not always ``v`` in floating point.
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.9999, tau: float = 2000, updates: int = 0):
@@ -48,9 +50,13 @@ class ModelEMA:
         """Fold the current model weights into the EMA (call after each optimizer step)."""
         self.updates += 1
         d = self.decay(self.updates)
-        msd = de_parallel(model).state_dict()
+        model = de_parallel(model)
+        msd = model.state_dict()
+        frozen = model.frozen_state_keys() if isinstance(model, DetectionModel) else set()
         for k, v in self.ema.state_dict().items():
-            if v.dtype.is_floating_point:
+            if k in frozen:
+                v.copy_(msd[k])
+            elif v.dtype.is_floating_point:
                 v.mul_(d).add_(msd[k].detach().to(v.dtype), alpha=1 - d)
 
     def update_attr(self, model: nn.Module, include: Iterable[str] = (),

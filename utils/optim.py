@@ -2,8 +2,10 @@
 
 YOLOv5 splits parameters into three groups and builds the optimizer with the biases first, so
 ``param_groups[0]`` = biases (no decay, warmed up from ``warmup_bias_lr`` down), ``[1]`` = weights with decay,
-``[2]`` = weights without decay (normalisation weights; here also EfficientViT's ``attention_biases``, which are a
-learned positional table, not a weight to shrink). The ``x/lr0..2`` columns of results.csv follow this order.
+``[2]`` = weights without decay (normalisation weights, plus whatever the model names in ``no_weight_decay()``, as
+timm asks its models: EfficientViT's ``attention_biases``, a learned positional table, not a weight to shrink). The
+``x/lr0..2`` columns of results.csv follow this order. Which layers ``--freeze`` means is here; freezing itself is
+the model's (``DetectionModel.freeze``).
 """
 from __future__ import annotations
 
@@ -16,7 +18,6 @@ from torch import nn
 from utils.logging import LOGGER, colorstr
 
 NOMINAL_BATCH = 64  # YOLOv5's nbs: gradients are accumulated up to this many images per optimizer step
-NO_DECAY_NAMES = ('attention_biases',)  # parameter names (last component) never weight-decayed
 OPTIMIZERS = ('SGD', 'Adam', 'AdamW')
 
 
@@ -26,20 +27,22 @@ def is_norm(module: nn.Module) -> bool:
                                nn.RMSNorm)) or 'Norm' in type(module).__name__
 
 
-def split_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter], list[nn.Parameter]]:
+def split_params(model: nn.Module, skip_decay: Iterable[str] = ()) -> tuple[list[nn.Parameter], list[nn.Parameter],
+                                                                         list[nn.Parameter]]:
     """Return (decay, no_decay, biases): every parameter of ``model`` exactly once.
 
     - biases: every parameter named ``bias`` (norm biases included);
-    - no_decay: weights of normalisation layers and parameters named in ``NO_DECAY_NAMES``;
+    - no_decay: weights of normalisation layers and the parameters named (full names) in ``skip_decay``;
     - decay: everything else (conv / linear weights, anchors-free extras).
     """
+    skip = set(skip_decay)
     decay, no_decay, biases = [], [], []
-    for module in model.modules():
+    for prefix, module in model.named_modules():
         norm = is_norm(module)
         for name, p in module.named_parameters(recurse=False):
             if name == 'bias':
                 biases.append(p)
-            elif norm or name in NO_DECAY_NAMES:
+            elif norm or (f'{prefix}.{name}' if prefix else name) in skip:
                 no_decay.append(p)
             else:
                 decay.append(p)
@@ -47,13 +50,14 @@ def split_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Paramete
 
 
 def build_optimizer(model: nn.Module, name: str = 'SGD', lr: float = 0.01, momentum: float = 0.937,
-                    decay: float = 5e-4) -> torch.optim.Optimizer:
+                    decay: float = 5e-4, skip_decay: Iterable[str] = ()) -> torch.optim.Optimizer:
     """YOLOv5's smart_optimizer: groups [biases, decayed weights, undecayed weights] in that order.
 
-    SGD uses Nesterov momentum; Adam/AdamW use ``betas=(momentum, 0.999)``. Frozen parameters stay in the groups
-    (as YOLOv5), they simply never receive a gradient.
+    ``skip_decay``: the model's ``no_weight_decay()`` names. SGD uses Nesterov momentum; Adam/AdamW use
+    ``betas=(momentum, 0.999)``. Frozen parameters stay in the groups (as YOLOv5); they never receive a gradient,
+    and torch's optimizers leave a parameter without a gradient untouched (no decay, no momentum step).
     """
-    decay_p, no_decay_p, bias_p = split_params(model)
+    decay_p, no_decay_p, bias_p = split_params(model, skip_decay)
     if name == 'SGD':
         optimizer = torch.optim.SGD(bias_p, lr=lr, momentum=momentum, nesterov=True)
     elif name == 'Adam':
@@ -153,25 +157,10 @@ def group_lrs(optimizer: torch.optim.Optimizer) -> list[float]:
     return [g['lr'] for g in optimizer.param_groups]
 
 
-def freeze_prefixes(freeze: Iterable[int]) -> list[str]:
-    """``--freeze`` as YOLOv5 reads it: one value N -> layers 0..N-1; several values -> exactly those layers."""
-    freeze = list(freeze)
-    layers = range(freeze[0]) if len(freeze) == 1 else freeze
-    return [f'model.{i}.' for i in layers]
+def freeze_indices(freeze: Iterable[int]) -> list[int]:
+    """``--freeze`` as YOLOv5 reads it: one value N -> layers 0..N-1; several values -> exactly those layers.
 
-
-def freeze_layers(model: nn.Module, freeze: Iterable[int]) -> list[str]:
-    """Set requires_grad=False on parameters whose name starts with a frozen ``model.{i}.`` prefix.
-
-    Returns the frozen parameter names. ``--freeze 5`` freezes the whole EfficientViT backbone (indices 0-4).
+    ``--freeze 5`` is the whole EfficientViT or Timm backbone (layers 0-4); ``--freeze 0`` (the default) nothing.
     """
-    prefixes = tuple(freeze_prefixes(freeze))
-    frozen = []
-    for name, p in model.named_parameters():
-        p.requires_grad = True
-        if prefixes and name.startswith(prefixes):
-            p.requires_grad = False
-            frozen.append(name)
-    if frozen:
-        LOGGER.info(f'freezing {len(frozen)} parameters in layers {", ".join(p[:-1] for p in prefixes)}')
-    return frozen
+    freeze = [int(i) for i in freeze]
+    return list(range(freeze[0])) if len(freeze) == 1 else sorted(set(freeze))

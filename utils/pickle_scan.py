@@ -47,6 +47,17 @@ _SCALAR_OPS = {'NONE', 'NEWTRUE', 'NEWFALSE', 'INT', 'BININT', 'BININT1', 'BININ
                'BINBYTES8', 'BYTEARRAY8', 'UNICODE', 'BINUNICODE', 'SHORT_BINUNICODE', 'BINUNICODE8'}
 
 
+def state_dict_globals() -> set[str]:
+    """Names a file of plain state dicts may use: tensor rebuilds, dtypes and plain-data constructors (torch's
+    weights-only defaults ``torch.Tensor``, ``Parameter``, ``bytearray`` may be named, never called)."""
+    import torch
+
+    dtypes = {str(v) for v in vars(torch).values() if isinstance(v, torch.dtype)}
+    torch_defaults = {'builtins.bytearray', 'builtins.complex', 'collections.Counter', 'torch.Tensor',
+                      'torch.nn.parameter.Parameter'}
+    return dtypes | torch_defaults | PLAIN_CALLS | {REBUILD_TENSOR, REBUILD_PARAMETER}
+
+
 class _Node:
     """A symbolic pickle value with children: containers, globals, calls, objects and storages."""
 
@@ -242,8 +253,8 @@ class _Machine:
             module = IMPORT_MAPPING[module]
         name = f'{module}.{name}'
         if name not in self.allowed and name not in STORAGE_TYPES:
-            raise _Refused(f'refused: the pickle names {name}, which is not on the allow-list of classes a YOLOv5 '
-                           'checkpoint may contain')
+            raise _Refused(f'refused: the pickle names {name}, which is not on the allow-list of names a weights '
+                           'file may use (tensors, plain data and, in official YOLOv5 files, their module classes)')
         return _Node('global', name=name)
 
     def _callable(self, func: Any, op: str) -> str:

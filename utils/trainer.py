@@ -20,7 +20,8 @@ import torch.nn.functional as F
 import yaml
 from tqdm import tqdm
 
-from models.yolo import Model
+from models.backbone import Backbone
+from models.yolo import Model, without_pretrained
 from utils import evolve as evolution
 from utils import optim
 from utils.autoanchor import check_anchors
@@ -33,7 +34,6 @@ from utils.checkpoints import (
     saved_options,
     strip_optimizer,
     transfer_weights,
-    without_pretrained,
 )
 from utils.dataloaders import create_dataloader
 from utils.dataset_config import check_dataset, find_config, load_hyp
@@ -301,7 +301,11 @@ class Trainer:
         else:
             model = Model(opt.cfg, ch=3, nc=self.nc, anchors=hyp.get('anchors'), verbose=self.info.is_main)
         self.model = model.to(self.device, memory_format=self.memory_format)
-        optim.freeze_layers(self.model, opt.freeze)
+        frozen = self.model.freeze(optim.freeze_indices(opt.freeze))  # on top of the YAML's frozen_stages: the union
+        if frozen:
+            bb = self.model.model[0]
+            LOGGER.info(f'freezing {len(frozen)} parameters (--freeze {opt.freeze}'
+                        + (f', backbone frozen_stages {bb.frozen_stages})' if isinstance(bb, Backbone) else ')'))
         return ckpt
 
     def build_data(self) -> None:
@@ -331,7 +335,7 @@ class Trainer:
         self.accumulate = optim.accumulate_steps(self.batch_size, self.nbs)
         hyp['weight_decay'] = optim.scaled_weight_decay(hyp['weight_decay'], self.batch_size, self.nbs)
         self.optimizer = optim.build_optimizer(self.model, opt.optimizer, hyp['lr0'], hyp['momentum'],
-                                               hyp['weight_decay'])
+                                               hyp['weight_decay'], skip_decay=self.model.no_weight_decay())
         self.lf = optim.lr_lambda(self.epochs, hyp['lrf'], opt.cos_lr)
         self.scheduler = optim.build_scheduler(self.optimizer, self.lf)
 
@@ -341,7 +345,9 @@ class Trainer:
             plot_labels(self.labels, self.names, self.save_dir)
         if not self.opt.noautoanchor:
             check_anchors(self.dataset, model=self.model, thr=self.hyp['anchor_t'], imgsz=self.imgsz)
-        self.model.half().float()  # pre-reduce anchor precision as YOLOv5 does
+        frozen = {k: v.clone() for k, v in self.model.state_dict().items() if k in self.model.frozen_state_keys()}
+        self.model.half().float()  # pre-reduce anchor precision as YOLOv5 does (rounds every weight through fp16) ...
+        self.model.load_state_dict(frozen, strict=False)  # ... except the frozen ones, which stay bit-identical
 
     def set_model_attributes(self) -> None:
         """YOLOv5 scales the loss gains to the number of layers, classes and image size before the loss is built."""
