@@ -24,10 +24,10 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
-from utils.argtypes import positive_int  # noqa: E402
 from utils.backends import check_img_size  # noqa: E402
-from utils.logging import LOGGER, colorstr  # noqa: E402
-from utils.torch_utils import select_device  # noqa: E402
+from utils.core.argtypes import positive_int  # noqa: E402
+from utils.core.logging import LOGGER, colorstr  # noqa: E402
+from utils.core.torch_utils import select_device  # noqa: E402
 
 FORMATS = {'torchscript': '.torchscript', 'onnx': '.onnx'}
 

@@ -37,7 +37,7 @@ def _create(name: str, pretrained: bool = True, channels: int = 3, classes: int 
     from models.autoshape import AutoShape
     from models.yolo import Model
     from utils.checkpoints import load_model, transfer_weights
-    from utils.torch_utils import select_device
+    from utils.core.torch_utils import select_device
 
     device = select_device('' if device is None else str(device))
     cfg = ROOT / 'models' / MODELS[name]
@@ -64,7 +64,7 @@ def custom(path: str | Path = 'path/to/model.pt', autoshape: bool = True, _verbo
     plain (unfused, trainable) DetectionModel with ``autoshape=False``."""
     from models.autoshape import AutoShape
     from utils.checkpoints import load_model
-    from utils.torch_utils import select_device
+    from utils.core.torch_utils import select_device
 
     model = load_model(path, device=select_device('' if device is None else str(device)), fuse=autoshape)
     return AutoShape(model, verbose=_verbose) if autoshape else model
@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> Path:
     """Run a model on the generated sample images, print the detections and save the annotated images."""
     import argparse
 
+    from utils.core.logging import LOGGER
     from utils.dataset_config import IMG_FORMATS
-    from utils.logging import LOGGER
     from utils.synthetic import ensure_sample_images
 
     p = argparse.ArgumentParser(description='PyTorch Hub demo: detect on the default images')

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # entry point: make the repository importable when run from elsewhere
 
-from utils.argtypes import non_negative_int, positive_int, train_batch_size, unit_interval  # noqa: E402
+from utils.core.argtypes import non_negative_int, positive_int, train_batch_size, unit_interval  # noqa: E402
 
 DEFAULT_CFG = 'models/yolov5-efficientvit.yaml'
 DEFAULT_DATA = 'data/shapes.yaml'
@@ -86,7 +86,7 @@ def main(opt: argparse.Namespace) -> Path:
     --weights with --cfg left at its default trains the architecture stored in the weights (so fine-tuning
     yolov5s.pt stays a yolov5s); pass --cfg explicitly to build another model and transfer what matches.
     """
-    from utils.logging import LOGGER
+    from utils.core.logging import LOGGER
     from utils.trainer import train
     if opt.evolve:
         evolve_options(opt)
@@ -114,7 +114,7 @@ def apply_train_defaults(opt: argparse.Namespace) -> argparse.Namespace:
     image size), while every flag given on the command line or to ``run()`` still wins, and a dataset without
     ``train_defaults`` trains with exactly YOLOv5's defaults.
     """
-    from utils.logging import LOGGER
+    from utils.core.logging import LOGGER
     unset = [k for k in YOLOV5_DEFAULTS if getattr(opt, k, None) is None]
     recommended = dataset_train_defaults(opt.data) if unset else {}
     used = {k: recommended[k] for k in unset if k in recommended}
@@ -130,8 +130,8 @@ def dataset_train_defaults(data: str | dict) -> dict:
     """The ``train_defaults:`` mapping of a dataset YAML (empty if absent); unknown keys are a one-line error."""
     import yaml
 
+    from utils.core.safety import read_yaml
     from utils.dataset_config import ConfigError, find_config
-    from utils.safety import read_yaml
     from utils.trainer import TrainError
     if isinstance(data, dict):
         d = data

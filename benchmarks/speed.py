@@ -116,7 +116,7 @@ def spread(cell: list[float] | str | None) -> float | None:
 def build_models(names: list[str], imgsz: int) -> tuple[dict, dict]:
     """Build every model once: returns ({name: model or error text}, {name: {'params': int, 'gflops': float}})."""
     from models.yolo import DetectionModel
-    from utils.torch_utils import flops
+    from utils.core.torch_utils import flops
 
     models, info = {}, {}
     for name in names:
@@ -195,8 +195,8 @@ def random_targets(batch: int, nc: int, per_image: int = 4, seed: int = 0) -> to
 def train_task(model: torch.nn.Module, batch: int, imgsz: int, hyp: dict) -> Callable[[], None]:
     """One optimizer step on random data: zero_grad, forward, ComputeLoss, backward, SGD step (YOLOv5's SGD), in the
     memory format train.py uses on the CPU (channels-last)."""
+    from utils.core.torch_utils import training_memory_format
     from utils.loss import ComputeLoss
-    from utils.torch_utils import training_memory_format
 
     fmt = training_memory_format('cpu')
     model.to(memory_format=fmt).train()

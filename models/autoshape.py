@@ -24,10 +24,10 @@ from PIL import Image, ImageOps
 
 from utils.augmentations import letterbox
 from utils.boxes import scale_boxes, xyxy2xywh
-from utils.logging import LOGGER, colorstr, increment_path
+from utils.core.logging import LOGGER, colorstr, increment_path
+from utils.core.safety import image_header_size, inside, path_component
 from utils.nms import non_max_suppression
 from utils.plots import Annotator, colors, detection_summary, save_one_box
-from utils.safety import image_header_size, inside, path_component
 
 
 def _as_rgb_array(im, i: int) -> tuple[np.ndarray, str]:

@@ -1,7 +1,7 @@
 """Loading a backbone's pretrained weights from a local file, with one report of what was loaded and skipped.
 
 Shared by every backbone (EfficientViT's Cream/timm files, any ``Timm`` model's state dict): the file is read with
-``torch.load(weights_only=True)`` after the opcode scan of utils.pickle_scan (or safetensors), tensors are matched
+``torch.load(weights_only=True)`` after the opcode scan of utils.core.pickle_scan (or safetensors), tensors are matched
 to the model by name and shape, and one line says how many were loaded, adapted and skipped, and why.
 Nothing is ever downloaded.
 """
@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from utils import pickle_scan
-from utils.logging import LOGGER
-from utils.safety import UnsafeFileError
+from utils.core import pickle_scan
+from utils.core.logging import LOGGER
+from utils.core.safety import UnsafeFileError
 
 STATE_DICT_KEYS = ('model', 'state_dict', 'model_ema', 'state_dict_ema')  # where checkpoints keep their tensors
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from models.registry import register_module
-from utils.torch_utils import fuse_conv_and_bn
+from utils.core.torch_utils import fuse_conv_and_bn
 
 
 @dataclass(frozen=True)
@@ -284,7 +284,7 @@ UPSAMPLE_MODES = ('nearest', 'nearest-exact', 'bilinear', 'bicubic')
 def _upsample_yaml_args(c1s: list[int], args: list, n: int, ctx: YamlContext) -> tuple[list, int, int]:
     """nn.Upsample ``[size, scale_factor, mode]``: size None, a scale in (0, MAX_UPSAMPLE] and a known mode, so a
     model YAML (or a checkpoint's) cannot ask for a gigantic feature map or crash the first forward."""
-    from utils.safety import MAX_UPSAMPLE
+    from utils.core.safety import MAX_UPSAMPLE
 
     size, scale, mode = (list(args) + [None, None, 'nearest'][len(args):])[:3] if len(args) <= 3 else (0, 0, 0)
     if len(args) > 3 or size is not None:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.backbone_weights import LoadReport, PretrainedError, load_matching, read_state_dict
-from utils.logging import LOGGER
+from utils.core.logging import LOGGER
 
 __all__ = ['PretrainedError', 'LoadReport', 'load_pretrained', 'timm_to_cream', 'timm_to_cream_key',
            'cream_state_dict', 'resize_attention_biases', 'adapt_kernel']

@@ -21,7 +21,7 @@ from torch import nn
 from models.backbone import Backbone
 from models.backbone_weights import LoadReport, load_matching, read_state_dict
 from models.registry import register_module
-from utils.logging import LOGGER
+from utils.core.logging import LOGGER
 
 YOLO_STRIDES = (8, 16, 32)
 REMOTE_PREFIXES = ('hf-hub:', 'hf_hub:', 'local-dir:', 'http:', 'https:', 'ftp:', 's3:', 'gs:')

@@ -34,9 +34,9 @@ from models import common, efficientvit, timm_backbone  # noqa: E402,F401  (regi
 from models.backbone import Backbone  # noqa: E402
 from models.common import FOREIGN_YAML_ARGS, Conv, YamlContext, parse_activation, set_activation  # noqa: E402
 from models.registry import get_module, register_module, weights_arg  # noqa: E402
-from utils.logging import LOGGER, colorstr  # noqa: E402
-from utils.safety import MAX_CLASSES, MAX_LAYER_REPEATS, MAX_MODEL_PARAMS, MAX_MODEL_ROWS, read_yaml  # noqa: E402
-from utils.torch_utils import initialize_weights, meta_copy, model_info  # noqa: E402
+from utils.core.logging import LOGGER, colorstr  # noqa: E402
+from utils.core.safety import MAX_CLASSES, MAX_LAYER_REPEATS, MAX_MODEL_PARAMS, MAX_MODEL_ROWS, read_yaml  # noqa: E402
+from utils.core.torch_utils import initialize_weights, meta_copy, model_info  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKBONE_SLOTS = 5  # a multi-output backbone occupies layer indices 0..4 (YOLOv5-EfficientViT convention)

@@ -23,7 +23,7 @@ def root() -> Path:
 @pytest.fixture
 def log_lines():
     """Messages sent to the project logger during the test (it does not propagate to pytest's caplog)."""
-    from utils.logging import LOGGER
+    from utils.core.logging import LOGGER
     lines: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: lines.append(record.getMessage())
@@ -35,7 +35,7 @@ def log_lines():
 @pytest.fixture
 def log_text():
     """Everything the project logger prints during the test, as a StringIO (``log_text.getvalue()``)."""
-    from utils.logging import LOGGER
+    from utils.core.logging import LOGGER
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     LOGGER.addHandler(handler)

@@ -20,7 +20,7 @@ from models.common import (
     make_divisible,
 )
 from models.registry import get_module
-from utils.torch_utils import fuse_conv_and_bn
+from utils.core.torch_utils import fuse_conv_and_bn
 
 
 def n_params(m: nn.Module) -> int:
@@ -167,10 +167,10 @@ def test_width_rounding_matches_yolov5n_widths():
     assert math.ceil(1024 * 0.25 / 8) * 8 == 256
 
 
-# ----------------------------------------------------------------- utils.torch_utils
+# ----------------------------------------------------------------- utils.core.torch_utils
 
 def test_select_device_strings():
-    from utils.torch_utils import DeviceError, select_device
+    from utils.core.torch_utils import DeviceError, select_device
 
     assert select_device('cpu') == torch.device('cpu')
     assert select_device('') == (torch.device('cuda:0') if torch.cuda.is_available() else torch.device('cpu'))
@@ -182,7 +182,7 @@ def test_select_device_strings():
 
 
 def test_init_seeds_reproducible():
-    from utils.torch_utils import init_seeds
+    from utils.core.torch_utils import init_seeds
 
     init_seeds(3)
     a = torch.rand(4)
@@ -191,7 +191,7 @@ def test_init_seeds_reproducible():
 
 
 def test_flops_counts_two_per_mac():
-    from utils.torch_utils import flops
+    from utils.core.torch_utils import flops
 
     m = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.SiLU())
     assert flops(m, 640) == pytest.approx(2 * 640 * 640 * 16 * 3 * 9 / 1e9)
@@ -200,7 +200,7 @@ def test_flops_counts_two_per_mac():
 
 
 def test_de_parallel_and_inference_mode():
-    from utils.torch_utils import de_parallel, smart_inference_mode
+    from utils.core.torch_utils import de_parallel, smart_inference_mode
 
     m = nn.Linear(2, 2)
     assert de_parallel(nn.DataParallel(m)) is m and de_parallel(m) is m

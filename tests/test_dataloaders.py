@@ -179,7 +179,7 @@ def test_cache_not_writeable_warns(ds):
     records = []
     handler = logging.Handler()
     handler.emit = records.append
-    from utils.logging import LOGGER
+    from utils.core.logging import LOGGER
     LOGGER.addHandler(handler)
     try:
         assert LoadImagesAndLabels(ds, 64, 2).n == 6

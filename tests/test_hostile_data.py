@@ -17,9 +17,9 @@ from tests import hostile as H
 from tests.helpers import write_dataset
 from tests.test_export import make_checkpoint, make_model, write_images
 from utils import label_cache
+from utils.core.logging import LOGGER
 from utils.dataloaders import LoadImagesAndLabels, create_dataloader
 from utils.dataset_config import ConfigError, DatasetError, check_dataset, load_hyp
-from utils.logging import LOGGER
 from utils.sources import Frame
 
 ROOT = Path(__file__).resolve().parents[1]

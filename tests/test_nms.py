@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.logging import LOGGER
+from utils.core.logging import LOGGER
 from utils.nms import non_max_suppression
 
 

@@ -76,7 +76,7 @@ def test_build_optimizer_unknown_name():
 
 
 def test_optimizer_log_line(caplog):
-    from utils.logging import LOGGER
+    from utils.core.logging import LOGGER
     LOGGER.propagate = True
     try:
         with caplog.at_level('INFO', logger=LOGGER.name):

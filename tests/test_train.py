@@ -126,7 +126,7 @@ def test_hyp_nbs_sets_images_per_optimizer_step(data, tmp_path, nbs, steps):
 
 def test_cpu_training_runs_channels_last(finished_run):
     """The trainer converts model and images to channels-last on CPU; the saved weights keep that layout."""
-    from utils.torch_utils import training_memory_format
+    from utils.core.torch_utils import training_memory_format
     assert training_memory_format('cpu') == torch.channels_last
     assert training_memory_format('cuda:0') == torch.contiguous_format
     w = torch.load(finished_run / 'weights/last.pt', weights_only=True)['model']['model.0.conv.weight']

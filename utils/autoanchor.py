@@ -13,8 +13,8 @@ import torch
 from tqdm import tqdm
 
 from models.yolo import check_anchor_order
-from utils.logging import LOGGER, colorstr
-from utils.torch_utils import de_parallel
+from utils.core.logging import LOGGER, colorstr
+from utils.core.torch_utils import de_parallel
 
 BPR_GOOD = 0.98  # above this the current anchors are kept without searching
 

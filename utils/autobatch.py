@@ -16,7 +16,7 @@ from copy import deepcopy
 import numpy as np
 import torch
 
-from utils.logging import LOGGER, colorstr
+from utils.core.logging import LOGGER, colorstr
 
 PROFILE_BATCH_SIZES = (1, 2, 4, 8, 16)
 GIB = 1 << 30

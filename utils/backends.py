@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from utils.checkpoints import CheckpointError
-from utils.logging import LOGGER
-from utils.safety import MAX_NAMES_TEXT, UnsafeFileError, check_names, check_onnx_file, check_stride
+from utils.core.logging import LOGGER
+from utils.core.safety import MAX_NAMES_TEXT, UnsafeFileError, check_names, check_onnx_file, check_stride
 
 FORMATS = {'.pt': 'pt', '.torchscript': 'jit', '.onnx': 'onnx'}
 
@@ -52,7 +52,7 @@ class BackendError(Exception):
 
 def parse_names(value, source: str = 'metadata', nc: int | None = None) -> dict[int, str]:
     """Class names from metadata: a dict, a list, or their text (JSON or a Python literal, never evaluated), checked
-    by utils.safety.check_names (bounded, strings, exactly ``nc`` when given)."""
+    by utils.core.safety.check_names (bounded, strings, exactly ``nc`` when given)."""
     if isinstance(value, str):
         if len(value) > MAX_NAMES_TEXT:
             raise UnsafeFileError(f'{source}: names metadata has {len(value)} characters, over {MAX_NAMES_TEXT}')

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from utils.logging import LOGGER, colorstr
+from utils.core.logging import LOGGER, colorstr
 
 RESULT_KEYS = ('train/box_loss', 'train/obj_loss', 'train/cls_loss',  # train loss
                'metrics/precision', 'metrics/recall', 'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95',  # metrics

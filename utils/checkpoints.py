@@ -25,9 +25,9 @@ import torch.nn as nn
 import yaml
 
 from models.yolo import DetectionModel, ModelConfigError, meta_layers, without_pretrained
-from utils import pickle_scan
-from utils.logging import LOGGER
-from utils.safety import MAX_CLASSES, UnsafeFileError, check_names, read_yaml
+from utils.core import pickle_scan
+from utils.core.logging import LOGGER
+from utils.core.safety import MAX_CLASSES, UnsafeFileError, check_names, read_yaml
 
 FORMAT = 'yolov5-efficientvit'
 FORMAT_VERSION = 1
@@ -79,8 +79,8 @@ def _global_name(item: Any) -> str:
 
 
 def _scan(path: Path) -> None:
-    """The opcode scan of utils.pickle_scan: the allow-list's names, plus the tensor rebuilds, storages and dtypes a
-    state dict needs; module classes may only be created empty (official YOLOv5 pickles)."""
+    """The opcode scan of utils.core.pickle_scan: the allow-list's names, plus the tensor rebuilds, storages and
+    dtypes a state dict needs; module classes may only be created empty (official YOLOv5 pickles)."""
     modules = {_global_name(x) for x in _allow_list() if isinstance(x, type) or x[0] is _PickledModule}
     names = {_global_name(x) for x in _allow_list()} | pickle_scan.state_dict_globals()
     try:
@@ -97,8 +97,8 @@ def _unsafe_global(e: Exception) -> str | None:
 
 
 def _torch_load(path: Path) -> Any:
-    """torch.load(weights_only=True) with the YOLOv5 allow-list, after the opcode scan (utils.pickle_scan) has shown
-    that loading calls nothing but tensor rebuilds and stays within the file's size; every failure is one line."""
+    """torch.load(weights_only=True) with the YOLOv5 allow-list, after the opcode scan (utils.core.pickle_scan) has
+    shown that loading calls nothing but tensor rebuilds and stays within the file's size; every failure is one line."""
     if not path.is_file():
         raise CheckpointError(f'{path}: checkpoint not found')
     _scan(path)

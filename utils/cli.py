@@ -16,10 +16,10 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from models.yolo import InputSizeError, ModelConfigError
     from utils.backends import BackendError
     from utils.checkpoints import CheckpointError
+    from utils.core.safety import UnsafeFileError
+    from utils.core.torch_utils import DeviceError
     from utils.dataset_config import ConfigError
-    from utils.safety import UnsafeFileError
     from utils.sources import SourceError
-    from utils.torch_utils import DeviceError
 
     return (BackendError, CheckpointError, ConfigError, DeviceError, InputSizeError, ModelConfigError, SourceError,
             UnsafeFileError, FileNotFoundError)

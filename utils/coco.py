@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.logging import LOGGER
+from utils.core.logging import LOGGER
 
 # COCO's 80 detection classes in the 91-id numbering of the official annotation files
 COCO80_TO_91 = (*range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70, *range(72, 83),

@@ -6,7 +6,7 @@ rect batches, ``--cache ram|disk``, quad collate). Differences, on purpose:
   covers every file's path, size and mtime (YOLOv5 hashed only the total size, so edits of equal size went unseen);
 - images are decoded once during the scan, so undecodable files are caught there, not mid-epoch;
 - images are read with ``np.fromfile`` + ``cv2.imdecode`` (non-ASCII paths work) as 3-channel uint8 BGR, upright,
-  after their header is checked against the pixel limit (utils.safety.decode_image);
+  after their header is checked against the pixel limit (utils.core.safety.decode_image);
 - the scan never rewrites a file of the dataset, and the ``.cache`` is written only inside the dataset root;
 - label rows with class >= ``nc`` are dropped with a warning instead of aborting training;
 - the stats partition the images: found (with boxes) + missing + empty + corrupt == total.
@@ -27,6 +27,8 @@ from tqdm import tqdm
 
 from utils.augmentations import augment_hsv, build_mosaic, copy_paste, letterbox, mixup, random_perspective
 from utils.boxes import xywhn2xyxy, xyxy2xywhn
+from utils.core.logging import LOGGER
+from utils.core.safety import decode_image
 from utils.dataset_config import IMG_FORMATS, VID_FORMATS, DatasetError, image_files_in, load_hyp
 from utils.label_cache import (  # noqa: F401  (re-exported: the scan lived here)
     BAR_FORMAT,
@@ -41,8 +43,6 @@ from utils.label_cache import (  # noqa: F401  (re-exported: the scan lived here
     scan_labels,
     verify_image_label,
 )
-from utils.logging import LOGGER
-from utils.safety import decode_image
 
 __all__ = ('IMG_FORMATS', 'VID_FORMATS', 'img2label_paths', 'exif_size', 'imread', 'verify_image_label',
            'LoadImagesAndLabels', 'InfiniteDataLoader', 'create_dataloader', 'collate_fn', 'collate_fn4',
@@ -59,7 +59,7 @@ def imread(path: str | Path) -> np.ndarray | None:
 
     ``np.fromfile`` + ``cv2.imdecode`` instead of ``cv2.imread`` so that non-ASCII paths work on every platform;
     ``IMREAD_COLOR`` applies the EXIF orientation, drops alpha and maps 16-bit values v to v >> 8. The header is
-    checked first (utils.safety.decode_image): an image over the pixel limit is None too, never decoded.
+    checked first (utils.core.safety.decode_image): an image over the pixel limit is None too, never decoded.
     """
     try:
         return decode_image(path)

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from utils.safety import UnsafeFileError, check_names, read_yaml
+from utils.core.safety import UnsafeFileError, check_names, read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 IMG_FORMATS = ('bmp', 'dng', 'jpeg', 'jpg', 'mpo', 'png', 'tif', 'tiff', 'webp', 'pfm')

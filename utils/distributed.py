@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from utils.logging import LOGGER
+from utils.core.logging import LOGGER
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from models.yolo import DetectionModel
-from utils.torch_utils import de_parallel
+from utils.core.torch_utils import de_parallel
 
 
 def copy_attr(dst: object, src: object, include: Iterable[str] = (), exclude: Iterable[str] = ()) -> None:

@@ -22,9 +22,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from utils.boxes import xywhn2xyxy
+from utils.core.logging import LOGGER
+from utils.core.safety import MAX_ZIP_ENTRIES, UnsafeFileError, image_header_size
 from utils.dataset_config import IMG_FORMATS
-from utils.logging import LOGGER
-from utils.safety import MAX_ZIP_ENTRIES, UnsafeFileError, image_header_size
 
 CACHE_VERSION = 2  # bump when the cache layout or the verification rules change
 BAR_FORMAT = '{l_bar}{bar:10}{r_bar}'
@@ -95,7 +95,7 @@ def _jpeg_end(im_file: str, prefix: str) -> tuple[np.ndarray, str]:
     """The file's bytes, with the FFD9 end marker appended in memory when a JPEG lacks it, and a warning then.
 
     YOLOv5 re-saved such files in place (a 623-byte file became 2.25 MB in the user's dataset); the file is now left
-    unchanged and every later read (utils.safety.decode_image) repairs it the same way in memory."""
+    unchanged and every later read (utils.core.safety.decode_image) repairs it the same way in memory."""
     data = np.fromfile(im_file, dtype=np.uint8)
     if data[:2].tobytes() != b'\xff\xd8' or data[-2:].tobytes() == b'\xff\xd9':
         return data, ''

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from utils.boxes import bbox_iou
-from utils.torch_utils import de_parallel
+from utils.core.torch_utils import de_parallel
 
 REQUIRED_HYP = ('box', 'obj', 'cls', 'cls_pw', 'obj_pw', 'anchor_t', 'fl_gamma')
 # neighbour offsets in cell units * g: centre, left, up, right, down (a target may also claim 2 neighbours)

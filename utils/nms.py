@@ -9,7 +9,7 @@ import torch
 import torchvision
 
 from utils.boxes import xywh2xyxy
-from utils.logging import LOGGER
+from utils.core.logging import LOGGER
 
 
 def _check_thresholds(conf_thres: float, iou_thres: float) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from utils.logging import LOGGER, colorstr
+from utils.core.logging import LOGGER, colorstr
 
 NOMINAL_BATCH = 64  # YOLOv5's nbs: gradients are accumulated up to this many images per optimizer step
 OPTIMIZERS = ('SGD', 'Adam', 'AdamW')

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from utils.boxes import clip_boxes, xywh2xyxy, xyxy2xywh
-from utils.logging import LOGGER, increment_path
+from utils.core.logging import LOGGER, increment_path
 from utils.metrics import fitness, smooth
 
 # YOLOv5's class colour palette (RGB hex)

@@ -17,9 +17,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from utils.core.logging import LOGGER
+from utils.core.safety import MAX_IMAGE_PIXELS, UnsafeFileError, check_pixels, decode_image
 from utils.dataset_config import IMG_FORMATS, VID_FORMATS
-from utils.logging import LOGGER
-from utils.safety import MAX_IMAGE_PIXELS, UnsafeFileError, check_pixels, decode_image
 
 URL_PREFIXES = ('rtsp://', 'rtmp://', 'http://', 'https://')
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from utils.logging import LOGGER
+from utils.core.logging import LOGGER
 
 SHAPE_NAMES = ('circle', 'square', 'triangle', 'star', 'cross', 'ring')
 MARKER = '.generated.json'  # written last: a dataset without it (or with another spec) is regenerated

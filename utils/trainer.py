@@ -35,6 +35,8 @@ from utils.checkpoints import (
     strip_optimizer,
     transfer_weights,
 )
+from utils.core.logging import LOGGER, colorstr, increment_path
+from utils.core.torch_utils import de_parallel, init_seeds, select_device, training_memory_format
 from utils.dataloaders import create_dataloader
 from utils.dataset_config import check_dataset, find_config, load_hyp
 from utils.distributed import (
@@ -49,11 +51,9 @@ from utils.distributed import (
     zero_first,
 )
 from utils.ema import ModelEMA
-from utils.logging import LOGGER, colorstr, increment_path
 from utils.loss import ComputeLoss
 from utils.metrics import fitness
 from utils.plots import plot_evolve, plot_images, plot_labels, plot_results
-from utils.torch_utils import de_parallel, init_seeds, select_device, training_memory_format
 
 CKPT_FORMAT, CKPT_VERSION = 'yolov5-efficientvit', 1
 MAX_GRAD_NORM = 10.0

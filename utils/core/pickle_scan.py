@@ -24,7 +24,7 @@ from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
 from pathlib import Path
 from typing import Any
 
-from utils.safety import (
+from utils.core.safety import (
     MAX_PICKLE_BYTES,
     MAX_PICKLE_DEPTH,
     MAX_PICKLE_ITEMS,

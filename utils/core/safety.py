@@ -3,7 +3,7 @@
 Weights, dataset YAMLs, label caches and images may come from anyone. Everything that reads them goes through the
 checks here, so a hostile file ends with one line naming the file and the problem instead of running code, writing
 outside the run directory or allocating gigabytes. The limits are named constants (listed in the README's safety
-section); the pickle scanner for ``.pt`` files lives in ``utils/pickle_scan.py``.
+section); the pickle scanner for ``.pt`` files lives in ``utils/core/pickle_scan.py``.
 """
 from __future__ import annotations
 

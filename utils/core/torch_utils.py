@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from utils.logging import LOGGER
+from utils.core.logging import LOGGER
 
 
 class DeviceError(ValueError):
