@@ -22,13 +22,13 @@ if str(ROOT) not in sys.path:
 
 from utils.augmentations import letterbox  # noqa: E402
 from utils.backends import DetectBackend, check_img_size  # noqa: E402
-from utils.boxes import scale_boxes, xyxy2xywh  # noqa: E402
 from utils.cli import one_line_errors  # noqa: E402
 from utils.core.argtypes import positive_int, unit_interval  # noqa: E402
 from utils.core.logging import LOGGER, colorstr, increment_path  # noqa: E402
 from utils.core.safety import inside, path_component  # noqa: E402
 from utils.core.torch_utils import select_device  # noqa: E402
-from utils.nms import non_max_suppression  # noqa: E402
+from utils.ops.boxes import scale_boxes, xyxy2xywh  # noqa: E402
+from utils.ops.nms import non_max_suppression  # noqa: E402
 from utils.plots import Annotator, colors, detection_summary, features_saved, save_one_box  # noqa: E402
 from utils.sources import Frame, SourceError, load_source  # noqa: E402
 from utils.validator import Timer  # noqa: E402

@@ -196,7 +196,7 @@ def train_task(model: torch.nn.Module, batch: int, imgsz: int, hyp: dict) -> Cal
     """One optimizer step on random data: zero_grad, forward, ComputeLoss, backward, SGD step (YOLOv5's SGD), in the
     memory format train.py uses on the CPU (channels-last)."""
     from utils.core.torch_utils import training_memory_format
-    from utils.loss import ComputeLoss
+    from utils.ops.loss import ComputeLoss
 
     fmt = training_memory_format('cpu')
     model.to(memory_format=fmt).train()

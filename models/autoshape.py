@@ -23,10 +23,10 @@ import torch.nn as nn
 from PIL import Image, ImageOps
 
 from utils.augmentations import letterbox
-from utils.boxes import scale_boxes, xyxy2xywh
 from utils.core.logging import LOGGER, colorstr, increment_path
 from utils.core.safety import image_header_size, inside, path_component
-from utils.nms import non_max_suppression
+from utils.ops.boxes import scale_boxes, xyxy2xywh
+from utils.ops.nms import non_max_suppression
 from utils.plots import Annotator, colors, detection_summary, save_one_box
 
 

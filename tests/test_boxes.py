@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.boxes import (
+from utils.ops.boxes import (
     bbox_ioa,
     bbox_iou,
     box_iou,

@@ -87,7 +87,7 @@ def test_images_and_video(weights, source, tmp_path, log_text):
 
 def test_label_values_match_model(weights, model, tmp_path):
     """Labels are the model's NMS output rescaled to the original image, normalised (cx cy w h)."""
-    from utils.nms import non_max_suppression
+    from utils.ops.nms import non_max_suppression
 
     rng = np.random.default_rng(5)
     im, _ = draw_image(rng, IMGSZ, 2)

@@ -11,7 +11,7 @@ import train
 from tests.helpers import write_dataset
 from utils import evolve as ev
 from utils.dataset_config import load_hyp
-from utils.metrics import fitness
+from utils.ops.metrics import fitness
 from utils.plots import plot_evolve
 from utils.trainer import TrainError
 

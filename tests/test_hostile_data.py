@@ -178,7 +178,7 @@ def test_cache_hash_is_checked_first_and_reading_is_bounded(tmp_path, monkeypatc
 def test_dollar_in_class_names_does_not_break_plots(tmp_path):
     from matplotlib.figure import Figure
 
-    from utils.metrics import ConfusionMatrix, ap_per_class
+    from utils.ops.metrics import ConfusionMatrix, ap_per_class
     from utils.plots import plot_labels
     names = {0: '$x^$', 1: '$$'}
     fig = Figure()  # as drawn before: matplotlib parses '$x^$' as mathtext and raises

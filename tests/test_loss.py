@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from utils.loss import ComputeLoss, FocalLoss, smooth_bce
+from utils.ops.loss import ComputeLoss, FocalLoss, smooth_bce
 
 HYP = {'box': 0.05, 'obj': 1.0, 'cls': 0.5, 'cls_pw': 1.0, 'obj_pw': 1.0, 'anchor_t': 4.0, 'fl_gamma': 0.0,
        'label_smoothing': 0.0}

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.metrics import ConfusionMatrix, ap_per_class, compute_ap, fitness, process_batch, smooth
+from utils.ops.metrics import ConfusionMatrix, ap_per_class, compute_ap, fitness, process_batch, smooth
 
 IOUV = torch.linspace(0.5, 0.95, 10)
 

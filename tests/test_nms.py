@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from utils.core.logging import LOGGER
-from utils.nms import non_max_suppression
+from utils.ops.nms import non_max_suppression
 
 
 def make_pred(rows, nc=3):

@@ -140,7 +140,7 @@ def test_channels_last_training_step_matches_contiguous(cfg):
     would be O(1)."""
     from models.yolo import Model
     from utils.dataset_config import load_hyp
-    from utils.loss import ComputeLoss
+    from utils.ops.loss import ComputeLoss
     torch.manual_seed(0)
     model = Model(cfg, nc=3, verbose=False).train()
     model.hyp = load_hyp(HYP)

@@ -12,7 +12,7 @@ import random
 import cv2
 import numpy as np
 
-from utils.boxes import bbox_ioa, xyn2xy, xywhn2xyxy
+from utils.ops.boxes import bbox_ioa, xyn2xy, xywhn2xyxy
 
 GRAY = (114, 114, 114)
 

@@ -26,7 +26,6 @@ from torch.utils.data import DataLoader, Dataset, distributed
 from tqdm import tqdm
 
 from utils.augmentations import augment_hsv, build_mosaic, copy_paste, letterbox, mixup, random_perspective
-from utils.boxes import xywhn2xyxy, xyxy2xywhn
 from utils.core.logging import LOGGER
 from utils.core.safety import decode_image
 from utils.dataset_config import IMG_FORMATS, VID_FORMATS, DatasetError, image_files_in, load_hyp
@@ -43,6 +42,7 @@ from utils.label_cache import (  # noqa: F401  (re-exported: the scan lived here
     scan_labels,
     verify_image_label,
 )
+from utils.ops.boxes import xywhn2xyxy, xyxy2xywhn
 
 __all__ = ('IMG_FORMATS', 'VID_FORMATS', 'img2label_paths', 'exif_size', 'imread', 'verify_image_label',
            'LoadImagesAndLabels', 'InfiniteDataLoader', 'create_dataloader', 'collate_fn', 'collate_fn4',

@@ -21,10 +21,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from utils.boxes import xywhn2xyxy
 from utils.core.logging import LOGGER
 from utils.core.safety import MAX_ZIP_ENTRIES, UnsafeFileError, image_header_size
 from utils.dataset_config import IMG_FORMATS
+from utils.ops.boxes import xywhn2xyxy
 
 CACHE_VERSION = 2  # bump when the cache layout or the verification rules change
 BAR_FORMAT = '{l_bar}{bar:10}{r_bar}'

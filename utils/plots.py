@@ -16,9 +16,9 @@ import cv2
 import numpy as np
 import torch
 
-from utils.boxes import clip_boxes, xywh2xyxy, xyxy2xywh
 from utils.core.logging import LOGGER, increment_path
-from utils.metrics import fitness, smooth
+from utils.ops.boxes import clip_boxes, xywh2xyxy, xyxy2xywh
+from utils.ops.metrics import fitness, smooth
 
 # YOLOv5's class colour palette (RGB hex)
 _PALETTE_HEX = ('FF3838', 'FF9D97', 'FF701F', 'FFB21D', 'CFD231', '48F90A', '92CC17', '3DDB86', '1A9334', '00D4BB',

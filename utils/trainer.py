@@ -51,8 +51,8 @@ from utils.distributed import (
     zero_first,
 )
 from utils.ema import ModelEMA
-from utils.loss import ComputeLoss
-from utils.metrics import fitness
+from utils.ops.loss import ComputeLoss
+from utils.ops.metrics import fitness
 from utils.plots import plot_evolve, plot_images, plot_labels, plot_results
 
 CKPT_FORMAT, CKPT_VERSION = 'yolov5-efficientvit', 1

@@ -13,11 +13,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from utils.boxes import scale_boxes, xywh2xyxy, xyxy2xywh
 from utils.coco import coco_evaluate, numeric_ids, prediction_records, save_json, yolo_labels_to_coco
 from utils.core.logging import LOGGER, colorstr
-from utils.metrics import ConfusionMatrix, ap_per_class, process_batch
-from utils.nms import non_max_suppression
+from utils.ops.boxes import scale_boxes, xywh2xyxy, xyxy2xywh
+from utils.ops.metrics import ConfusionMatrix, ap_per_class, process_batch
+from utils.ops.nms import non_max_suppression
 from utils.plots import output_to_target, plot_images
 
 HEADER = ('%22s' + '%11s' * 6) % ('Class', 'Images', 'Instances', 'P', 'R', 'mAP50', 'mAP50-95')

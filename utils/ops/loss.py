@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from utils.boxes import bbox_iou
 from utils.core.torch_utils import de_parallel
+from utils.ops.boxes import bbox_iou
 
 REQUIRED_HYP = ('box', 'obj', 'cls', 'cls_pw', 'obj_pw', 'anchor_t', 'fl_gamma')
 # neighbour offsets in cell units * g: centre, left, up, right, down (a target may also claim 2 neighbours)

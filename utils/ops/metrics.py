@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils.boxes import box_iou
+from utils.ops.boxes import box_iou
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 import torchvision
 
-from utils.boxes import xywh2xyxy
 from utils.core.logging import LOGGER
+from utils.ops.boxes import xywh2xyxy
 
 
 def _check_thresholds(conf_thres: float, iou_thres: float) -> None:
