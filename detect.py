@@ -20,17 +20,17 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
-from utils.augmentations import letterbox  # noqa: E402
 from utils.backends import DetectBackend, check_img_size  # noqa: E402
 from utils.cli import one_line_errors  # noqa: E402
 from utils.core.argtypes import positive_int, unit_interval  # noqa: E402
 from utils.core.logging import LOGGER, colorstr, increment_path  # noqa: E402
 from utils.core.safety import inside, path_component  # noqa: E402
 from utils.core.torch_utils import select_device  # noqa: E402
+from utils.data.augmentations import letterbox  # noqa: E402
+from utils.data.sources import Frame, SourceError, load_source  # noqa: E402
 from utils.ops.boxes import scale_boxes, xyxy2xywh  # noqa: E402
 from utils.ops.nms import non_max_suppression  # noqa: E402
 from utils.plots import Annotator, colors, detection_summary, features_saved, save_one_box  # noqa: E402
-from utils.sources import Frame, SourceError, load_source  # noqa: E402
 from utils.validator import Timer  # noqa: E402
 
 DEFAULT_SOURCE = ROOT / 'data/images'
@@ -39,7 +39,7 @@ DEFAULT_SOURCE = ROOT / 'data/images'
 def _resolve_source(source: str | Path) -> str | Path:
     """The default ``data/images`` is generated on demand (a few synthetic scenes) when it is missing."""
     if Path(source).resolve() == DEFAULT_SOURCE.resolve() and not any(DEFAULT_SOURCE.glob('*.*')):
-        from utils.synthetic import ensure_sample_images
+        from utils.data.synthetic import ensure_sample_images
 
         ensure_sample_images(DEFAULT_SOURCE)
     return source
@@ -135,7 +135,7 @@ def run(weights: str | Path | list = 'yolov5s.pt', source: str | Path = DEFAULT_
     device = select_device(device)
     data_dict = None
     if data:
-        from utils.dataset_config import check_dataset
+        from utils.data.config import check_dataset
 
         data_dict = check_dataset(data, autogenerate=False)
     model = DetectBackend(weights, device=device, fp16=half, data=data_dict, trust_weights=trust_weights)

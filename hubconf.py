@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> Path:
     import argparse
 
     from utils.core.logging import LOGGER
-    from utils.dataset_config import IMG_FORMATS
-    from utils.synthetic import ensure_sample_images
+    from utils.data.config import IMG_FORMATS
+    from utils.data.synthetic import ensure_sample_images
 
     p = argparse.ArgumentParser(description='PyTorch Hub demo: detect on the default images')
     p.add_argument('--model', default='yolov5n', choices=sorted(MODELS), help='entry point')

@@ -131,7 +131,7 @@ def dataset_train_defaults(data: str | dict) -> dict:
     import yaml
 
     from utils.core.safety import read_yaml
-    from utils.dataset_config import ConfigError, find_config
+    from utils.data.config import ConfigError, find_config
     from utils.trainer import TrainError
     if isinstance(data, dict):
         d = data

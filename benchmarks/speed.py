@@ -218,7 +218,7 @@ def train_task(model: torch.nn.Module, batch: int, imgsz: int, hyp: dict) -> Cal
 def load_hyp() -> dict:
     """The default training hyperparameters (hyp.scratch-low.yaml), or YOLOv5's loss gains if it cannot be read."""
     try:
-        from utils.dataset_config import load_hyp as _load
+        from utils.data.config import load_hyp as _load
         return _load(HYP)
     except Exception:
         return {'lr0': 0.01, 'momentum': 0.937, 'box': 0.05, 'cls': 0.5, 'cls_pw': 1.0, 'obj': 1.0, 'obj_pw': 1.0,

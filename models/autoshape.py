@@ -22,9 +22,10 @@ import torch
 import torch.nn as nn
 from PIL import Image, ImageOps
 
-from utils.augmentations import letterbox
 from utils.core.logging import LOGGER, colorstr, increment_path
-from utils.core.safety import image_header_size, inside, path_component
+from utils.core.safety import inside, path_component
+from utils.data.augmentations import letterbox
+from utils.data.images import read_image
 from utils.ops.boxes import scale_boxes, xyxy2xywh
 from utils.ops.nms import non_max_suppression
 from utils.plots import Annotator, colors, detection_summary, save_one_box
@@ -39,10 +40,8 @@ def _as_rgb_array(im, i: int) -> tuple[np.ndarray, str]:
         if not path.is_file():
             raise FileNotFoundError(f'{im}: image not found')
         try:
-            image_header_size(path)  # the pixel limit, from the header, before decoding
-            with Image.open(path) as pil:
-                arr = np.asarray(ImageOps.exif_transpose(pil).convert('RGB'))
-        except (OSError, ValueError) as e:
+            arr = np.ascontiguousarray(read_image(path)[..., ::-1])  # detect.py's reader: same pixels; BGR -> RGB
+        except ValueError as e:  # the header is checked against the pixel limit before decoding
             raise ValueError(f'{im}: cannot read image ({e})') from None
         return arr, path.with_suffix('.jpg').name
     if isinstance(im, Image.Image):

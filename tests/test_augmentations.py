@@ -4,7 +4,7 @@ import random
 import numpy as np
 import pytest
 
-from utils.augmentations import (
+from utils.data.augmentations import (
     augment_hsv,
     box_candidates,
     build_mosaic,

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from utils.core.logging import LOGGER
-from utils.dataloaders import LoadImagesAndLabels
-from utils.dataset_config import DatasetError
+from utils.data.config import DatasetError
+from utils.data.dataset import LoadImagesAndLabels
 
 GOOD_ROW = '0 0.5 0.5 0.5 0.5'
 

@@ -7,16 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from utils.dataloaders import (
-    CACHE_VERSION,
-    InfiniteDataLoader,
-    LoadImagesAndLabels,
-    collate_fn4,
-    create_dataloader,
-    img2label_paths,
-    load_cache,
-)
-from utils.dataset_config import DatasetError, load_hyp
+from utils.data.config import DatasetError, load_hyp
+from utils.data.dataset import LoadImagesAndLabels, img2label_paths
+from utils.data.label_cache import CACHE_VERSION, load_cache
+from utils.data.loader import InfiniteDataLoader, collate_fn4, create_dataloader
 
 # (h, w) of each training image and its label rows
 SIZES = [(32, 64), (64, 48), (48, 64), (64, 32), (64, 64), (40, 64)]

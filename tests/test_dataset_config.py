@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import yaml
 
-import utils
-from utils import dataset_config
-from utils.dataset_config import HYP_KEYS, ConfigError, DatasetError, check_dataset, load_hyp
+import utils.data
+from utils.data import config as dataset_config
+from utils.data.config import HYP_KEYS, ConfigError, DatasetError, check_dataset, load_hyp
 
 
 def _img(path: Path, h: int = 32, w: int = 48) -> Path:
@@ -25,10 +25,10 @@ def _yaml(path: Path, data: dict) -> Path:
 
 
 def _fake_synthetic(monkeypatch, generate) -> None:
-    """Stand-in for H5's utils.synthetic so these tests pin only the hook (spec and root passed, called once)."""
+    """Stand-in for H5's utils.data.synthetic so these tests pin only the hook (spec and root passed, called once)."""
     fake = types.SimpleNamespace(generate=generate)
-    monkeypatch.setitem(sys.modules, 'utils.synthetic', fake)
-    monkeypatch.setattr(utils, 'synthetic', fake, raising=False)
+    monkeypatch.setitem(sys.modules, 'utils.data.synthetic', fake)
+    monkeypatch.setattr(utils.data, 'synthetic', fake, raising=False)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import detect
 import val
 from tests.helpers import draw_image
 from tests.test_export import NAMES, make_checkpoint, make_model, read_labels
-from utils.sources import SourceError
+from utils.data.sources import SourceError
 
 IMGSZ = 64
 

@@ -10,7 +10,7 @@ import yaml
 import train
 from tests.helpers import write_dataset
 from utils import evolve as ev
-from utils.dataset_config import load_hyp
+from utils.data.config import load_hyp
 from utils.ops.metrics import fitness
 from utils.plots import plot_evolve
 from utils.trainer import TrainError

@@ -16,11 +16,12 @@ from models.yolo import DetectionModel, ModelConfigError
 from tests import hostile as H
 from tests.helpers import write_dataset
 from tests.test_export import make_checkpoint, make_model, write_images
-from utils import label_cache
 from utils.core.logging import LOGGER
-from utils.dataloaders import LoadImagesAndLabels, create_dataloader
-from utils.dataset_config import ConfigError, DatasetError, check_dataset, load_hyp
-from utils.sources import Frame
+from utils.data import label_cache
+from utils.data.config import ConfigError, DatasetError, check_dataset, load_hyp
+from utils.data.dataset import LoadImagesAndLabels
+from utils.data.loader import create_dataloader
+from utils.data.sources import Frame
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -184,8 +184,8 @@ CHILD = textwrap.dedent('''
     import torch
     import detect
     from utils.checkpoints import load_checkpoint, load_model, _allow_list, _official_state
-    from utils.dataset_config import check_dataset
-    from utils.label_cache import load_cache
+    from utils.data.config import check_dataset
+    from utils.data.label_cache import load_cache
     f = json.loads(sys.argv[1])
     detect.run(weights=f['weights'], source=f['good'], imgsz=[64], project=f['runs'], name='warm')  # warm-up
     vm = int(next(x for x in open('/proc/self/status') if x.startswith('VmSize')).split()[1]) * 1024

@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from utils.sources import (
+from utils.data.sources import (
     IMG_FORMATS,
     Frame,
     LoadImages,

@@ -139,7 +139,7 @@ def test_channels_last_training_step_matches_contiguous(cfg):
     gradient-vector difference 1.6e-5 (M0) / 9e-5 (yolov5n) of its norm (float32 sums in another order); a layout bug
     would be O(1)."""
     from models.yolo import Model
-    from utils.dataset_config import load_hyp
+    from utils.data.config import load_hyp
     from utils.ops.loss import ComputeLoss
     torch.manual_seed(0)
     model = Model(cfg, nc=3, verbose=False).train()
@@ -164,7 +164,7 @@ def test_channels_last_training_step_matches_contiguous(cfg):
 
 @pytest.mark.parametrize('bad', [0, 2.5, 'big', True])
 def test_hyp_nbs_must_be_a_positive_integer(tmp_path, bad):
-    from utils.dataset_config import ConfigError, load_hyp
+    from utils.data.config import ConfigError, load_hyp
     hyp = write_hyp(tmp_path / 'hyp.yaml', HYP, nbs=bad)
     with pytest.raises(ConfigError, match=r'hyp.yaml: hyperparameter nbs must be a positive integer'):
         load_hyp(hyp)

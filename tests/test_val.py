@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 import val
-from utils.dataloaders import create_dataloader
-from utils.dataset_config import ConfigError
+from utils.data.config import ConfigError
+from utils.data.loader import create_dataloader
 from utils.validator import HEADER, validate
 
 NAMES = {0: 'red', 1: 'green', 2: 'blue'}

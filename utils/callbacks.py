@@ -12,7 +12,6 @@ RESULT_KEYS = ('train/box_loss', 'train/obj_loss', 'train/cls_loss',  # train lo
                'val/box_loss', 'val/obj_loss', 'val/cls_loss',  # val loss
                'x/lr0', 'x/lr1', 'x/lr2')  # param-group LRs: biases, decayed weights, undecayed weights
 PROGRESS_COLUMNS = ('Epoch', 'GPU_mem', 'box_loss', 'obj_loss', 'cls_loss', 'Instances', 'Size')
-TQDM_BAR_FORMAT = '{l_bar}{bar:10}{r_bar}'
 
 
 def progress_header() -> str:

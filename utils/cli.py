@@ -18,8 +18,8 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from utils.checkpoints import CheckpointError
     from utils.core.safety import UnsafeFileError
     from utils.core.torch_utils import DeviceError
-    from utils.dataset_config import ConfigError
-    from utils.sources import SourceError
+    from utils.data.config import ConfigError
+    from utils.data.sources import SourceError
 
     return (BackendError, CheckpointError, ConfigError, DeviceError, InputSizeError, ModelConfigError, SourceError,
             UnsafeFileError, FileNotFoundError)

@@ -26,7 +26,7 @@ from utils import evolve as evolution
 from utils import optim
 from utils.autoanchor import check_anchors
 from utils.autobatch import autobatch
-from utils.callbacks import TQDM_BAR_FORMAT, EarlyStopping, RunLogger, progress_header, progress_row
+from utils.callbacks import EarlyStopping, RunLogger, progress_header, progress_row
 from utils.checkpoints import (
     load_checkpoint,
     load_model,
@@ -35,10 +35,10 @@ from utils.checkpoints import (
     strip_optimizer,
     transfer_weights,
 )
-from utils.core.logging import LOGGER, colorstr, increment_path
+from utils.core.logging import LOGGER, TQDM_BAR_FORMAT, colorstr, increment_path
 from utils.core.torch_utils import de_parallel, init_seeds, select_device, training_memory_format
-from utils.dataloaders import create_dataloader
-from utils.dataset_config import check_dataset, find_config, load_hyp
+from utils.data.config import check_dataset, find_config, load_hyp
+from utils.data.loader import create_dataloader
 from utils.distributed import (
     DistInfo,
     barrier,

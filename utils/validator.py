@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from utils.coco import coco_evaluate, numeric_ids, prediction_records, save_json, yolo_labels_to_coco
-from utils.core.logging import LOGGER, colorstr
+from utils.core.logging import LOGGER, TQDM_BAR_FORMAT, colorstr
+from utils.data.coco import coco_evaluate, numeric_ids, prediction_records, save_json, yolo_labels_to_coco
 from utils.ops.boxes import scale_boxes, xywh2xyxy, xyxy2xywh
 from utils.ops.metrics import ConfusionMatrix, ap_per_class, process_batch
 from utils.ops.nms import non_max_suppression
@@ -248,7 +248,7 @@ def validate(model, dataloader, names: dict[int, str], *, compute_loss=None, con
     LOGGER.info(prefix + HEADER)
     shape = (0, 3, 0, 0)
     try:
-        for batch_i, batch in enumerate(tqdm(dataloader, leave=False, bar_format='{l_bar}{bar:10}{r_bar}')):
+        for batch_i, batch in enumerate(tqdm(dataloader, leave=False, bar_format=TQDM_BAR_FORMAT)):
             nb, h, w = _run_batch(model, batch, batch_i, st, o, names, compute_loss, cm, dt)
             shape = (getattr(dataloader, 'batch_size', None) or nb, 3, h, w)
     finally:

@@ -14,6 +14,8 @@ if not LOGGER.handlers:  # one handler on the library logger only; the root logg
     LOGGER.setLevel(logging.INFO)
     LOGGER.propagate = False
 
+TQDM_BAR_FORMAT = '{l_bar}{bar:10}{r_bar}'  # every progress bar: a 10-character bar, as YOLOv5
+
 _COLOURS = {
     'black': '\033[30m', 'red': '\033[31m', 'green': '\033[32m', 'yellow': '\033[33m', 'blue': '\033[34m',
     'magenta': '\033[35m', 'cyan': '\033[36m', 'white': '\033[37m', 'bright_blue': '\033[94m',

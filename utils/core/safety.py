@@ -160,34 +160,6 @@ def check_pixels(w: int, h: int) -> None:
                               f'{MAX_IMAGE_PIXELS:,}')
 
 
-def _end_jpeg(buf: np.ndarray) -> np.ndarray:
-    """A JPEG lacking its FFD9 end marker gets one appended in memory (the file itself is never rewritten)."""
-    if buf[:2].tobytes() == b'\xff\xd8' and buf[-2:].tobytes() != b'\xff\xd9':
-        return np.concatenate([buf, np.array([0xFF, 0xD9], np.uint8)])
-    return buf
-
-
-def decode_image(path: str | Path) -> np.ndarray:
-    """Read an image file as upright BGR uint8 after checking its header; raises ValueError (UnsafeFileError
-    for one over the pixel limit) with a short reason, never cv2.error."""
-    import cv2
-
-    try:
-        buf = np.fromfile(str(path), dtype=np.uint8)
-    except OSError as e:
-        raise ValueError(f'cannot read file ({e.strerror or type(e).__name__})') from None
-    if not buf.size:
-        raise ValueError('empty file')
-    image_header_size(buf)
-    try:
-        im = cv2.imdecode(_end_jpeg(buf), cv2.IMREAD_COLOR)
-    except cv2.error as e:
-        raise ValueError(f'OpenCV cannot decode it ({" ".join(str(e).split())[-80:]})') from None
-    if im is None:
-        raise ValueError('unreadable or corrupt image')
-    return im
-
-
 # ---------------------------------------------------------------------------------------------------- ONNX
 def check_onnx_file(path: str | Path) -> None:
     """Our exports keep every tensor inside the .onnx file and use no sparse tensors; refuse models that reference

@@ -108,7 +108,7 @@ def coco_evaluate(anno_json: str | Path, pred_json: str | Path, img_ids: Sequenc
 
 def find_coco_annotations(data: dict) -> Path | None:
     """YOLOv5's COCO annotation locations: ``../datasets/coco/annotations`` then ``<path>/annotations``."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]  # the repository root
     for p in (root.parent / 'datasets/coco/annotations/instances_val2017.json',
               Path(data.get('path', '')) / 'annotations/instances_val2017.json'):
         if p.is_file():

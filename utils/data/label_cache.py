@@ -1,6 +1,6 @@
 """The label scan and its ``.cache``: every image and label file verified once, the result kept as plain arrays.
 
-Split from utils/dataloaders.py (which re-exports these names). The scan never writes into the user's dataset: a JPEG
+The scan never writes into the user's dataset: a JPEG
 without its end marker is repaired in memory for decoding and the file is left as it is (YOLOv5 re-saved it in place).
 The ``.cache`` is an ``.npz`` of plain arrays (``allow_pickle=False``), written only inside the dataset root (``path:``
 of the dataset YAML); one that would land elsewhere is not written, with one line saying so. Reading it never
@@ -21,16 +21,17 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from utils.core.logging import LOGGER
+from utils.core.logging import LOGGER, TQDM_BAR_FORMAT
 from utils.core.safety import MAX_ZIP_ENTRIES, UnsafeFileError, image_header_size
-from utils.dataset_config import IMG_FORMATS
+from utils.data.config import IMG_FORMATS
+from utils.data.images import with_jpeg_end
 from utils.ops.boxes import xywhn2xyxy
 
 CACHE_VERSION = 2  # bump when the cache layout or the verification rules change
-BAR_FORMAT = '{l_bar}{bar:10}{r_bar}'
 
 
-def _threads() -> int:
+def io_threads() -> int:
+    """Threads for scanning and caching image files (I/O bound): one less than the CPUs, 1 to 8."""
     return max(1, min(8, (os.cpu_count() or 1) - 1))
 
 
@@ -95,12 +96,12 @@ def _jpeg_end(im_file: str, prefix: str) -> tuple[np.ndarray, str]:
     """The file's bytes, with the FFD9 end marker appended in memory when a JPEG lacks it, and a warning then.
 
     YOLOv5 re-saved such files in place (a 623-byte file became 2.25 MB in the user's dataset); the file is now left
-    unchanged and every later read (utils.core.safety.decode_image) repairs it the same way in memory."""
+    unchanged and every later read (utils.data.images.read_image) repairs it the same way in memory."""
     data = np.fromfile(im_file, dtype=np.uint8)
-    if data[:2].tobytes() != b'\xff\xd8' or data[-2:].tobytes() == b'\xff\xd9':
+    fixed = with_jpeg_end(data)
+    if fixed is data:
         return data, ''
-    data = np.concatenate([data, np.array([0xFF, 0xD9], np.uint8)])
-    return data, f'{prefix}WARNING ⚠️ {im_file}: corrupt JPEG restored in memory (the file is left unchanged)'
+    return fixed, f'{prefix}WARNING ⚠️ {im_file}: corrupt JPEG restored in memory (the file is left unchanged)'
 
 
 def _check_image(im_file: str, prefix: str) -> tuple[tuple[int, int], str]:
@@ -246,9 +247,9 @@ def scan_labels(im_files: list[str], label_files: list[str], cache_path: Path, p
     x = {'im_files': [], 'labels': [], 'shapes': [], 'segments': [], 'msgs': []}
     nf = nm = ne = nc = 0
     desc = f"{prefix}Scanning '{cache_path.with_suffix('')}'..."
-    with ThreadPool(_threads()) as pool:
+    with ThreadPool(io_threads()) as pool:
         it = pool.imap(verify_image_label, zip(im_files, label_files, [prefix] * len(im_files)))
-        pbar = tqdm(it, desc=desc, total=len(im_files), bar_format=BAR_FORMAT)
+        pbar = tqdm(it, desc=desc, total=len(im_files), bar_format=TQDM_BAR_FORMAT)
         for im_file, lb, shape, segs, nf_f, nm_f, ne_f, nc_f, msg in pbar:
             nf, nm, ne, nc = nf + nf_f, nm + nm_f, ne + ne_f, nc + nc_f
             if im_file:

@@ -2,7 +2,7 @@
 
 A dataset YAML holds ``path`` (dataset root; relative roots resolve against the repository root, as YOLOv5 v7.0),
 ``train``/``val``/``test`` (dirs, ``.txt`` image lists, or lists of either, relative to ``path``), ``names`` (list or
-``{int: str}``) and optionally ``nc`` (checked against ``names``) and ``generate`` (a spec for ``utils.synthetic``,
+``{int: str}``) and optionally ``nc`` (checked against ``names``) and ``generate`` (a spec for ``utils.data.synthetic``,
 run when the data is missing). Every problem raises ``DatasetError`` with one line naming the YAML.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import yaml
 
 from utils.core.safety import UnsafeFileError, check_names, read_yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository root
 IMG_FORMATS = ('bmp', 'dng', 'jpeg', 'jpg', 'mpo', 'png', 'tif', 'tiff', 'webp', 'pfm')
 VID_FORMATS = ('asf', 'avi', 'gif', 'm4v', 'mkv', 'mov', 'mp4', 'mpeg', 'mpg', 'ts', 'wmv')
 HYP_KEYS = ('lr0', 'lrf', 'momentum', 'weight_decay', 'warmup_epochs', 'warmup_momentum', 'warmup_bias_lr', 'box',
@@ -165,7 +165,7 @@ def _maybe_generate(file: Path | str, data: dict, path: Path, autogenerate: bool
     regenerates instead of silently keeping stale data), then require the train/val paths to exist."""
     spec = data.get('generate')
     if isinstance(spec, dict) and autogenerate:
-        from utils import synthetic  # lazy: only datasets that ask for generation need it
+        from utils.data import synthetic  # lazy: only datasets that ask for generation need it
         try:
             synthetic.generate(spec, path)
         except Exception as e:  # any generator failure becomes one clear line
@@ -188,7 +188,7 @@ def _check_has_images(file: Path | str, data: dict) -> None:
 def check_dataset(data: str | Path | dict, autogenerate: bool = True) -> dict:
     """Load and validate a dataset YAML; return it with absolute paths, ``names`` as a dict and ``nc``.
 
-    Calls ``utils.synthetic.generate`` first when the YAML has a ``generate:`` mapping (it does nothing when the
+    Calls ``utils.data.synthetic.generate`` first when the YAML has a ``generate:`` mapping (it does nothing when the
     data already matches the spec). Raises
     ``DatasetError`` (one line, naming the YAML) for a missing file, missing keys, bad names or no images.
     """

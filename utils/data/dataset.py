@@ -1,4 +1,7 @@
-"""Training/validation data: the dataset and the loader (the label scan and its ``.cache`` are in utils/label_cache.py).
+"""The training/validation dataset: YOLO-format images and labels, cached images, rect batches and augmentation.
+
+The label scan and its ``.cache`` are in utils/data/label_cache.py, the loader in utils/data/loader.py, the one image
+reader in utils/data/images.py.
 
 Semantics follow YOLOv5 v7.0 (labels found by the ``/images/`` -> ``/labels/`` rule, the scan summary line, mosaic,
 rect batches, ``--cache ram|disk``, quad collate). Differences, on purpose:
@@ -6,7 +9,7 @@ rect batches, ``--cache ram|disk``, quad collate). Differences, on purpose:
   covers every file's path, size and mtime (YOLOv5 hashed only the total size, so edits of equal size went unseen);
 - images are decoded once during the scan, so undecodable files are caught there, not mid-epoch;
 - images are read with ``np.fromfile`` + ``cv2.imdecode`` (non-ASCII paths work) as 3-channel uint8 BGR, upright,
-  after their header is checked against the pixel limit (utils.core.safety.decode_image);
+  after their header is checked against the pixel limit (utils.data.images.read_image);
 - the scan never rewrites a file of the dataset, and the ``.cache`` is written only inside the dataset root;
 - label rows with class >= ``nc`` are dropped with a warning instead of aborting training;
 - the stats partition the images: found (with boxes) + missing + empty + corrupt == total.
@@ -22,49 +25,21 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, distributed
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from utils.augmentations import augment_hsv, build_mosaic, copy_paste, letterbox, mixup, random_perspective
-from utils.core.logging import LOGGER
-from utils.core.safety import decode_image
-from utils.dataset_config import IMG_FORMATS, VID_FORMATS, DatasetError, image_files_in, load_hyp
-from utils.label_cache import (  # noqa: F401  (re-exported: the scan lived here)
-    BAR_FORMAT,
-    CACHE_VERSION,
-    _threads,
-    cache_path_for,
-    exif_size,
-    files_hash,
-    load_cache,
-    load_or_scan,
-    save_cache,
-    scan_labels,
-    verify_image_label,
-)
+from utils.core.logging import LOGGER, TQDM_BAR_FORMAT
+from utils.data.augmentations import augment_hsv, build_mosaic, copy_paste, letterbox, mixup, random_perspective
+from utils.data.config import IMG_FORMATS, DatasetError, image_files_in, load_hyp
+from utils.data.images import read_image
+from utils.data.label_cache import cache_path_for, io_threads, load_or_scan
 from utils.ops.boxes import xywhn2xyxy, xyxy2xywhn
 
-__all__ = ('IMG_FORMATS', 'VID_FORMATS', 'img2label_paths', 'exif_size', 'imread', 'verify_image_label',
-           'LoadImagesAndLabels', 'InfiniteDataLoader', 'create_dataloader', 'collate_fn', 'collate_fn4',
-           'seed_worker', 'CACHE_VERSION')
 
 def img2label_paths(img_paths: list[str]) -> list[str]:
     """Label path of each image: the LAST ``/images/`` component becomes ``/labels/`` and the suffix ``.txt``."""
     sa, sb = f'{os.sep}images{os.sep}', f'{os.sep}labels{os.sep}'
     return [os.path.splitext(sb.join(str(x).rsplit(sa, 1)))[0] + '.txt' for x in img_paths]
-
-
-def imread(path: str | Path) -> np.ndarray | None:
-    """Read an image as upright 3-channel uint8 BGR (gray, RGBA and 16-bit converted); None if undecodable.
-
-    ``np.fromfile`` + ``cv2.imdecode`` instead of ``cv2.imread`` so that non-ASCII paths work on every platform;
-    ``IMREAD_COLOR`` applies the EXIF orientation, drops alpha and maps 16-bit values v to v >> 8. The header is
-    checked first (utils.core.safety.decode_image): an image over the pixel limit is None too, never decoded.
-    """
-    try:
-        return decode_image(path)
-    except ValueError:
-        return None
 
 
 def _list_images(path: str | Path | list, prefix: str) -> list[str]:
@@ -117,7 +92,7 @@ class LoadImagesAndLabels(Dataset):
         if from_cache and verbose:  # show the same summary line as a fresh scan, then the warnings again
             tqdm(None, desc=f"{prefix}Scanning '{self.cache_path.with_suffix('')}'... {nf + ne} images, "
                             f'{nm + ne} backgrounds, {ncor} corrupt', total=total, initial=total,
-                 bar_format=BAR_FORMAT).close()
+                 bar_format=TQDM_BAR_FORMAT).close()
         for m in self.msgs if verbose else ():
             LOGGER.warning(m)
         self.im_files = list(cache['im_files'])
@@ -191,8 +166,8 @@ class LoadImagesAndLabels(Dataset):
                 return
         fn = self._cache_to_disk if kind == 'disk' else self.load_image
         b = 0
-        with ThreadPool(_threads()) as pool:
-            pbar = tqdm(enumerate(pool.imap(fn, range(self.n))), total=self.n, bar_format=BAR_FORMAT)
+        with ThreadPool(io_threads()) as pool:
+            pbar = tqdm(enumerate(pool.imap(fn, range(self.n))), total=self.n, bar_format=TQDM_BAR_FORMAT)
             for i, x in pbar:
                 if kind == 'disk':
                     b += self.npy_files[i].stat().st_size
@@ -205,7 +180,7 @@ class LoadImagesAndLabels(Dataset):
     def _cache_to_disk(self, i: int) -> None:
         f = self.npy_files[i]
         if not f.exists() or f.stat().st_mtime_ns < os.stat(self.im_files[i]).st_mtime_ns:
-            im = imread(self.im_files[i])
+            im = read_image(self.im_files[i])
             tmp = f.with_name(f'{f.name}.{os.getpid()}.tmp.npy')
             np.save(tmp, im, allow_pickle=False)
             os.replace(tmp, f)
@@ -219,10 +194,10 @@ class LoadImagesAndLabels(Dataset):
                     return np.array(arr)
             except (OSError, ValueError):  # unreadable or foreign .npy: fall back to the image itself
                 pass
-        im = imread(f)
-        if im is None:
-            raise DatasetError(f'{self.prefix}{f}: image cannot be read (deleted or changed since the scan?)')
-        return im
+        try:
+            return read_image(f)
+        except ValueError:
+            raise DatasetError(f'{self.prefix}{f}: image cannot be read (deleted or changed since the scan?)') from None
 
     def load_image(self, i: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
         """Image i resized so that its long side is ``img_size``; returns (im, (h0, w0), (h, w))."""
@@ -289,95 +264,3 @@ class LoadImagesAndLabels(Dataset):
             out[:, 1:] = torch.from_numpy(np.asarray(labels, np.float32))
         img = np.ascontiguousarray(img.transpose((2, 0, 1))[::-1])  # HWC BGR -> CHW RGB
         return torch.from_numpy(img), out, self.im_files[index], shapes
-
-
-def collate_fn(batch: list) -> tuple[torch.Tensor, torch.Tensor, tuple, tuple]:
-    """Stack images; concatenate targets with their image index in column 0."""
-    im, label, path, shapes = zip(*batch)
-    for i, lb in enumerate(label):
-        lb[:, 0] = i
-    return torch.stack(im, 0), torch.cat(label, 0), path, shapes
-
-
-def collate_fn4(batch: list) -> tuple[torch.Tensor, torch.Tensor, tuple, tuple]:
-    """``--quad``: every 4 images become one 2x-size image (a 2x2 tile, or image 0 upsampled, 50/50)."""
-    im, label, path, shapes = zip(*batch)
-    n = len(shapes) // 4
-    im4, label4 = [], []
-    ho = torch.tensor([[0.0, 0, 0, 1, 0, 0]])
-    wo = torch.tensor([[0.0, 0, 1, 0, 0, 0]])
-    s = torch.tensor([[1, 1, 0.5, 0.5, 0.5, 0.5]])
-    for i in range(0, 4 * n, 4):
-        if random.random() < 0.5:
-            im1 = torch.nn.functional.interpolate(im[i].unsqueeze(0).float(), scale_factor=2.0, mode='bilinear',
-                                                  align_corners=False)[0].type(im[i].type())
-            lb = label[i]
-        else:
-            im1 = torch.cat((torch.cat((im[i], im[i + 1]), 1), torch.cat((im[i + 2], im[i + 3]), 1)), 2)
-            lb = torch.cat((label[i], label[i + 1] + ho, label[i + 2] + wo, label[i + 3] + ho + wo), 0) * s
-        im4.append(im1)
-        label4.append(lb)
-    for i, lb in enumerate(label4):
-        lb[:, 0] = i
-    return torch.stack(im4, 0), torch.cat(label4, 0), path[:n], shapes[:n]
-
-
-def seed_worker(worker_id: int) -> None:
-    """Seed numpy and random in each worker from torch's per-worker seed (itself derived from the generator)."""
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-
-
-class InfiniteDataLoader(DataLoader):
-    """DataLoader whose workers live for the whole run (``persistent_workers``), so epochs do not re-spawn them.
-
-    YOLOv5 repeated its batch sampler for this; persistent workers give the same saving while letting a
-    ``DistributedSampler.set_epoch`` take effect exactly at each epoch boundary.
-    """
-
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault('persistent_workers', kwargs.get('num_workers', 0) > 0)
-        super().__init__(*args, **kwargs)
-
-
-def _distributed_ready() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def create_dataloader(path: str | Path | list, imgsz: int, batch_size: int, stride: int, single_cls: bool = False,
-                      hyp: dict | None = None, augment: bool = False, cache: str | bool | None = None,
-                      pad: float = 0.0, rect: bool = False, rank: int = -1, workers: int = 8,
-                      image_weights: bool = False, quad: bool = False, prefix: str = '', shuffle: bool = False,
-                      seed: int = 0, nc: int | None = None,
-                      root: str | Path | None = None) -> tuple[DataLoader, LoadImagesAndLabels]:
-    """Build the dataset and its loader as YOLOv5's ``create_dataloader``; ``nc`` drops labels with class >= nc;
-    ``root`` (the dataset YAML's ``path:``) bounds where the label ``.cache`` may be written.
-
-    Rank 0 builds the label cache first in DDP (other ranks wait, then read it); rank != -1 uses a
-    DistributedSampler; workers = min(cpus per device, batch size, ``workers``), seeded per worker.
-    """
-    if rect and shuffle:
-        LOGGER.warning('WARNING ⚠️ --rect is incompatible with DataLoader shuffle, setting shuffle=False')
-        shuffle = False
-    if rank > 0 and _distributed_ready():
-        torch.distributed.barrier()
-    try:  # rank 0 releases the others even when the data is bad, so every rank reports the error
-        dataset = LoadImagesAndLabels(path, imgsz, batch_size, augment=augment, hyp=hyp, rect=rect,
-                                      image_weights=image_weights, cache_images=cache, single_cls=single_cls,
-                                      stride=int(stride), pad=pad, prefix=prefix, nc=nc, verbose=rank in (-1, 0),
-                                      root=root)
-    finally:
-        if rank == 0 and _distributed_ready():
-            torch.distributed.barrier()
-    batch_size = min(batch_size, len(dataset))
-    nd = torch.cuda.device_count()
-    nw = min((os.cpu_count() or 1) // max(nd, 1), batch_size if batch_size > 1 else 0, workers)
-    sampler = None if rank == -1 else distributed.DistributedSampler(dataset, shuffle=shuffle)
-    generator = torch.Generator()
-    generator.manual_seed(6148914691236517205 + seed + max(rank, 0))
-    pin = os.getenv('PIN_MEMORY', 'true').lower() == 'true' and torch.cuda.is_available()
-    loader = DataLoader if image_weights else InfiniteDataLoader  # image weights re-read dataset.indices per epoch
-    return loader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, num_workers=nw,
-                  sampler=sampler, pin_memory=pin, collate_fn=collate_fn4 if quad else collate_fn,
-                  worker_init_fn=seed_worker, generator=generator, drop_last=quad), dataset

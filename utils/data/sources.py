@@ -18,8 +18,9 @@ import cv2
 import numpy as np
 
 from utils.core.logging import LOGGER
-from utils.core.safety import MAX_IMAGE_PIXELS, UnsafeFileError, check_pixels, decode_image
-from utils.dataset_config import IMG_FORMATS, VID_FORMATS
+from utils.core.safety import MAX_IMAGE_PIXELS, UnsafeFileError, check_pixels
+from utils.data.config import IMG_FORMATS, VID_FORMATS
+from utils.data.images import read_image
 
 URL_PREFIXES = ('rtsp://', 'rtmp://', 'http://', 'https://')
 
@@ -129,7 +130,7 @@ class LoadImages:
 
     def _image(self, i: int, path: str) -> Iterator[Frame]:
         try:
-            im = decode_image(path)  # header checked first: a 600-byte file may claim 20000x20000 pixels
+            im = read_image(path)  # header checked first: a 600-byte file may claim 20000x20000 pixels
         except ValueError as e:  # UnsafeFileError included; cv2.error never escapes
             self._skip(path, str(e))
             return
