@@ -30,8 +30,9 @@ from utils.data.augmentations import letterbox  # noqa: E402
 from utils.data.sources import Frame, SourceError, load_source  # noqa: E402
 from utils.ops.boxes import scale_boxes, xyxy2xywh  # noqa: E402
 from utils.ops.nms import non_max_suppression  # noqa: E402
-from utils.plots import Annotator, colors, detection_summary, features_saved, save_one_box  # noqa: E402
 from utils.validator import Timer  # noqa: E402
+from utils.viz.drawing import Annotator, colors, detection_summary, save_one_box  # noqa: E402
+from utils.viz.features import features_saved  # noqa: E402
 
 DEFAULT_SOURCE = ROOT / 'data/images'
 

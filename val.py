@@ -26,8 +26,8 @@ from utils.core.torch_utils import select_device  # noqa: E402
 from utils.data.coco import coco80_to_coco91_class, find_coco_annotations  # noqa: E402
 from utils.data.config import ConfigError, check_dataset  # noqa: E402
 from utils.data.loader import create_dataloader  # noqa: E402
-from utils.plots import plot_val_study  # noqa: E402
 from utils.validator import validate  # noqa: E402
+from utils.viz.charts import plot_val_study  # noqa: E402
 
 
 def _is_coco(data: dict) -> bool:

@@ -28,7 +28,7 @@ from utils.data.augmentations import letterbox
 from utils.data.images import read_image
 from utils.ops.boxes import scale_boxes, xyxy2xywh
 from utils.ops.nms import non_max_suppression
-from utils.plots import Annotator, colors, detection_summary, save_one_box
+from utils.viz.drawing import Annotator, colors, detection_summary, save_one_box
 
 
 def _as_rgb_array(im, i: int) -> tuple[np.ndarray, str]:

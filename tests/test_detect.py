@@ -201,7 +201,7 @@ def test_official_pt_val(official, source, tmp_path):
 def test_visualize_saves_every_layer_map_and_leaves_model_clean(weights, model, source, tmp_path, log_text):
     """--visualize: per image a directory of stage{i}_{type}_features.png + .npy, one per layer whose output is a
     (B, C, H, W) map larger than 1x1 (Detect skipped), with the exact map saved."""
-    from utils.plots import features_saved
+    from utils.viz.features import features_saved
 
     run = run_detect(weights, source / 'im0.jpg', tmp_path, visualize=True)
     want = {}

@@ -10,9 +10,9 @@ import yaml
 import train
 from tests.helpers import write_dataset
 from utils import evolve as ev
+from utils.callbacks import plot_evolve
 from utils.data.config import load_hyp
 from utils.ops.metrics import fitness
-from utils.plots import plot_evolve
 from utils.trainer import TrainError
 
 ROOT = Path(__file__).resolve().parents[1]

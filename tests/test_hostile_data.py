@@ -180,7 +180,7 @@ def test_dollar_in_class_names_does_not_break_plots(tmp_path):
     from matplotlib.figure import Figure
 
     from utils.ops.metrics import ConfusionMatrix, ap_per_class
-    from utils.plots import plot_labels
+    from utils.viz.charts import plot_ap_curves, plot_confusion_matrix, plot_labels
     names = {0: '$x^$', 1: '$$'}
     fig = Figure()  # as drawn before: matplotlib parses '$x^$' as mathtext and raises
     fig.text(0, 0, names[0])
@@ -190,9 +190,9 @@ def test_dollar_in_class_names_does_not_break_plots(tmp_path):
     assert plot_labels(labels, names, tmp_path).is_file()
     cm = ConfusionMatrix(nc=2)
     cm.process_batch(torch.tensor([[0.0, 0, 10, 10, 0.9, 1]]), torch.tensor([[0.0, 0, 0, 10, 10]]))
-    assert cm.plot(save_dir=tmp_path, names=list(names.values())).is_file()
+    assert plot_confusion_matrix(cm.matrix, tmp_path / 'confusion_matrix.png', names=list(names.values())).is_file()
     tp = np.array([[True], [False], [True]])
-    ap_per_class(tp, np.array([0.9, 0.8, 0.7]), np.array([0, 1, 1]), np.array([0, 1]), plot=True,
-                 save_dir=tmp_path, names=names)
+    plot_ap_curves(ap_per_class(tp, np.array([0.9, 0.8, 0.7]), np.array([0, 1, 1]), np.array([0, 1])).curves,
+                   tmp_path, names=names)
     assert {'labels.jpg', 'confusion_matrix.png', 'PR_curve.png', 'F1_curve.png'} <= {p.name for p in
                                                                                      tmp_path.iterdir()}

@@ -89,23 +89,23 @@ def stats_for(dets_labels):
 def test_ap_per_class_perfect_predictions():
     labels = lab([0, 0, 0, 50, 50], [1, 60, 60, 120, 100], [2, 10, 70, 40, 120], [2, 130, 10, 190, 40])
     dets = torch.cat((labels[:, 1:], torch.tensor([[0.9], [0.8], [0.7], [0.6]]), labels[:, :1]), 1)
-    tp, fp, p, r, f1, ap, classes = ap_per_class(*stats_for([(dets, labels)]))
+    tp, fp, p, r, f1, ap, classes = ap_per_class(*stats_for([(dets, labels)])).as_tuple()
     assert classes.tolist() == [0, 1, 2]
     np.testing.assert_allclose(ap, 0.995)
     np.testing.assert_allclose(p, 1.0)
     np.testing.assert_allclose(r, 1.0, atol=1e-9)
     assert tp.tolist() == [1, 1, 2] and fp.tolist() == [0, 0, 0]
-    *_, ap_coco, _ = ap_per_class(*stats_for([(dets, labels)]), method='coco')
+    *_, ap_coco, _ = ap_per_class(*stats_for([(dets, labels)]), method='coco').as_tuple()
     np.testing.assert_allclose(ap_coco, 1.0)
 
 
 def test_ap_per_class_shifted_box():
     labels = lab([0, 0, 0, 100, 100])
     stats = stats_for([(det([0, 0, 72, 100, 0.9, 0]), labels)])  # IoU 0.72
-    ap = ap_per_class(*stats)[5]
+    ap = ap_per_class(*stats).ap
     np.testing.assert_allclose(ap[0], [0.995] * 5 + [0.0] * 5)
     assert ap[:, 0].mean() == pytest.approx(0.995) and ap.mean() == pytest.approx(0.4975)
-    ap = ap_per_class(*stats, method='coco')[5]
+    ap = ap_per_class(*stats, method='coco').ap
     assert ap[:, 0].mean() == pytest.approx(1.0) and ap.mean() == pytest.approx(0.5)
 
 
@@ -113,35 +113,37 @@ def test_ap_false_positive_ranked_above_true_positive():
     # 2 labels; detections in confidence order TP, FP, TP: recall .5 .5 1, precision 1 .5 2/3
     labels = lab([0, 0, 0, 50, 50], [0, 100, 100, 150, 150])
     dets = det([0, 0, 50, 50, 0.9, 0], [60, 0, 90, 30, 0.8, 0], [100, 100, 150, 150, 0.7, 0])
-    ap = ap_per_class(*stats_for([(dets, labels)]))[5][0, 0]
+    ap = ap_per_class(*stats_for([(dets, labels)])).ap[0, 0]
     # trapezoid on x = 0, .01, ..., 1 of the envelope: 1 up to 0.49, 2/3 from 0.50 to 0.99, 0 at 1.0
     hand = 0.49 + 0.01 * (1 + 2 / 3) / 2 + 0.49 * 2 / 3 + 0.01 * (2 / 3) / 2
     assert ap == pytest.approx(hand, abs=1e-9)
-    ap_coco = ap_per_class(*stats_for([(dets, labels)]), method='coco')[5][0, 0]
+    ap_coco = ap_per_class(*stats_for([(dets, labels)]), method='coco').ap[0, 0]
     assert ap_coco == pytest.approx((51 * 1 + 50 * 2 / 3) / 101, abs=1e-9)
     # single label ranked under a false positive: envelope 0.5 everywhere before recall 1
-    ap = ap_per_class(*stats_for([(det([60, 0, 90, 30, 0.9, 0], [0, 0, 50, 50, 0.8, 0]), labels[:1])]))[5][0, 0]
+    ap = ap_per_class(*stats_for([(det([60, 0, 90, 30, 0.9, 0], [0, 0, 50, 50, 0.8, 0]), labels[:1])])).ap[0, 0]
     assert ap == pytest.approx(0.99 * 0.5 + 0.01 * 0.25)
 
 
 def test_missed_ground_truth_lowers_recall():
     labels = lab([0, 0, 0, 50, 50], [0, 100, 0, 150, 50], [0, 0, 100, 50, 150], [0, 100, 100, 150, 150])
     dets = det([0, 0, 50, 50, 0.9, 0], [100, 0, 150, 50, 0.8, 0])  # 2 of 4 found, no false positives
-    tp, fp, p, r, f1, ap, _ = ap_per_class(*stats_for([(dets, labels)]))
+    tp, fp, p, r, f1, ap, _ = ap_per_class(*stats_for([(dets, labels)])).as_tuple()
     assert r[0] == pytest.approx(0.5) and p[0] == pytest.approx(1.0) and f1[0] == pytest.approx(2 / 3)
     assert tp[0] == 2 and fp[0] == 0
     assert ap[0, 0] == pytest.approx(0.75)  # 0.5 at precision 1, then the linear ramp to (1, 0): + 0.25
-    assert ap_per_class(*stats_for([(dets, labels)]), method='coco')[5][0, 0] == pytest.approx(51 / 101)
+    assert ap_per_class(*stats_for([(dets, labels)]), method='coco').ap[0, 0] == pytest.approx(51 / 101)
 
 
 def test_ap_per_class_no_predictions_and_no_labels():
-    tp, fp, p, r, f1, ap, classes = ap_per_class(np.zeros((0, 10)), np.zeros(0), np.zeros(0), np.array([0, 1, 1]))
+    result = ap_per_class(np.zeros((0, 10)), np.zeros(0), np.zeros(0), np.array([0, 1, 1]))
+    tp, fp, p, r, f1, ap, classes = result.as_tuple()
     assert classes.tolist() == [0, 1] and ap.shape == (2, 10) and not ap.any() and not r.any()
-    tp, fp, p, r, f1, ap, classes = ap_per_class(np.ones((2, 10)), np.array([.9, .8]), np.array([0, 1]), np.zeros(0))
+    result = ap_per_class(np.ones((2, 10)), np.array([.9, .8]), np.array([0, 1]), np.zeros(0))
+    tp, fp, p, r, f1, ap, classes = result.as_tuple()
     assert len(classes) == 0 and ap.shape == (0, 10) and len(p) == 0
     # predictions of a class that has no labels are ignored
     tp, fp, p, r, f1, ap, classes = ap_per_class(np.array([[1] * 10, [0] * 10]), np.array([.9, .95]),
-                                                 np.array([0, 5]), np.array([0]))
+                                                 np.array([0, 5]), np.array([0])).as_tuple()
     assert classes.tolist() == [0] and ap[0, 0] == pytest.approx(0.995)
 
 
@@ -228,10 +230,10 @@ def test_ap_per_class_agrees_with_pycocotools(seed, n_low):
     stats = stats_for(images)
     coco_map, coco_map50 = coco_eval(images, 3)
     assert 0.3 < coco_map < 0.9  # a case that actually exercises the curve
-    ap_coco = ap_per_class(*stats, method='coco')[5]  # same integration as pycocotools: agrees to rounding
+    ap_coco = ap_per_class(*stats, method='coco').ap  # same integration as pycocotools: agrees to rounding
     assert ap_coco.mean() == pytest.approx(coco_map, abs=1e-3)
     assert ap_coco[:, 0].mean() == pytest.approx(coco_map50, abs=1e-3)
-    ap = ap_per_class(*stats)[5]  # YOLOv5's own numbers
+    ap = ap_per_class(*stats).ap  # YOLOv5's own numbers
     if n_low:  # a realistic low-confidence tail: precision ends near 0, the ramp to (1, 0) adds almost nothing
         assert ap.mean() == pytest.approx(coco_map, abs=0.02)
         assert ap[:, 0].mean() == pytest.approx(coco_map50, abs=0.02)

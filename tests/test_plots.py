@@ -5,17 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+from utils.callbacks import plot_results, read_results_csv
 from utils.ops.metrics import ConfusionMatrix, ap_per_class
-from utils.plots import (
-    Annotator,
-    colors,
-    output_to_target,
-    plot_images,
-    plot_labels,
-    plot_results,
-    read_results_csv,
-    save_one_box,
-)
+from utils.viz.charts import plot_ap_curves, plot_confusion_matrix, plot_labels
+from utils.viz.drawing import Annotator, colors, output_to_target, plot_images, save_one_box
 
 RESULTS_COLUMNS = ['epoch', 'train/box_loss', 'train/obj_loss', 'train/cls_loss', 'metrics/precision',
                    'metrics/recall', 'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95', 'val/box_loss', 'val/obj_loss',
@@ -161,8 +154,8 @@ def test_ap_per_class_writes_curves(tmp_path, case):
     tp = rng.random((n, 10)) < 0.6
     conf, pcls = rng.random(n), rng.integers(0, nc, n)
     tcls = rng.integers(0, nc, 40)
-    ap_per_class(tp, conf, pcls, tcls, plot=True, save_dir=tmp_path, names={i: f'c{i}' for i in range(nc)},
-                 prefix='v_')
+    plot_ap_curves(ap_per_class(tp, conf, pcls, tcls).curves, tmp_path, names={i: f'c{i}' for i in range(nc)},
+                   prefix='v_')
     for name in ('PR', 'F1', 'P', 'R'):
         assert read(tmp_path / f'v_{name}_curve.png').shape == (1500, 2250, 3)
 
@@ -170,10 +163,11 @@ def test_ap_per_class_writes_curves(tmp_path, case):
 def test_confusion_matrix_plot(tmp_path):
     cm = ConfusionMatrix(3)
     cm.process_batch(torch.tensor([[0, 0, 10, 10, 0.9, 0.0]]), torch.tensor([[0, 0, 0, 10, 10.0]]))
-    f = cm.plot(save_dir=tmp_path, names={i: f'c{i}' for i in range(3)})
+    f = plot_confusion_matrix(cm.matrix, tmp_path / 'confusion_matrix.png', names={i: f'c{i}' for i in range(3)})
     assert f == tmp_path / 'confusion_matrix.png'
     assert read(f).shape == (2250, 3000, 3)
-    empty = ConfusionMatrix(1).plot(normalize=False, save_dir=tmp_path / 'empty')  # one class, nothing counted
+    empty = plot_confusion_matrix(ConfusionMatrix(1).matrix, tmp_path / 'empty' / 'confusion_matrix.png',
+                                  normalize=False)  # one class, nothing counted
     assert read(empty).shape == (2250, 3000, 3)
 
 

@@ -91,7 +91,7 @@ def test_last_pt_loads_weights_only_and_rebuilds(finished_run):
 @pytest.mark.slow
 def test_seeded_runs_repeat_first_epoch_losses(data, finished_run, tmp_path):
     def losses(d):
-        return read_results_csv(d / 'results.csv')[1][0][1:4]
+        return read_results_csv(d / 'results.csv')[1][0][1:4].tolist()
     again = tiny_run(data, tmp_path, name='again', noplots=True, seed=0)
     other = tiny_run(data, tmp_path, name='other', noplots=True, seed=1)
     assert not any(again.glob('*.jpg')) and not any(again.glob('*.png'))  # --noplots

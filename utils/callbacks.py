@@ -3,9 +3,14 @@ progress columns, and early stopping.
 """
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
+import numpy as np
+
 from utils.core.logging import LOGGER, colorstr
+from utils.ops.metrics import fitness
+from utils.viz.charts import RESULTS_PANELS, evolution_chart, results_chart
 
 RESULT_KEYS = ('train/box_loss', 'train/obj_loss', 'train/cls_loss',  # train loss
                'metrics/precision', 'metrics/recall', 'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95',  # metrics
@@ -34,11 +39,54 @@ def csv_row(epoch: int, values) -> str:
     return ('%20.5g,' * (len(values) + 1) % (epoch, *values)).rstrip(',') + '\n'
 
 
-def read_results_csv(file: str | Path) -> tuple[list[str], list[list[float]]]:
-    """Parse results.csv (stripping YOLOv5's padding): returns (column names, rows of floats)."""
-    lines = Path(file).read_text().splitlines()
-    keys = [k.strip() for k in lines[0].split(',')]
-    return keys, [[float(v) for v in line.split(',')] for line in lines[1:] if line.strip()]
+def read_results_csv(file: str | Path) -> tuple[list[str], np.ndarray]:
+    """Column names (stripped) and float rows (n, columns) of a results.csv or evolve.csv (fields padded with spaces,
+    as YOLOv5 writes them); blank lines are skipped, an empty file is a ValueError."""
+    with open(file, newline='') as f:
+        rows = [[x.strip() for x in row] for row in csv.reader(f) if any(x.strip() for x in row)]
+    if not rows:
+        raise ValueError('empty file')
+    header = [x for x in rows[0] if x]
+    data = np.array([[float(x) for x in r[:len(header)]] for r in rows[1:]], dtype=np.float64).reshape(-1, len(header))
+    return header, data
+
+
+def plot_results(file: str | Path = 'path/to/results.csv', dir: str | Path = '') -> Path | None:
+    """results.png beside ``file`` (utils.viz.charts.results_chart); every ``results*.csv`` in ``dir`` is overlaid when
+    no file is given. A file that cannot be read gets a one-line warning and is left out."""
+    file = Path(file) if file else None
+    save_dir = file.parent if file else Path(dir)
+    files = [file] if file and file.is_file() else sorted(save_dir.glob('results*.csv'))
+    if not files:
+        LOGGER.warning(f'WARNING ⚠️ No results.csv files found in {save_dir.resolve()}, nothing to plot.')
+        return None
+    runs = []
+    for f in files:
+        try:
+            header, data = read_results_csv(f)
+            if data.shape[1] <= max(RESULTS_PANELS):
+                raise ValueError(f'expected at least {max(RESULTS_PANELS) + 1} columns, found {data.shape[1]}')
+            runs.append((f.stem, header, data))
+        except Exception as e:
+            LOGGER.warning(f'WARNING ⚠️ Plotting error for {f}: {e}')
+    return results_chart(runs, save_dir / 'results.png')
+
+
+def plot_evolve(evolve_csv: str | Path = 'path/to/evolve.csv', n_results: int = 7) -> Path | None:
+    """evolve.png beside ``evolve_csv`` (utils.viz.charts.evolution_chart): each evolved hyperparameter against the
+    fitness of every generation; an unreadable or empty file gets a one-line warning."""
+    file = Path(evolve_csv)
+    try:
+        keys, data = read_results_csv(file)
+    except (OSError, ValueError) as e:
+        LOGGER.warning(f'WARNING ⚠️ {file}: cannot plot evolution ({e})')
+        return None
+    if not len(data) or not keys[n_results:]:
+        LOGGER.warning(f'WARNING ⚠️ {file}: no generations to plot')
+        return None
+    out = evolution_chart(keys[n_results:], data[:, n_results:], fitness(data), file.with_suffix('.png'))
+    LOGGER.info(f'Saved {out}')
+    return out
 
 
 class RunLogger:

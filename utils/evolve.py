@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from utils.callbacks import read_results_csv
 from utils.ops.metrics import fitness
-from utils.plots import read_results_csv
 
 # key: (mutation gain, lower bound, upper bound) -- YOLOv5 v7.0's table; gain 0 means the key is never mutated
 META: dict[str, tuple[float, float, float]] = {

@@ -26,7 +26,7 @@ from utils import evolve as evolution
 from utils import optim
 from utils.autoanchor import check_anchors
 from utils.autobatch import autobatch
-from utils.callbacks import EarlyStopping, RunLogger, progress_header, progress_row
+from utils.callbacks import EarlyStopping, RunLogger, plot_evolve, plot_results, progress_header, progress_row
 from utils.checkpoints import (
     load_checkpoint,
     load_model,
@@ -53,7 +53,8 @@ from utils.distributed import (
 from utils.ema import ModelEMA
 from utils.ops.loss import ComputeLoss
 from utils.ops.metrics import fitness
-from utils.plots import plot_evolve, plot_images, plot_labels, plot_results
+from utils.viz.charts import plot_labels
+from utils.viz.drawing import plot_images
 
 CKPT_FORMAT, CKPT_VERSION = 'yolov5-efficientvit', 1
 MAX_GRAD_NORM = 10.0

@@ -18,7 +18,8 @@ from utils.data.coco import coco_evaluate, numeric_ids, prediction_records, save
 from utils.ops.boxes import scale_boxes, xywh2xyxy, xyxy2xywh
 from utils.ops.metrics import ConfusionMatrix, ap_per_class, process_batch
 from utils.ops.nms import non_max_suppression
-from utils.plots import output_to_target, plot_images
+from utils.viz.charts import plot_ap_curves, plot_confusion_matrix
+from utils.viz.drawing import output_to_target, plot_images
 
 HEADER = ('%22s' + '%11s' * 6) % ('Class', 'Images', 'Instances', 'P', 'R', 'mAP50', 'mAP50-95')
 ROW = '%22s' + '%11i' * 2 + '%11.3g' * 4
@@ -112,8 +113,10 @@ def _summarise(st: _State, names: dict, plots: bool, save_dir: Path | None, meth
     stats = [torch.cat(x, 0).cpu().numpy() for x in zip(*st.stats)] if st.stats else []
     nt = np.bincount(stats[3].astype(int), minlength=st.nc) if stats else np.zeros(st.nc, int)
     if stats and stats[0].any():
-        _, _, p, r, _, ap, ap_class = ap_per_class(*stats, plot=plots, save_dir=save_dir or Path('.'), names=names,
-                                                method=method)
+        result = ap_per_class(*stats, method=method)
+        if plots:
+            plot_ap_curves(result.curves, save_dir or Path('.'), names)
+        _, _, p, r, _, ap, ap_class = result.as_tuple()
         ap50, ap = ap[:, 0], ap.mean(1)
         return (p.mean(), r.mean(), ap50.mean(), ap.mean()), (p, r, ap50, ap, ap_class), nt
     return (0.0, 0.0, 0.0, 0.0), None, nt
@@ -262,7 +265,7 @@ def validate(model, dataloader, names: dict[int, str], *, compute_loss=None, con
         LOGGER.info(f'Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image at shape '
                     f'{(shape[0], 3, size, size)}' % times)
     if cm is not None:
-        cm.plot(save_dir=save_dir, names=list(names.values()))
+        plot_confusion_matrix(cm.matrix, Path(save_dir) / 'confusion_matrix.png', names=list(names.values()))
     mp, mr, map50, map_ = (float(x) for x in mean)
     if save_json and st.jdict:
         coco = _coco_eval(st, dataloader.dataset, names, save_dir, json_name, anno_json, class_map, mean)

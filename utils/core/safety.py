@@ -97,6 +97,15 @@ def check_names(names: Any, source: str, nc: int | None = None) -> dict[int, str
     return {k: names[k] for k in sorted(names)}
 
 
+def names_dict(names: Any) -> dict[int, str]:
+    """Class names as ``{index: name}`` in index order, from a mapping or a sequence: THE normaliser for names that
+    were checked when they were read (``check_names``), e.g. a model's or a dataset's; ``None`` gives ``{}``."""
+    if names is None:
+        return {}
+    pairs = names.items() if isinstance(names, dict) else enumerate(names)
+    return {int(k): str(v) for k, v in sorted(pairs, key=lambda kv: int(kv[0]))}
+
+
 def check_stride(value: Any, source: str) -> int:
     """A stride from metadata: an integer in 1..MAX_STRIDE (0 or junk would divide by zero later)."""
     text = str(value).strip()[:40]

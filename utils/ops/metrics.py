@@ -1,5 +1,6 @@
 """Detection metrics as YOLOv5 v7.0 computes them: matching at 10 IoU thresholds, per-class AP, P/R/F1 at the
-max-F1 confidence, the confusion matrix and the fitness used to pick best.pt.
+max-F1 confidence, the confusion matrix and the fitness used to pick best.pt. Numbers only: utils/viz/charts.py
+draws them.
 
 AP note: YOLOv5 integrates the interpolated precision envelope with the trapezoid rule over 101 recall points
 (``method='interp'``), so a perfect detector scores 0.995, not 1.0. ``method='coco'`` gives pycocotools' 101-point
@@ -7,7 +8,7 @@ step average (a perfect detector scores 1.0); it is offered for cross-checks, YO
 """
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -103,19 +104,46 @@ def compute_ap(recall: np.ndarray, precision: np.ndarray, method: str = 'interp'
     return float(ap), mpre, mrec
 
 
-def ap_per_class(tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, target_cls: np.ndarray, plot: bool = False,
-                 save_dir: Path | str = Path('.'), names: dict | None = None, prefix: str = '', eps: float = 1e-16,
-                 method: str = 'interp') -> tuple[np.ndarray, ...]:
+@dataclass(frozen=True)
+class APCurves:
+    """What the PR/F1/P/R charts draw (utils.viz.charts.plot_ap_curves): one row per class with labels."""
+
+    px: np.ndarray  # (1000,) the confidence axis, also the recall axis of precision_at_recall
+    precision_at_recall: np.ndarray  # (nc, 1000) the precision envelope at recall px (zeros: class never predicted)
+    precision: np.ndarray  # (nc, 1000) precision at confidence px
+    recall: np.ndarray  # (nc, 1000)
+    f1: np.ndarray  # (nc, 1000)
+    ap: np.ndarray  # (nc, t) AP at each IoU threshold
+    classes: np.ndarray  # (nc,) int: the class of each row
+
+
+@dataclass(frozen=True)
+class APResult:
+    """Per-class metrics at the confidence that maximises the mean F1, and the curves behind them."""
+
+    tp: np.ndarray  # (nc,) true positives at that confidence
+    fp: np.ndarray  # (nc,)
+    p: np.ndarray  # (nc,) precision
+    r: np.ndarray  # (nc,) recall
+    f1: np.ndarray  # (nc,)
+    ap: np.ndarray  # (nc, t) AP at each IoU threshold
+    classes: np.ndarray  # (nc,) int
+    curves: APCurves
+
+    def as_tuple(self) -> tuple[np.ndarray, ...]:
+        """YOLOv5's return value: (tp, fp, p, r, f1, ap, classes)."""
+        return self.tp, self.fp, self.p, self.r, self.f1, self.ap, self.classes
+
+
+def ap_per_class(tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, target_cls: np.ndarray, eps: float = 1e-16,
+                 method: str = 'interp') -> APResult:
     """Per-class AP at each IoU threshold, and P, R, F1 at the single confidence that maximises the mean F1.
 
     Args:
         tp: (n, t) bool/0-1 true-positive flags per detection and IoU threshold. conf, pred_cls: (n,).
-        target_cls: (m,) class of every ground-truth box; only classes present here are evaluated.
-        plot: write {prefix}PR_curve.png, F1_curve.png, P_curve.png, R_curve.png into ``save_dir``.
-        names: {class index: name} for the plot legends.
+        target_cls: (m,) class of every ground-truth box; only classes present here are evaluated (nc of them).
 
-    Returns:
-        tp, fp, p, r, f1 (each (nc,)), ap (nc, t), unique_classes (nc,) int; nc = number of classes with labels.
+    Returns the metrics and their curves; drawing them is the caller's (utils.viz.charts.plot_ap_curves).
     """
     tp = np.asarray(tp, dtype=np.float64).reshape(len(conf), -1) if len(conf) else np.zeros((0, np.shape(tp)[-1]))
     conf, pred_cls, target_cls = (np.asarray(a, dtype=np.float64).ravel() for a in (conf, pred_cls, target_cls))
@@ -129,8 +157,7 @@ def ap_per_class(tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, target_
         k = pred_cls == c
         n_l, n_p = nt[ci], k.sum()
         if n_p == 0:
-            if plot:
-                py.append(np.zeros(1000))
+            py.append(np.zeros(1000))
             continue
         tpc, fpc = tp[k].cumsum(0), (1 - tp[k]).cumsum(0)
         recall = tpc / (n_l + eps)
@@ -139,31 +166,19 @@ def ap_per_class(tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, target_
         p[ci] = np.interp(-px, -conf[k], precision[:, 0], left=1)
         for j in range(nthr):
             ap[ci, j], mpre, mrec = compute_ap(recall[:, j], precision[:, j], method)
-            if plot and j == 0:
+            if j == 0:
                 py.append(np.interp(px, mrec, mpre))  # precision at recall px, for the PR curve
     f1 = 2 * p * r / (p + r + eps)
-    if plot and nc:
-        _plot_curves(px, py, ap, p, r, f1, Path(save_dir), names or {}, unique_classes, prefix)
+    classes = unique_classes.astype(int)
+    curves = APCurves(px, np.stack(py, 0) if py else np.zeros((0, 1000)), p, r, f1, ap, classes)
     if nc == 0:
         z = np.zeros(0)
-        return z, z, z, z, z, np.zeros((0, nthr)), unique_classes.astype(int)
+        return APResult(z, z, z, z, z, np.zeros((0, nthr)), classes, curves)
     i = smooth(f1.mean(0), 0.1).argmax()  # the confidence of max (smoothed) mean F1
     p, r, f1 = p[:, i], r[:, i], f1[:, i]
     tp = (r * nt).round()
     fp = (tp / (p + eps) - tp).round()
-    return tp, fp, p, r, f1, ap, unique_classes.astype(int)
-
-
-def _plot_curves(px, py, ap, p, r, f1, save_dir: Path, names: dict, classes: np.ndarray, prefix: str) -> None:
-    """PR curve and metric-vs-confidence curves (matplotlib, imported only when plotting)."""
-    from utils.plots import plot_mc_curve, plot_pr_curve
-
-    names = {i: names.get(int(c), str(int(c))) for i, c in enumerate(classes)}  # only the classes with labels
-    save_dir.mkdir(parents=True, exist_ok=True)
-    plot_pr_curve(px, np.stack(py, 0), ap, save_dir / f'{prefix}PR_curve.png', names)
-    plot_mc_curve(px, f1, save_dir / f'{prefix}F1_curve.png', names, ylabel='F1')
-    plot_mc_curve(px, p, save_dir / f'{prefix}P_curve.png', names, ylabel='Precision')
-    plot_mc_curve(px, r, save_dir / f'{prefix}R_curve.png', names, ylabel='Recall')
+    return APResult(tp, fp, p, r, f1, ap, classes, curves)
 
 
 class ConfusionMatrix:
@@ -207,9 +222,3 @@ class ConfusionMatrix:
         tp = self.matrix.diagonal()
         fp = self.matrix.sum(1) - tp
         return tp[:-1], fp[:-1]
-
-    def plot(self, normalize: bool = True, save_dir: Path | str = '', names=()) -> Path:
-        """Write confusion_matrix.png into ``save_dir`` (columns normalised to 1 when ``normalize``)."""
-        from utils.plots import plot_confusion_matrix
-
-        return plot_confusion_matrix(self.matrix, Path(save_dir) / 'confusion_matrix.png', normalize, names)
