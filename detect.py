@@ -20,7 +20,6 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
-from utils.backends import DetectBackend, check_img_size  # noqa: E402
 from utils.cli import one_line_errors  # noqa: E402
 from utils.core.argtypes import positive_int, unit_interval  # noqa: E402
 from utils.core.logging import LOGGER, colorstr, increment_path  # noqa: E402
@@ -28,6 +27,7 @@ from utils.core.safety import inside, path_component  # noqa: E402
 from utils.core.torch_utils import select_device  # noqa: E402
 from utils.data.augmentations import letterbox  # noqa: E402
 from utils.data.sources import Frame, SourceError, load_source  # noqa: E402
+from utils.inference.backend import DetectBackend, check_img_size  # noqa: E402
 from utils.ops.boxes import scale_boxes, xyxy2xywh  # noqa: E402
 from utils.ops.nms import non_max_suppression  # noqa: E402
 from utils.validator import Timer  # noqa: E402
@@ -189,7 +189,7 @@ def run(weights: str | Path | list = 'yolov5s.pt', source: str | Path = DEFAULT_
         s = f"\n{n} label{'s' * (n != 1)} saved to {save_dir / 'labels'}" if save_txt else ''
         LOGGER.info(f"Results saved to {colorstr('bold', str(save_dir))}{s}")
     if update:
-        from utils.checkpoints import strip_optimizer
+        from utils.checkpoint.model import strip_optimizer
 
         strip_optimizer(weights[0] if isinstance(weights, (list, tuple)) else weights)
     return save_dir

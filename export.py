@@ -2,7 +2,7 @@
 
 The exported graph is the fused model with the decoded (B, N, 5+nc) output; NMS stays outside, in detect.py and
 val.py. ``stride`` and ``names`` travel as metadata (ONNX ``metadata_props``, TorchScript ``config.txt``), so
-utils.backends.DetectBackend runs the files without the training code.
+utils.inference.backend.DetectBackend runs the files without the training code.
 
 Usage:
     python export.py --weights best.pt --include onnx torchscript --imgsz 640
@@ -24,10 +24,10 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
-from utils.backends import check_img_size  # noqa: E402
 from utils.core.argtypes import positive_int  # noqa: E402
 from utils.core.logging import LOGGER, colorstr  # noqa: E402
 from utils.core.torch_utils import select_device  # noqa: E402
+from utils.inference.backend import check_img_size  # noqa: E402
 
 FORMATS = {'torchscript': '.torchscript', 'onnx': '.onnx'}
 
@@ -131,7 +131,8 @@ def _prepare(weights: Path, device: torch.device, imgsz: list[int], batch_size: 
              dynamic: bool):
     """Fused eval model in export mode (Detect returns the decoded tensor only), a dummy input and metadata."""
     from models.yolo import Detect, ModelConfigError
-    from utils.checkpoints import CheckpointError, load_model
+    from utils.checkpoint.format import CheckpointError
+    from utils.checkpoint.model import load_model
 
     try:
         model = load_model(weights, device=device, fuse=False)

@@ -34,10 +34,10 @@ def _local_weights(name: str) -> Path | None:
 def _create(name: str, pretrained: bool = True, channels: int = 3, classes: int = 80, autoshape: bool = True,
             verbose: bool = True, device=None):
     """Model ``name`` (a key of MODELS); local weights when ``pretrained``, moved to ``device``, AutoShape-wrapped."""
-    from models.autoshape import AutoShape
     from models.yolo import Model
-    from utils.checkpoints import load_model, transfer_weights
+    from utils.checkpoint.model import load_model, transfer_weights
     from utils.core.torch_utils import select_device
+    from utils.inference.autoshape import AutoShape
 
     device = select_device('' if device is None else str(device))
     cfg = ROOT / 'models' / MODELS[name]
@@ -62,9 +62,9 @@ def _create(name: str, pretrained: bool = True, channels: int = 3, classes: int 
 def custom(path: str | Path = 'path/to/model.pt', autoshape: bool = True, _verbose: bool = True, device=None):
     """A trained checkpoint (ours or an official YOLOv5 .pt): fused and AutoShape-wrapped for inference, or the
     plain (unfused, trainable) DetectionModel with ``autoshape=False``."""
-    from models.autoshape import AutoShape
-    from utils.checkpoints import load_model
+    from utils.checkpoint.model import load_model
     from utils.core.torch_utils import select_device
+    from utils.inference.autoshape import AutoShape
 
     model = load_model(path, device=select_device('' if device is None else str(device)), fuse=autoshape)
     return AutoShape(model, verbose=_verbose) if autoshape else model

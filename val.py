@@ -18,7 +18,6 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
-from utils.backends import BackendError, DetectBackend, check_img_size  # noqa: E402
 from utils.cli import one_line_errors  # noqa: E402
 from utils.core.argtypes import non_negative_int, positive_int, unit_interval  # noqa: E402
 from utils.core.logging import LOGGER, colorstr, increment_path  # noqa: E402
@@ -26,6 +25,7 @@ from utils.core.torch_utils import select_device  # noqa: E402
 from utils.data.coco import coco80_to_coco91_class, find_coco_annotations  # noqa: E402
 from utils.data.config import ConfigError, check_dataset  # noqa: E402
 from utils.data.loader import create_dataloader  # noqa: E402
+from utils.inference.backend import BackendError, DetectBackend, check_img_size  # noqa: E402
 from utils.validator import validate  # noqa: E402
 from utils.viz.charts import plot_val_study  # noqa: E402
 

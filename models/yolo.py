@@ -4,7 +4,8 @@ YAML rows ``[from, number, module, args]`` are resolved through models.registry 
 with its ``yaml_args`` classmethod (see models/common.py). A ``models.backbone.Backbone`` (EfficientViT, Timm: several
 outputs, declared in its ``feature_info``) must be the first row; it occupies layer indices 0-4, with its outputs at
 the last indices (three outputs: P3=2, P4=3, P5=4) exposed by parameter-free ``FeatureSlot`` layers, so the next row
-is index 5 and layer numbers agree in the printed table, ``from`` fields, state-dict keys and --freeze.
+is index 5 and layer numbers agree in the printed table, ``from`` fields, state-dict keys and --freeze. Reading and
+checking the YAML is models/config.py's (``ModelConfigError`` and ``load_model_cfg`` are importable from here too).
 
 Usage: python models/yolo.py --cfg models/yolov5-efficientvit.yaml
 """
@@ -17,7 +18,6 @@ if __name__ == '__main__':  # entry point only: make the repository root importa
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse  # noqa: E402
-import ast  # noqa: E402
 import contextlib  # noqa: E402
 import itertools  # noqa: E402
 import math  # noqa: E402
@@ -28,23 +28,18 @@ from typing import Any  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-import yaml  # noqa: E402
 
 from models import common, efficientvit, timm_backbone  # noqa: E402,F401  (registers the blocks and backbones)
 from models.backbone import Backbone  # noqa: E402
 from models.common import FOREIGN_YAML_ARGS, Conv, YamlContext, parse_activation, set_activation  # noqa: E402
+from models.config import ModelConfigError, check_model_dict, check_row, load_model_cfg, yaml_value  # noqa: E402,F401
 from models.registry import get_module, register_module, weights_arg  # noqa: E402
 from utils.core.logging import LOGGER, colorstr  # noqa: E402
-from utils.core.safety import MAX_CLASSES, MAX_LAYER_REPEATS, MAX_MODEL_PARAMS, MAX_MODEL_ROWS, read_yaml  # noqa: E402
+from utils.core.safety import MAX_LAYER_REPEATS, MAX_MODEL_PARAMS  # noqa: E402
 from utils.core.torch_utils import initialize_weights, meta_copy, model_info  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 BACKBONE_SLOTS = 5  # a multi-output backbone occupies layer indices 0..4 (YOLOv5-EfficientViT convention)
 PROBE_SIZE = 256  # side of the zero image whose forward measures the strides (YOLOv5: 256)
-
-
-class ModelConfigError(ValueError):
-    """A model YAML that cannot be built: missing file or key, unknown module, bad ``from`` index, bad arguments."""
 
 
 class InputSizeError(ValueError):
@@ -137,92 +132,6 @@ def check_anchor_order(m: Detect) -> None:
         m.anchors[:] = m.anchors.flip(0)
 
 
-def load_model_cfg(cfg: str | Path | dict) -> tuple[dict, str]:
-    """Return (yaml dict copy, yaml file name) for a dict or a YAML path (looked up as given, then in models/)."""
-    if isinstance(cfg, dict):
-        return deepcopy(cfg), str(cfg.get('yaml_file', ''))
-    path = Path(cfg)
-    if not path.is_file():
-        for alt in (ROOT / 'models' / path.name, ROOT / path):
-            if alt.is_file():
-                path = alt
-                break
-        else:
-            raise ModelConfigError(f'model config {str(cfg)!r} not found (looked in ., {ROOT / "models"})')
-    try:
-        d = read_yaml(path)  # no aliases, bounded size
-    except (yaml.YAMLError, OSError, UnicodeDecodeError) as e:
-        raise ModelConfigError(f'{path}: invalid YAML: {str(e).splitlines()[0]}') from None
-    if not isinstance(d, dict):
-        raise ModelConfigError(f'{path}: expected a mapping with nc, anchors, backbone and head')
-    return d, path.name
-
-
-def _literal(a: Any, nc: int, anchors: Any) -> Any:
-    """A YAML argument: 'nc'/'anchors' are substituted, other strings parsed as Python literals or kept as text."""
-    if not isinstance(a, str):
-        return a
-    if a == 'nc':
-        return nc
-    if a == 'anchors':
-        return anchors
-    try:
-        return ast.literal_eval(a)
-    except (ValueError, SyntaxError):
-        return a  # e.g. 'nearest'
-
-
-def _check_keys(d: dict, where: str) -> None:
-    missing = [k for k in ('nc', 'depth_multiple', 'width_multiple', 'anchors', 'backbone', 'head') if k not in d]
-    if missing:
-        raise ModelConfigError(f'{where}: missing key(s) {", ".join(missing)}')
-    rows = d['backbone'] + d['head'] if isinstance(d['backbone'], list) and isinstance(d['head'], list) else None
-    if not rows:
-        raise ModelConfigError(f'{where}: backbone and head must be lists of [from, number, module, args] rows')
-    if len(rows) > MAX_MODEL_ROWS:
-        raise ModelConfigError(f'{where}: {len(rows)} layer rows, over the limit of {MAX_MODEL_ROWS}')
-    _check_values(d, where)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _is_positive_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
-
-
-def _check_values(d: dict, where: str) -> None:
-    """nc, ch, multiples and anchors must make a buildable model; each problem is one line naming the key."""
-    for key, default in (('nc', None), ('ch', 3), ('channel_multiple', 8)):
-        v = d.get(key, default)
-        if not _is_positive_int(v):
-            raise ModelConfigError(f'{where}: {key} must be a positive integer, got {v!r}')
-    if d['nc'] > MAX_CLASSES:
-        raise ModelConfigError(f"{where}: nc {d['nc']} is over the limit of {MAX_CLASSES} classes")
-    for key in ('depth_multiple', 'width_multiple'):
-        if not (_is_number(d[key]) and d[key] > 0 and math.isfinite(d[key])):
-            raise ModelConfigError(f'{where}: {key} must be a number > 0, got {d[key]!r}')
-    a = d['anchors']
-    if _is_positive_int(a):
-        return  # a count of placeholder anchors per level (AutoAnchor computes them)
-    ok = isinstance(a, list) and a and all(isinstance(lv, list) and lv and len(lv) % 2 == 0 and len(lv) == len(a[0])
-                                         and all(_is_number(x) and x > 0 for x in lv) for lv in a)
-    if not ok:
-        raise ModelConfigError(f'{where}: anchors must be a positive count or one list of w,h pixel pairs per level '
-                               f'(same length, values > 0), got {a!r}')
-
-
-def _check_row(row: Any, i: int, where: str) -> tuple[int | list[int], int, str, list]:
-    if not (isinstance(row, (list, tuple)) and len(row) == 4):
-        raise ModelConfigError(f'{where}: layer {i}: expected [from, number, module, args], got {row!r}')
-    f, n, name, args = row
-    ok_from = isinstance(f, int) or (isinstance(f, list) and f and all(isinstance(j, int) for j in f))
-    if not ok_from or not isinstance(n, int) or n < 1 or not isinstance(name, str) or not isinstance(args, list):
-        raise ModelConfigError(f'{where}: layer {i}: malformed row {row!r}')
-    return f, n, name, args
-
-
 def _resolve_from(f: int | list[int], i: int, ch: list[int], where: str) -> list[int]:
     """Absolute indices of the layers row i reads from; each must be an earlier layer with a known width."""
     out = []
@@ -277,19 +186,19 @@ def parse_model(d: dict, ch: list[int], yaml_file: str = '') -> tuple[nn.Sequent
 
     Under ``torch.device('meta')`` nothing is allocated: ``check_model_size`` counts a model that way first."""
     where = yaml_file or 'model yaml'
-    _check_keys(d, where)
+    check_model_dict(d, where)
     nc, anchors = d['nc'], d['anchors']
     na = (len(anchors[0]) // 2) if isinstance(anchors, list) else anchors
     ctx = YamlContext(d['depth_multiple'], d['width_multiple'], d.get('channel_multiple', 8), na * (nc + 5))
     layers, chs, save = [], [], set()
     for row_i, row in enumerate(d['backbone'] + d['head']):
         i = len(layers)
-        f, n, name, args = _check_row(row, row_i, where)
+        f, n, name, args = check_row(row, row_i, where)
         try:
             module = get_module(name)
         except KeyError as e:
             raise ModelConfigError(f'{where}: layer {i}: {e.args[0]}') from None
-        args = [_literal(a, nc, anchors) for a in args]
+        args = [yaml_value(a, nc, anchors) for a in args]
         if i == 0 and f != -1:
             raise ModelConfigError(f'{where}: layer 0: from must be -1 (the input image), got {f}')
         src = [] if i == 0 else _resolve_from(f, i, chs, where)
@@ -620,9 +529,9 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(opt: argparse.Namespace) -> DetectionModel:
-    from utils.cli import one_line_errors
+    from utils.core.errors import exit_on
 
-    with one_line_errors('ERROR', own=(ModelConfigError, InputSizeError, FileNotFoundError), shared=False):
+    with exit_on('ERROR', (ModelConfigError, InputSizeError, FileNotFoundError)):
         model = DetectionModel(opt.cfg, nc=opt.nc, verbose=False)
     model.info(imgsz=opt.imgsz)
     if not opt.no_fuse:

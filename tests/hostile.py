@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from models.yolo import DetectionModel
-from utils.checkpoints import FORMAT, FORMAT_VERSION
+from utils.checkpoint.format import FORMAT, FORMAT_VERSION
 
 
 # ------------------------------------------------------------------------------------------------ pickle opcodes

@@ -6,7 +6,7 @@ import detect
 import export
 import train
 import val
-from utils.backends import check_img_size
+from utils.inference.backend import check_img_size
 from utils.trainer import TrainError
 
 

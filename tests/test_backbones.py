@@ -22,7 +22,8 @@ from models.yolo import DetectionModel, ModelConfigError, load_model_cfg
 from models.yolo import main as yolo_main
 from models.yolo import parse_opt as yolo_opt
 from tests.helpers import write_dataset
-from utils.checkpoints import load_checkpoint, model_from_checkpoint, save_checkpoint
+from utils.checkpoint.format import load_checkpoint, save_checkpoint
+from utils.checkpoint.model import model_from_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKBONES = list_modules('backbone')

@@ -11,16 +11,8 @@ import torch.nn as nn
 import models.common
 import models.yolo
 from models.yolo import DetectionModel
-from utils.checkpoints import (
-    FORMAT,
-    CheckpointError,
-    load_checkpoint,
-    load_model,
-    model_from_checkpoint,
-    save_checkpoint,
-    strip_optimizer,
-    transfer_weights,
-)
+from utils.checkpoint.format import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
+from utils.checkpoint.model import load_model, model_from_checkpoint, strip_optimizer, transfer_weights
 
 NAMES = {0: 'cat', 1: 'dog'}
 

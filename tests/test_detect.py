@@ -236,7 +236,7 @@ def test_visualize_needs_pt(weights, source, tmp_path, log_text):
 def test_ensemble_of_pt_weights(model, weights, source, tmp_path, log_text):
     """Two .pt files: one model whose predictions are both models' predictions side by side (YOLOv5's NMS ensemble),
     used by detect.py and val.py; other formats or disagreeing classes are one-line errors."""
-    from utils.backends import BackendError, DetectBackend
+    from utils.inference.backend import BackendError, DetectBackend
 
     other = copy.deepcopy(model)
     with torch.no_grad():

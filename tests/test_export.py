@@ -16,8 +16,8 @@ import export
 import val
 from models.yolo import DetectionModel
 from tests.helpers import draw_image
-from utils.backends import BackendError, DetectBackend
-from utils.checkpoints import FORMAT, FORMAT_VERSION, save_checkpoint
+from utils.checkpoint.format import FORMAT, FORMAT_VERSION, save_checkpoint
+from utils.inference.backend import BackendError, DetectBackend
 
 CFGS = ['yolov5n.yaml', 'yolov5-efficientvit.yaml']
 NAMES = {0: 'square', 1: 'box'}

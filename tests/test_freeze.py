@@ -11,7 +11,7 @@ from models.yolo import DetectionModel, load_model_cfg
 from tests.helpers import write_dataset
 from utils import optim
 from utils import trainer as trainer_mod
-from utils.checkpoints import save_checkpoint
+from utils.checkpoint.format import save_checkpoint
 from utils.ema import ModelEMA
 
 

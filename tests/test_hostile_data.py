@@ -11,7 +11,6 @@ import torch
 import yaml
 
 import detect
-from models.autoshape import AutoShape
 from models.yolo import DetectionModel, ModelConfigError
 from tests import hostile as H
 from tests.helpers import write_dataset
@@ -22,6 +21,7 @@ from utils.data.config import ConfigError, DatasetError, check_dataset, load_hyp
 from utils.data.dataset import LoadImagesAndLabels
 from utils.data.loader import create_dataloader
 from utils.data.sources import Frame
+from utils.inference.autoshape import AutoShape
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,8 +17,8 @@ from models.yolo import DetectionModel, ModelConfigError
 from tests import hostile as H
 from tests.helpers import write_dataset
 from tests.test_export import make_checkpoint, make_model
-from utils.backends import BackendError, DetectBackend
-from utils.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from utils.checkpoint.format import CheckpointError, load_checkpoint, save_checkpoint
+from utils.inference.backend import BackendError, DetectBackend
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -183,7 +183,8 @@ CHILD = textwrap.dedent('''
     sys.path.insert(0, sys.argv[2])
     import torch
     import detect
-    from utils.checkpoints import load_checkpoint, load_model, _allow_list, _official_state
+    from utils.checkpoint.format import load_checkpoint, _allow_list, _official_state
+    from utils.checkpoint.model import load_model
     from utils.data.config import check_dataset
     from utils.data.label_cache import load_cache
     f = json.loads(sys.argv[1])

@@ -10,7 +10,7 @@ import torch.nn as nn
 from PIL import Image
 
 import hubconf
-from models.autoshape import AutoShape, Detections
+from utils.inference.autoshape import AutoShape, Detections
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -80,7 +80,7 @@ def test_one_epoch_writes_every_output(data, finished_run, tmp_path, cfg):
 def test_last_pt_loads_weights_only_and_rebuilds(finished_run):
     save_dir = finished_run
     ckpt = torch.load(save_dir / 'weights/last.pt', map_location='cpu', weights_only=True)
-    from utils.checkpoints import model_from_checkpoint
+    from utils.checkpoint.model import model_from_checkpoint
     model = model_from_checkpoint(ckpt)
     assert set(model.state_dict()) == set(ckpt['model'])
     assert all(v.dtype == torch.float16 for v in ckpt['model'].values() if v.is_floating_point())  # stripped

@@ -27,14 +27,8 @@ from utils import optim
 from utils.autoanchor import check_anchors
 from utils.autobatch import autobatch
 from utils.callbacks import EarlyStopping, RunLogger, plot_evolve, plot_results, progress_header, progress_row
-from utils.checkpoints import (
-    load_checkpoint,
-    load_model,
-    save_checkpoint,
-    saved_options,
-    strip_optimizer,
-    transfer_weights,
-)
+from utils.checkpoint.format import load_checkpoint, save_checkpoint
+from utils.checkpoint.model import load_model, saved_options, strip_optimizer, transfer_weights
 from utils.core.logging import LOGGER, TQDM_BAR_FORMAT, colorstr, increment_path
 from utils.core.torch_utils import de_parallel, init_seeds, select_device, training_memory_format
 from utils.data.config import check_dataset, find_config, load_hyp
@@ -541,7 +535,7 @@ class Trainer:
                     strip_optimizer(f)
             if self.best.exists() and self.val_loader is not None:
                 LOGGER.info(f'\nValidating {self.best}...')
-                from utils.checkpoints import model_from_checkpoint
+                from utils.checkpoint.model import model_from_checkpoint
                 model = model_from_checkpoint(load_checkpoint(self.best)).to(self.device)
                 self.validate(model, final=True)
             if self.plots and self.logger.csv.exists():

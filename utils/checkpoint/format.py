@@ -1,4 +1,4 @@
-"""Checkpoints: our format (a dict of tensors and plain data) and official YOLOv5 v6.x/v7.0 ``.pt`` files.
+"""Checkpoint files: our format (a dict of tensors and plain data) and official YOLOv5 v6.x/v7.0 ``.pt`` files.
 
 Our checkpoints hold state dicts, never pickled modules, so ``torch.load(weights_only=True)`` reads them and they do
 not depend on import paths. Official YOLOv5 files pickle whole ``models.yolo.DetectionModel`` objects; we read them
@@ -22,15 +22,16 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-import yaml
 
-from models.yolo import DetectionModel, ModelConfigError, meta_layers, without_pretrained
 from utils.core import pickle_scan
-from utils.core.logging import LOGGER
-from utils.core.safety import MAX_CLASSES, UnsafeFileError, check_names, read_yaml
+from utils.core.safety import MAX_CLASSES, UnsafeFileError, check_names
 
 FORMAT = 'yolov5-efficientvit'
+
+
 FORMAT_VERSION = 1
+
+
 TRAINING_KEYS = ('optimizer', 'ema', 'updates', 'train_state')
 
 
@@ -49,6 +50,8 @@ _YOLOV5_CLASSES = {
     'models.yolo': ('DetectionModel', 'Model', 'Detect'),
     'models.common': ('Conv', 'DWConv', 'Bottleneck', 'BottleneckCSP', 'C3', 'SPP', 'SPPF', 'Focus', 'Concat'),
 }
+
+
 _TORCH_CLASSES = (nn.Sequential, nn.ModuleList, nn.Conv2d, nn.BatchNorm2d, nn.SiLU, nn.ReLU, nn.LeakyReLU,
                   nn.Hardswish, nn.Identity, nn.Upsample, nn.MaxPool2d)
 
@@ -187,6 +190,8 @@ _FIELDS = {
     'best_fitness': ((int, float), 'a number'), 'opt': (dict, 'a mapping'), 'hyp': (dict, 'a mapping'),
     'train_state': (dict, 'a mapping'), 'date': (str, 'a string'), 'yaml_file': (str, 'a string'),
 }
+
+
 _REQUIRED = ('format_version', 'model', 'model_yaml')
 
 
@@ -259,132 +264,3 @@ def _convert_official(obj: dict, path: Path) -> dict:
         'best_fitness': 0.0, 'opt': {}, 'hyp': attrs.get('hyp') or {}, 'date': str(obj.get('date') or '')[:100],
         'train_state': None, 'yaml_file': attrs.get('yaml_file') if isinstance(attrs.get('yaml_file'), str) else '',
     }
-
-
-def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = 'checkpoint') -> None:
-    """Raise CheckpointError (one line) unless state_dict has exactly the model's keys and shapes."""
-    msd = model.state_dict()
-    missing = [k for k in msd if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in msd]
-    shapes = [k for k in msd if k in state_dict and tuple(state_dict[k].shape) != tuple(msd[k].shape)]
-    if missing or unexpected or shapes:
-        example = (shapes or missing or unexpected)[0]
-        raise CheckpointError(f'{source}: weights are for another architecture: {len(missing)} missing, '
-                              f'{len(unexpected)} unexpected and {len(shapes)} mis-shaped tensors (e.g. {example})')
-
-
-def model_from_checkpoint(ckpt: dict, prefer_ema: bool = True, source: str = 'checkpoint') -> DetectionModel:
-    """Build the checkpoint's model from its yaml and load its (EMA) weights; float32, eval mode, names set."""
-    state = ckpt.get('ema') if prefer_ema and ckpt.get('ema') else ckpt.get('model')
-    if not isinstance(state, dict) or not isinstance(ckpt.get('model_yaml'), dict):
-        raise CheckpointError(f'{source}: checkpoint has no model state dict and model_yaml')
-    try:
-        model = DetectionModel(without_pretrained(ckpt['model_yaml']), nc=ckpt.get('nc'), verbose=False)
-    except ModelConfigError as e:
-        raise CheckpointError(f'{source}: cannot rebuild the model: {e}') from None
-    model.yaml_file = str(ckpt.get('yaml_file') or '')  # optional key: the summary is then named after the yaml
-    check_state_dict(model, state, source)
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-    if ckpt.get('names'):  # check_checkpoint made them {0..nc-1: str}
-        model.names = dict(ckpt['names'])
-    model.nc = len(model.names) or model.nc
-    if ckpt.get('hyp'):
-        model.hyp = dict(ckpt['hyp'])
-    return model.float().eval()
-
-
-def load_model(weights: str | Path, device: str | torch.device = 'cpu', fuse: bool = True) -> DetectionModel:
-    """A ready-to-run DetectionModel from our checkpoint or an official YOLOv5 .pt (BN fused by default)."""
-    ckpt = load_checkpoint(weights)
-    model = model_from_checkpoint(ckpt, source=str(weights))
-    if fuse:
-        model.fuse()
-    return model.to(device).eval()
-
-
-def transfer_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], exclude: tuple[str, ...] | list = (),
-                     source: str = 'weights') -> tuple[int, int]:
-    """Copy the tensors whose name and shape match (and whose name contains no exclude string); log the count."""
-    msd = model.state_dict()
-    csd = {k: v for k, v in state_dict.items()
-           if k in msd and not any(x in k for x in exclude) and tuple(v.shape) == tuple(msd[k].shape)}
-    model.load_state_dict(csd, strict=False)
-    LOGGER.info(f'Transferred {len(csd)}/{len(msd)} items from {source}')
-    return len(csd), len(msd)
-
-
-def strip_optimizer(path: str | Path, s: str | Path = '') -> Path:
-    """Keep only the model (the EMA weights when present, as fp16) for release; epoch becomes -1. Writes s or path."""
-    path = Path(path)
-    ckpt = load_checkpoint(path)
-    if ckpt.get('ema'):
-        ckpt['model'] = ckpt['ema']
-    ckpt['model'] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt['model'].items()}
-    for k in TRAINING_KEYS:
-        ckpt[k] = 0 if k == 'updates' else None
-    ckpt['epoch'] = -1
-    out = save_checkpoint(ckpt, s or path)
-    mb = out.stat().st_size / 1e6
-    LOGGER.info(f"Optimizer stripped from {path},{f' saved as {s},' if s else ''} {mb:.1f}MB")
-    return out
-
-
-_INT_OPTIONS = {'epochs': 1, 'imgsz': 1, 'workers': 0, 'batch_size': -1}  # smallest value a resumed run may get
-
-
-def saved_options(last: Path, ckpt: dict, current: argparse.Namespace) -> dict:
-    """A killed run's options for ``--resume``: ``<run>/opt.yaml``, else the checkpoint's ``opt``. Each value must
-    have the kind of the command-line default it replaces; otherwise one CheckpointError line names the file."""
-    file = Path(last).parent.parent / 'opt.yaml'
-    if file.is_file():
-        try:
-            d = read_yaml(file)
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-            raise CheckpointError(f'{file}: cannot read YAML: {" ".join(str(e).split())}') from None
-    else:
-        file, d = Path(last), ckpt.get('opt') or {}
-    if not isinstance(d, dict) or any(not isinstance(k, str) for k in d):
-        raise CheckpointError(f'{file}: options must be a mapping of option names to values')
-    _check_resume_weights(ckpt, Path(last))
-    defaults = vars(current)
-    for k, v in d.items():
-        if k in ('resume', 'weights', 'cfg', 'save_dir'):
-            continue  # replaced by resume_options
-        if k in defaults and not _same_kind(v, defaults[k]):
-            raise CheckpointError(f'{file}: option {k!r} has a {type(v).__name__} value where '
-                                  f'{type(defaults[k]).__name__} is expected')
-        low = _INT_OPTIONS.get(k)
-        if low is not None and v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < low or v == 0
-                                                  and k == 'batch_size'):
-            raise CheckpointError(f'{file}: option {k!r} must be an integer >= {low}, got {str(v)[:40]!r}')
-    return d
-
-
-def _check_resume_weights(ckpt: dict, path: Path) -> None:
-    """--resume loads 'model' and 'ema' strictly: both must fit the model their yaml builds (checked on the meta
-    device, so nothing is allocated)."""
-    cfg = {**without_pretrained(ckpt['model_yaml']), **({'nc': ckpt['nc']} if ckpt.get('nc') else {})}
-    model = nn.Module()  # state-dict keys as DetectionModel's: 'model.<layer>...'
-    try:
-        model.model = meta_layers(cfg, cfg.get('ch', 3), str(path))
-    except ModelConfigError as e:
-        raise CheckpointError(f'{path}: cannot rebuild the model: {e}') from None
-    for key in ('model', 'ema'):
-        if ckpt.get(key) is not None:
-            check_state_dict(model, ckpt[key], f'{path} ({key})')
-
-
-def _same_kind(value: Any, default: Any) -> bool:
-    """True when ``value`` may replace ``default`` (None defaults take any plain value; ints are no bools)."""
-    if default is None:
-        return value is None or isinstance(value, (bool, int, float, str, list, dict))
-    if isinstance(default, bool):  # --resume and --upload_dataset also take a path
-        return isinstance(value, (bool, str))
-    if isinstance(value, bool):
-        return False
-    if isinstance(default, list):
-        kinds = {type(x) for x in default} or {int, str}
-        return isinstance(value, list) and all(type(x) in kinds for x in value)
-    if isinstance(default, float):
-        return isinstance(value, (int, float))
-    return isinstance(value, type(default))

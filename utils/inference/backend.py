@@ -1,9 +1,10 @@
 """One inference interface over every weight format detect.py and val.py accept.
 
-``.pt`` (this project's checkpoints and official YOLOv5 v6.x/v7.0 files, through utils.checkpoints.load_model, fused),
-``.torchscript`` and ``.onnx`` (onnxruntime) all give ``forward(im) -> pred (B, N, 5+nc)`` plus ``stride``, ``names``
-and ``fp16``. Exported files carry ``stride`` and ``names`` as metadata (see export.py); both are checked (stride in
-1..MAX_STRIDE, exactly nc bounded string names) before use.
+``.pt`` (this project's checkpoints and official YOLOv5 v6.x/v7.0 files, through
+utils.checkpoint.model.load_model, fused), ``.torchscript`` and ``.onnx`` (onnxruntime) all give
+``forward(im) -> pred (B, N, 5+nc)`` plus ``stride``, ``names`` and ``fp16``. Exported files carry ``stride`` and
+``names`` as metadata (see export.py); both are checked (stride in 1..MAX_STRIDE, exactly nc bounded string names)
+before use.
 
 ``.pt`` and ``.onnx`` are data. A ``.torchscript`` file is a program: its code runs while it loads (a scripted
 ``__setstate__`` can write any file), so it is refused unless the caller passes ``trust_weights=True``
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils.checkpoints import CheckpointError
+from utils.checkpoint.format import CheckpointError
 from utils.core.logging import LOGGER
 from utils.core.safety import MAX_NAMES_TEXT, UnsafeFileError, check_names, check_onnx_file, check_stride
 
@@ -122,10 +123,10 @@ class DetectBackend(nn.Module):
         return default_names(self.nc or 999)
 
     def _load_pt(self, w: Path, fuse: bool) -> None:
-        from utils.checkpoints import load_model
+        from utils.checkpoint.model import load_model
 
         if self.ensemble:
-            from models.ensemble import Ensemble
+            from utils.inference.ensemble import Ensemble
 
             try:
                 model = Ensemble([load_model(p, device=self.device, fuse=fuse) for p in self.ensemble])
