@@ -24,13 +24,12 @@ from utils.cli import one_line_errors  # noqa: E402
 from utils.core.argtypes import positive_int, unit_interval  # noqa: E402
 from utils.core.logging import LOGGER, colorstr, increment_path  # noqa: E402
 from utils.core.safety import inside, path_component  # noqa: E402
-from utils.core.torch_utils import select_device  # noqa: E402
+from utils.core.sizes import check_img_size  # noqa: E402
+from utils.core.torch_utils import Timer, select_device  # noqa: E402
 from utils.data.augmentations import letterbox  # noqa: E402
 from utils.data.sources import Frame, SourceError, load_source  # noqa: E402
-from utils.inference.backend import DetectBackend, check_img_size  # noqa: E402
-from utils.ops.boxes import scale_boxes, xyxy2xywh  # noqa: E402
-from utils.ops.nms import non_max_suppression  # noqa: E402
-from utils.validator import Timer  # noqa: E402
+from utils.inference.backend import DetectBackend  # noqa: E402
+from utils.ops.postprocess import postprocess, write_label_lines  # noqa: E402
 from utils.viz.drawing import Annotator, colors, detection_summary, save_one_box  # noqa: E402
 from utils.viz.features import features_saved  # noqa: E402
 
@@ -53,12 +52,6 @@ def preprocess(im0: np.ndarray, imgsz: tuple[int, int], stride: int, auto: bool,
     im = np.ascontiguousarray(im.transpose((2, 0, 1))[::-1])
     im = torch.from_numpy(im).to(device)
     return (im.half() if fp16 else im.float())[None] / 255
-
-
-def _label_line(xyxy, conf: float, cls: float, gn: torch.Tensor, save_conf: bool) -> str:
-    xywh = (xyxy2xywh(torch.tensor(xyxy).view(1, 4)) / gn).view(-1).tolist()
-    line = (cls, *xywh, conf) if save_conf else (cls, *xywh)
-    return ('%g ' * len(line)).rstrip() % line + '\n'
 
 
 class _VideoSink:
@@ -88,13 +81,11 @@ def _handle_detections(frame: Frame, det: torch.Tensor, names: dict, save_dir: P
     im0, p = frame.im0, Path(frame.path)
     imc = im0.copy() if opt['save_crop'] else im0
     stem = path_component(p.stem if frame.kind == 'image' else f'{p.stem}_{frame.frame}')
-    gn = torch.tensor(im0.shape, dtype=torch.float32)[[1, 0, 1, 0]]
+    if opt['save_txt']:  # YOLOv5 writes them from the last detection to the first
+        write_label_lines(save_dir / 'labels' / f'{stem}.txt', det.flip(0), im0.shape[:2], opt['save_conf'])
     annotator = Annotator(im0, line_width=opt['line_thickness'], example=str(names))
     for *xyxy, conf, cls in reversed(det.tolist()):
         c = int(cls)
-        if opt['save_txt']:
-            with open(save_dir / 'labels' / f'{stem}.txt', 'a') as f:
-                f.write(_label_line(xyxy, conf, cls, gn, opt['save_conf']))
         if opt['save_img'] or opt['save_crop'] or opt['view_img']:
             label = None if opt['hide_labels'] else (names[c] if opt['hide_conf'] else f'{names[c]} {conf:.2f}')
             annotator.box_label(xyxy, label, color=colors(c, True))
@@ -163,9 +154,10 @@ def run(weights: str | Path | list = 'yolov5s.pt', source: str | Path = DEFAULT_
                 with maps:
                     pred = model(im, augment=augment)
             with dt[2]:
-                det = non_max_suppression(pred, conf_thres, iou_thres, classes, agnostic_nms, max_det=max_det)[0]
+                det = postprocess(pred, im.shape[2:], [frame.im0.shape], conf_thres=conf_thres, iou_thres=iou_thres,
+                                  classes=classes, agnostic=agnostic_nms, max_det=max_det).detections[0]
             seen += 1
-            det[:, :4] = scale_boxes(im.shape[2:], det[:, :4], frame.im0.shape).round()
+            det[:, :4] = det[:, :4].round()
             s = f'{frame.describe()} %gx%g ' % im.shape[2:] + detection_summary(det, names)
             im0 = _handle_detections(frame, det.cpu(), names, save_dir, opt)
             if view_img:

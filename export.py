@@ -26,8 +26,9 @@ if str(ROOT) not in sys.path:
 
 from utils.core.argtypes import positive_int  # noqa: E402
 from utils.core.logging import LOGGER, colorstr  # noqa: E402
+from utils.core.safety import names_dict  # noqa: E402
+from utils.core.sizes import check_img_size  # noqa: E402
 from utils.core.torch_utils import select_device  # noqa: E402
-from utils.inference.backend import check_img_size  # noqa: E402
 
 FORMATS = {'torchscript': '.torchscript', 'onnx': '.onnx'}
 
@@ -149,7 +150,7 @@ def _prepare(weights: Path, device: torch.device, imgsz: list[int], batch_size: 
     im = torch.zeros(batch_size, 3, *imgsz, device=device)
     for _ in range(2):
         y = model(im)  # dry runs build the grids
-    metadata = {'stride': gs, 'names': {int(k): str(v) for k, v in model.names.items()}, 'imgsz': list(imgsz)}
+    metadata = {'stride': gs, 'names': names_dict(model.names), 'imgsz': list(imgsz)}
     if dynamic:
         min_size = _dynamic_min_size(model, im, gs)
         if min_size:

@@ -21,15 +21,18 @@ if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # entry point: make the repository importable when run from elsewhere
 
 from utils.core.argtypes import non_negative_int, positive_int, train_batch_size, unit_interval  # noqa: E402
+from utils.engine.options import (  # noqa: E402  (no torch: --help stays fast)
+    DEFAULT_CFG,
+    DEFAULT_DATA,
+    DEFAULT_HYP,
+    DEFAULT_PROJECT,
+    EVOLVE_PROJECT,
+    OPTIMIZERS,
+    YOLOV5_DEFAULTS,
+)
 
-DEFAULT_CFG = 'models/yolov5-efficientvit.yaml'
-DEFAULT_DATA = 'data/shapes.yaml'
-DEFAULT_HYP = 'data/hyps/hyp.scratch-low.yaml'
-DEFAULT_PROJECT, EVOLVE_PROJECT = str(ROOT / 'runs/train'), str(ROOT / 'runs/evolve')
-OPTIMIZERS = ('SGD', 'Adam', 'AdamW')  # utils.optim.OPTIMIZERS (not imported here: --help stays torch-free)
-# YOLOv5 v7.0's defaults for the flags a dataset YAML may recommend other values for (its `train_defaults:` mapping).
-YOLOV5_DEFAULTS = {'epochs': 100, 'batch_size': 16, 'imgsz': 640, 'hyp': DEFAULT_HYP, 'patience': 100,
-                   'optimizer': 'SGD'}
+__all__ = ['parse_opt', 'main', 'run', 'cli', 'DEFAULT_CFG', 'DEFAULT_DATA', 'DEFAULT_HYP', 'DEFAULT_PROJECT',
+           'EVOLVE_PROJECT', 'OPTIMIZERS', 'YOLOV5_DEFAULTS']
 
 
 def parse_opt(known: bool = False, args: list[str] | None = None) -> argparse.Namespace:
@@ -81,77 +84,16 @@ def parse_opt(known: bool = False, args: list[str] | None = None) -> argparse.Na
 
 
 def main(opt: argparse.Namespace) -> Path:
-    """Resolve options (resume, files, run dir), join DDP if launched that way, train; returns the run dir.
+    """Build the options once (utils.engine.options.build_options: --evolve conventions, --resume's opt.yaml or the
+    dataset's train_defaults, --cfg from --weights, files and the hyp checked), then train; returns the run dir.
 
     --weights with --cfg left at its default trains the architecture stored in the weights (so fine-tuning
     yolov5s.pt stays a yolov5s); pass --cfg explicitly to build another model and transfer what matches.
     """
-    from utils.core.logging import LOGGER
-    from utils.trainer import train
-    if opt.evolve:
-        evolve_options(opt)
-    if not opt.resume:
-        apply_train_defaults(opt)
-    if opt.weights and not opt.resume and opt.cfg == DEFAULT_CFG:
-        LOGGER.info(f'--cfg not set: using the model YAML stored in {opt.weights}')
-        opt.cfg = ''
-    return train(opt)
+    from utils.engine.launch import train
+    from utils.engine.options import build_options
 
-
-def evolve_options(opt: argparse.Namespace) -> argparse.Namespace:
-    """YOLOv5's --evolve conventions: the default project becomes runs/evolve, and --resume means "continue the
-    evolution in --project/--name" (its evolve.csv seeds the next generations) rather than resuming a checkpoint."""
-    if opt.project == DEFAULT_PROJECT:
-        opt.project = EVOLVE_PROJECT
-    opt.exist_ok, opt.resume = bool(opt.exist_ok or opt.resume), False
-    return opt
-
-
-def apply_train_defaults(opt: argparse.Namespace) -> argparse.Namespace:
-    """Fill the flags the user left unset: first from the dataset YAML's ``train_defaults:``, then YOLOv5's defaults.
-
-    A dataset can recommend a budget that fits it (the embedded shapes dataset trains in minutes on a CPU at a small
-    image size), while every flag given on the command line or to ``run()`` still wins, and a dataset without
-    ``train_defaults`` trains with exactly YOLOv5's defaults.
-    """
-    from utils.core.logging import LOGGER
-    unset = [k for k in YOLOV5_DEFAULTS if getattr(opt, k, None) is None]
-    recommended = dataset_train_defaults(opt.data) if unset else {}
-    used = {k: recommended[k] for k in unset if k in recommended}
-    if used:
-        LOGGER.info(f"train: using {opt.data} train_defaults: {', '.join(f'{k}={v}' for k, v in used.items())} "
-                    '(override with the flags)')
-    for k in unset:
-        setattr(opt, k, used.get(k, YOLOV5_DEFAULTS[k]))
-    return opt
-
-
-def dataset_train_defaults(data: str | dict) -> dict:
-    """The ``train_defaults:`` mapping of a dataset YAML (empty if absent); unknown keys are a one-line error."""
-    import yaml
-
-    from utils.core.safety import read_yaml
-    from utils.data.config import ConfigError, find_config
-    from utils.trainer import TrainError
-    if isinstance(data, dict):
-        d = data
-    else:
-        file = find_config(data, 'data')
-        if file is None:
-            return {}  # check_dataset reports the missing file with its own message
-        try:
-            d = read_yaml(file) or {}  # no aliases, bounded size
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-            raise ConfigError(f'{file}: cannot read YAML ({e})') from None
-    rec = d.get('train_defaults') or {} if isinstance(d, dict) else {}
-    if not isinstance(rec, dict):
-        raise TrainError(f'{data}: train_defaults must be a mapping of flag: value')
-    bad = sorted(set(rec) - set(YOLOV5_DEFAULTS))
-    if bad:
-        raise TrainError(f"{data}: train_defaults keys {bad} are not allowed; use {', '.join(YOLOV5_DEFAULTS)}")
-    if rec.get('optimizer', 'SGD') not in OPTIMIZERS:
-        raise TrainError(f"{data}: train_defaults optimizer {rec['optimizer']!r} is not one of {', '.join(OPTIMIZERS)}")
-    return rec
+    return train(build_options(opt))
 
 
 def run(**kwargs) -> Path:
@@ -167,7 +109,8 @@ def run(**kwargs) -> Path:
 def cli(args: list[str] | None = None) -> None:
     """Command line: expected problems (bad files, finished checkpoints) end with one line, not a traceback."""
     from utils.cli import one_line_errors
-    from utils.trainer import TrainError
+    from utils.engine.options import TrainError
+
     with one_line_errors('train.py', own=(TrainError,), show_type=True):
         main(parse_opt(args=args))
 

@@ -21,18 +21,14 @@ if str(ROOT) not in sys.path:
 from utils.cli import one_line_errors  # noqa: E402
 from utils.core.argtypes import non_negative_int, positive_int, unit_interval  # noqa: E402
 from utils.core.logging import LOGGER, colorstr, increment_path  # noqa: E402
+from utils.core.sizes import check_img_size  # noqa: E402
 from utils.core.torch_utils import select_device  # noqa: E402
-from utils.data.coco import coco80_to_coco91_class, find_coco_annotations  # noqa: E402
+from utils.data.coco import coco80_to_coco91_class, find_coco_annotations, is_coco  # noqa: E402
 from utils.data.config import ConfigError, check_dataset  # noqa: E402
 from utils.data.loader import create_dataloader  # noqa: E402
-from utils.inference.backend import BackendError, DetectBackend, check_img_size  # noqa: E402
-from utils.validator import validate  # noqa: E402
+from utils.engine.evaluator import EvalOptions, Evaluator, validate  # noqa: E402
+from utils.inference.backend import BackendError, DetectBackend  # noqa: E402
 from utils.viz.charts import plot_val_study  # noqa: E402
-
-
-def _is_coco(data: dict) -> bool:
-    val = data.get('val')
-    return isinstance(val, str) and val.replace('\\', '/').endswith('coco/val2017.txt')
 
 
 def _check_classes(model: DetectBackend, data: dict, single_cls: bool) -> None:
@@ -78,7 +74,7 @@ def run(data: str | Path | dict = ROOT / 'data/shapes.yaml', weights: str | Path
         batch_size = 1
         LOGGER.info(f'Forcing --batch-size 1 square inference (1,3,{imgsz},{imgsz}) for non-PyTorch models')
     data = check_dataset(data)
-    is_coco = _is_coco(data)
+    coco = is_coco(data)
     _check_classes(model, data, single_cls)
     model.warmup(imgsz=(1 if pt else batch_size, 3, imgsz, imgsz))
     pad, rect = (0.0, False) if task == 'speed' else (0.5, model.dynamic if rect is None else rect)
@@ -88,11 +84,14 @@ def run(data: str | Path | dict = ROOT / 'data/shapes.yaml', weights: str | Path
     dataloader = create_dataloader(data[split], imgsz, batch_size, stride, single_cls, pad=pad, rect=rect,
                                    workers=workers, prefix=colorstr(f'{split}: '), nc=data['nc'], root=data['path'])[0]
     stem = Path(str(weights[0] if isinstance(weights, (list, tuple)) else weights)).stem
-    return validate(model, dataloader, model.names, conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det,
-                    single_cls=single_cls, half=half and device.type == 'cuda', augment=augment, save_dir=save_dir,
-                    plots=plots, verbose=verbose, save_txt=save_txt, save_hybrid=save_hybrid, save_conf=save_conf,
-                    save_json=save_json or is_coco, anno_json=find_coco_annotations(data) if is_coco else None,
-                    class_map=coco80_to_coco91_class() if is_coco else None, json_name=stem)
+    options = EvalOptions(conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det, single_cls=single_cls,
+                          half=half and device.type == 'cuda', augment=augment, save_dir=save_dir, plots=plots,
+                          verbose=verbose, save_txt=save_txt, save_hybrid=save_hybrid, save_conf=save_conf,
+                          save_json=save_json or coco, anno_json=find_coco_annotations(data) if coco else None,
+                          class_map=tuple(coco80_to_coco91_class()) if coco else None, json_name=stem)
+    evaluator = Evaluator(model.names, options, dataset=dataloader.dataset, device=device)
+    results = validate(model, dataloader, evaluator)
+    return results.as_tuple(), results.maps, results.times
 
 
 STUDY_SIZES = tuple(range(256, 1536 + 128, 128))  # YOLOv5's --task study image sizes
@@ -165,7 +164,6 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--trust-weights', action='store_true',
                    help='allow .torchscript weights: TorchScript is code that runs on load; only files you trust')
     opt = p.parse_args(argv)
-    opt.save_json |= opt.data.endswith('coco.yaml')
     opt.save_txt |= opt.save_hybrid
     return opt
 

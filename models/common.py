@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from models.registry import register_module
+from utils.core.sizes import round_up_to_multiple
 from utils.core.torch_utils import fuse_conv_and_bn
 
 
@@ -30,9 +31,7 @@ class YamlContext:
     no: int = 0  # Detect's output channels na*(nc+5): a layer asking for exactly this width is not scaled
 
 
-def make_divisible(x: float, divisor: int) -> int:
-    """Smallest multiple of divisor that is >= x (YOLOv5's channel rounding)."""
-    return int(math.ceil(x / divisor) * divisor)
+make_divisible = round_up_to_multiple  # YOLOv5's name for it, kept for code that imports models.common.make_divisible
 
 
 def autopad(k: int | tuple[int, ...], p: int | None = None, d: int = 1) -> int | list[int]:
@@ -54,7 +53,7 @@ class ScaledBlock(nn.Module):
             raise ValueError(f'{cls.__name__} needs its output channels as the first argument')
         c2 = args[0]
         if c2 != ctx.no:
-            c2 = make_divisible(c2 * ctx.width_multiple, ctx.channel_multiple)
+            c2 = round_up_to_multiple(c2 * ctx.width_multiple, ctx.channel_multiple)
         return [c1s[0], c2, *args[1:]], n, c2
 
 

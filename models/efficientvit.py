@@ -33,6 +33,7 @@ from models.efficientvit_weights import (  # noqa: F401  (public names, importab
     timm_to_cream_key,
 )
 from models.registry import register_module
+from utils.core.sizes import round_to_nearest_multiple
 
 __all__ = ['EfficientViT', 'EfficientViT_M0', 'EfficientViT_M1', 'EfficientViT_M2', 'EfficientViT_M3',
            'EfficientViT_M4', 'EfficientViT_M5', 'VARIANTS', 'PretrainedError', 'LoadReport', 'load_pretrained',
@@ -88,17 +89,12 @@ class FFN(nn.Module):
         return self.pw2(self.act(self.pw1(x)))
 
 
-def make_divisible(v: float, divisor: int = 8) -> int:
-    """Round to the nearest multiple of ``divisor`` (at least ``divisor``), as timm's SE sizes its bottleneck."""
-    return max(divisor, int(v + divisor / 2) // divisor * divisor)
-
-
 class SqueezeExcite(nn.Module):
     """Channel gate ``x * sigmoid(fc2(relu(fc1(mean(x)))))`` with timm's SEModule keys (``fc1``, ``fc2``)."""
 
     def __init__(self, c: int, rd_ratio: float = 0.25):
         super().__init__()
-        rd = make_divisible(c * rd_ratio)
+        rd = round_to_nearest_multiple(c * rd_ratio)  # timm sizes its SE bottleneck so
         self.fc1 = nn.Conv2d(c, rd, 1)
         self.act = nn.ReLU()
         self.fc2 = nn.Conv2d(rd, c, 1)

@@ -6,8 +6,8 @@ import detect
 import export
 import train
 import val
-from utils.inference.backend import check_img_size
-from utils.trainer import TrainError
+from utils.core.sizes import check_img_size
+from utils.engine.options import TrainError
 
 
 @pytest.mark.parametrize('parse, argv, message', [

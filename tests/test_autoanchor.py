@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models.yolo import DetectionModel
-from utils.autoanchor import anchor_metrics, check_anchors, kmean_anchors
+from utils.engine.autoanchor import anchor_metrics, check_anchors, kmean_anchors
 
 
 class LabelSet:

@@ -5,8 +5,8 @@ import torch
 
 import train
 from tests.helpers import write_dataset
-from utils import autobatch as ab
-from utils.trainer import TrainError
+from utils.engine import autobatch as ab
+from utils.engine.options import TrainError
 
 
 def test_pick_on_a_linear_profile():

@@ -10,9 +10,9 @@ import torch
 
 from models.yolo import DetectionModel
 from tests.helpers import write_dataset
-from utils.callbacks import read_results_csv
 from utils.checkpoint.format import save_checkpoint
-from utils.distributed import DistInfo, broadcast_object, check_ddp_options, dist_info, wrap_ddp
+from utils.engine.distributed import DistInfo, broadcast_object, check_ddp_options, dist_info, wrap_ddp
+from utils.engine.runlog import read_results_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from utils.ema import ModelEMA
+from utils.engine.ema import ModelEMA
 
 
 def tiny() -> nn.Sequential:

@@ -9,11 +9,12 @@ import yaml
 
 import train
 from tests.helpers import write_dataset
-from utils import evolve as ev
-from utils.callbacks import plot_evolve
 from utils.data.config import load_hyp
+from utils.engine import evolve as ev
+from utils.engine import options
+from utils.engine.options import TrainError
+from utils.engine.result_plots import plot_evolve
 from utils.ops.metrics import fitness
-from utils.trainer import TrainError
 
 ROOT = Path(__file__).resolve().parents[1]
 HYP = ROOT / 'data/hyps/hyp.scratch-low.yaml'
@@ -72,7 +73,7 @@ def test_mutate_real_generator_is_reproducible_and_bounded():
 
 def rows_with_fitness(values: list[float], n_keys: int = 2) -> np.ndarray:
     """Rows whose fitness is exactly ``v`` (mAP@0.5 = mAP@0.5:0.95 = v -> 0.1 v + 0.9 v)."""
-    rows = np.zeros((len(values), len(ev.RESULT_KEYS) + n_keys))
+    rows = np.zeros((len(values), len(ev.VAL_KEYS) + n_keys))
     rows[:, 2] = rows[:, 3] = values
     rows[:, 7:] = np.arange(len(values))[:, None]  # hyp columns carry the row number
     return rows
@@ -138,9 +139,9 @@ def test_plot_evolve(tmp_path, log_text):
 def test_evolve_options_follow_yolov5():
     opt = train.parse_opt(args=['--evolve'])
     assert opt.evolve == 300
-    train.evolve_options(opt)
-    assert opt.project == train.EVOLVE_PROJECT and opt.exist_ok is False and opt.resume is False
-    opt = train.evolve_options(train.parse_opt(args=['--evolve', '5', '--resume', '--project', 'p']))
+    opt = options.evolve_options(opt)
+    assert opt.project == options.EVOLVE_PROJECT and opt.exist_ok is False and opt.resume is False
+    opt = options.evolve_options(train.parse_opt(args=['--evolve', '5', '--resume', '--project', 'p']))
     assert (opt.evolve, opt.project, opt.exist_ok, opt.resume) == (5, 'p', True, False)
 
 

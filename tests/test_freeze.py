@@ -9,10 +9,10 @@ import yaml
 import train
 from models.yolo import DetectionModel, load_model_cfg
 from tests.helpers import write_dataset
-from utils import optim
-from utils import trainer as trainer_mod
 from utils.checkpoint.format import save_checkpoint
-from utils.ema import ModelEMA
+from utils.engine import optim
+from utils.engine import trainer as trainer_mod
+from utils.engine.ema import ModelEMA
 
 
 def m0_cfg(*backbone_args) -> dict:

@@ -1,11 +1,11 @@
-"""Optimizer groups, LR lambdas, warmup, accumulation and --freeze (utils/optim.py), checked with numbers."""
+"""Optimizer groups, LR lambdas, warmup, accumulation and --freeze (utils/engine/optim.py), checked with numbers."""
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from utils import optim
+from utils.engine import optim
 
 HYP = {'lr0': 0.01, 'lrf': 0.01, 'momentum': 0.937, 'weight_decay': 0.0005, 'warmup_epochs': 3.0,
        'warmup_momentum': 0.8, 'warmup_bias_lr': 0.1}

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from utils.callbacks import plot_results, read_results_csv
+from utils.engine.result_plots import plot_results
+from utils.engine.runlog import read_results_csv
 from utils.ops.metrics import ConfusionMatrix, ap_per_class
 from utils.viz.charts import plot_ap_curves, plot_confusion_matrix, plot_labels
 from utils.viz.drawing import Annotator, colors, output_to_target, plot_images, save_one_box

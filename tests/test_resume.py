@@ -11,9 +11,9 @@ import torch
 
 import train
 from tests.helpers import write_dataset
-from utils import trainer as trainer_mod
-from utils.callbacks import read_results_csv
-from utils.trainer import TrainError
+from utils.engine import trainer as trainer_mod
+from utils.engine.options import TrainError
+from utils.engine.runlog import read_results_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTS = dict(cfg='models/yolov5n.yaml', epochs=3, imgsz=64, batch_size=2, workers=0, device='cpu', noplots=True,

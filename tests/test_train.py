@@ -10,8 +10,9 @@ import yaml
 
 import train
 from tests.helpers import write_dataset, write_hyp
-from utils.callbacks import RESULT_KEYS, read_results_csv
-from utils.trainer import TrainError
+from utils.engine import options
+from utils.engine.options import TrainError
+from utils.engine.runlog import RESULT_KEYS, read_results_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 HYP = ROOT / 'data/hyps/hyp.scratch-low.yaml'
@@ -172,7 +173,7 @@ def test_hyp_nbs_must_be_a_positive_integer(tmp_path, bad):
 
 def test_freeze_5_freezes_the_whole_efficientvit_backbone(data, tmp_path):
     from models.yolo import Model
-    from utils import optim
+    from utils.engine import optim
     model = Model('models/yolov5-efficientvit.yaml', nc=3, verbose=False)
     frozen = model.freeze(optim.freeze_indices([5]))
     backbone = [n for n, _ in model.named_parameters() if n.startswith('model.0.')]
@@ -231,7 +232,7 @@ def test_many_flags_in_one_run(data, finished_run, tmp_path, log_lines):
 
 # ------------------------------------------------------------------------------------------------ options / errors
 def test_parse_opt_defaults_match_yolov5_v7(data):
-    opt = train.apply_train_defaults(train.parse_opt(args=['--data', str(data)]))  # a YAML without train_defaults
+    opt = options.apply_train_defaults(train.parse_opt(args=['--data', str(data)]))  # a YAML without train_defaults
     assert (opt.weights, opt.cfg) == ('', 'models/yolov5-efficientvit.yaml')
     assert train.parse_opt(args=[]).data == 'data/shapes.yaml'
     assert opt.hyp == 'data/hyps/hyp.scratch-low.yaml'
@@ -248,30 +249,30 @@ def test_dataset_train_defaults_fill_only_unset_flags(data, tmp_path, log_lines)
     d['train_defaults'] = {'epochs': 3, 'imgsz': 96, 'hyp': 'data/hyps/hyp.scratch-high.yaml'}
     rec = tmp_path / 'rec.yaml'
     rec.write_text(yaml.safe_dump(d))
-    opt = train.apply_train_defaults(train.parse_opt(args=['--data', str(rec), '--epochs', '5']))
+    opt = options.apply_train_defaults(train.parse_opt(args=['--data', str(rec), '--epochs', '5']))
     assert (opt.epochs, opt.imgsz, opt.batch_size, opt.patience) == (5, 96, 16, 100)  # the flag wins, then the YAML
     assert opt.hyp == 'data/hyps/hyp.scratch-high.yaml'
     assert any(f'using {rec} train_defaults: imgsz=96, hyp=data/hyps/hyp.scratch-high.yaml' in x for x in log_lines)
     d['train_defaults'] = {'epoch': 3}
     rec.write_text(yaml.safe_dump(d))
     with pytest.raises(TrainError, match=r"train_defaults keys \['epoch'\] are not allowed"):
-        train.apply_train_defaults(train.parse_opt(args=['--data', str(rec)]))
-    from utils.optim import OPTIMIZERS
-    assert train.OPTIMIZERS == OPTIMIZERS  # train.py keeps its own copy so that --help does not import torch
+        options.apply_train_defaults(train.parse_opt(args=['--data', str(rec)]))
+    from utils.engine.optim import OPTIMIZERS
+    assert train.OPTIMIZERS == OPTIMIZERS  # one tuple, defined in utils/engine/options.py (no torch for --help)
     d['train_defaults'] = {'optimizer': 'AdamW'}
     rec.write_text(yaml.safe_dump(d))
-    assert train.apply_train_defaults(train.parse_opt(args=['--data', str(rec)])).optimizer == 'AdamW'
-    assert train.apply_train_defaults(train.parse_opt(args=['--data', str(rec), '--optimizer', 'SGD'])).optimizer \
+    assert options.apply_train_defaults(train.parse_opt(args=['--data', str(rec)])).optimizer == 'AdamW'
+    assert options.apply_train_defaults(train.parse_opt(args=['--data', str(rec), '--optimizer', 'SGD'])).optimizer \
         == 'SGD'
     d['train_defaults'] = {'optimizer': 'Lion'}
     rec.write_text(yaml.safe_dump(d))
     with pytest.raises(TrainError, match=r"train_defaults optimizer 'Lion' is not one of SGD, Adam, AdamW"):
-        train.apply_train_defaults(train.parse_opt(args=['--data', str(rec)]))
+        options.apply_train_defaults(train.parse_opt(args=['--data', str(rec)]))
 
 
 def test_shapes_yaml_recommends_a_cpu_budget():
-    rec = train.dataset_train_defaults('data/shapes.yaml')
-    assert set(rec) <= set(train.YOLOV5_DEFAULTS) and rec['imgsz'] < 640 and rec['epochs'] < 100
+    rec = options.dataset_train_defaults('data/shapes.yaml')
+    assert set(rec) <= set(options.YOLOV5_DEFAULTS) and rec['imgsz'] < 640 and rec['epochs'] < 100
 
 
 def test_run_rejects_unknown_option():
@@ -306,7 +307,7 @@ def test_cli_reports_bad_dataset_in_one_line(tmp_path):
 def test_results_csv_layout_truncate_and_tensorboard_mirror(tmp_path, monkeypatch):
     import types
 
-    from utils.callbacks import RunLogger
+    from utils.engine.runlog import RunLogger
     scalars = []
 
     class FakeWriter:
@@ -338,7 +339,7 @@ def test_results_csv_layout_truncate_and_tensorboard_mirror(tmp_path, monkeypatc
 
 
 def test_early_stopping_counts_epochs_without_improvement():
-    from utils.callbacks import EarlyStopping
+    from utils.engine.early_stopping import EarlyStopping
     stopper = EarlyStopping(patience=2)
     assert [stopper(e, f) for e, f in enumerate([0.0, 0.3, 0.2, 0.25])] == [False, False, False, True]
     assert stopper.best_epoch == 1 and stopper.best_fitness == 0.3

@@ -17,7 +17,7 @@ from torch import nn
 import val
 from utils.data.config import ConfigError
 from utils.data.loader import create_dataloader
-from utils.validator import HEADER, validate
+from utils.engine.evaluator import HEADER, EvalOptions, Evaluator, validate
 
 NAMES = {0: 'red', 1: 'green', 2: 'blue'}
 COLOURS = ((40, 40, 230), (40, 200, 40), (230, 60, 40))  # BGR
@@ -86,7 +86,14 @@ def run_validate(img_dir, preds, nc=3, imgsz=64, batch_size=2, **kw):
                                workers=0, single_cls=kw.get('single_cls', False))[0]
     model = FakeModel(preds, nc)
     names = kw.pop('names', {i: NAMES[i] for i in range(nc)})
-    return validate(model, SpyLoader(loader, model), names, **kw)
+    return evaluate(model, SpyLoader(loader, model), names, **kw)
+
+
+def evaluate(model, loader, names, compute_loss=None, **options):
+    """validate() with an Evaluator built from EvalOptions(**options), in YOLOv5's return form."""
+    evaluator = Evaluator(names, EvalOptions(**options), dataset=loader.dataset, compute_loss=compute_loss)
+    results = validate(model, loader, evaluator)
+    return results.as_tuple(), results.maps, results.times
 
 
 # Two images: a 96x64 (w x h) image with two boxes and a 64x64 image with one box; imgsz 64 letterboxes the first.
@@ -266,7 +273,7 @@ def test_training_call_losses_and_quiet(gt_dir, log_text):
         calls.append(len(targets))
         return torch.ones(1), torch.tensor([1.0, 2.0, 3.0])
 
-    (*_, box, obj, cls), _, _ = validate(model, SpyLoader(loader, model), NAMES, compute_loss=compute_loss)
+    (*_, box, obj, cls), _, _ = evaluate(model, SpyLoader(loader, model), NAMES, compute_loss=compute_loss)
     assert (box, obj, cls) == (1.0, 2.0, 3.0) and sorted(calls) == [1, 2]  # 2 batches of 1 image
     assert model.training  # the caller's mode is restored
     out = log_text.getvalue()

@@ -235,3 +235,21 @@ def model_info(model: nn.Module, verbose: bool = False,
     fs = f', {gflops:.1f} GFLOPs' if gflops else ''
     LOGGER.info(f'{model_name(model)} summary: {n_l} layers, {n_p} parameters, {n_g} gradients{fs}')
     return n_l, n_p, n_g, gflops
+
+
+class Timer:
+    """Accumulated wall time of a code block, synchronising CUDA so GPU work is counted where it happens."""
+
+    def __init__(self, device: torch.device):
+        self.cuda, self.t = device.type == 'cuda', 0.0
+
+    def __enter__(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *args):
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.t += time.perf_counter() - self.start

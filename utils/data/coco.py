@@ -22,6 +22,14 @@ COCO80_TO_91 = (*range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46
                 *range(84, 91))
 
 
+def is_coco(data: dict) -> bool:
+    """THE "is this COCO?" test, YOLOv5's: the dataset's ``val`` split is COCO's ``val2017.txt`` list. val.py then
+    writes COCO json with the 91-id categories and uses the official annotations; training validates its final
+    best.pt at NMS IoU 0.65 instead of 0.6."""
+    val = data.get('val')
+    return isinstance(val, str) and val.replace('\\', '/').endswith('coco/val2017.txt')
+
+
 def coco80_to_coco91_class() -> list[int]:
     """Category id in COCO's 91-id numbering for each of the 80 class indices."""
     return list(COCO80_TO_91)

@@ -23,11 +23,11 @@ import torch.nn as nn
 from PIL import Image, ImageOps
 
 from utils.core.logging import LOGGER, colorstr, increment_path
-from utils.core.safety import inside, path_component
+from utils.core.safety import inside, names_dict, path_component
 from utils.data.augmentations import letterbox
 from utils.data.images import read_image
-from utils.ops.boxes import scale_boxes, xyxy2xywh
-from utils.ops.nms import non_max_suppression
+from utils.ops.boxes import xyxy2xywh
+from utils.ops.postprocess import postprocess
 from utils.viz.drawing import Annotator, colors, detection_summary, save_one_box
 
 
@@ -76,7 +76,7 @@ class AutoShape(nn.Module):
             LOGGER.info('Adding AutoShape... ')
         self.model = model.eval()
         self.stride = int(model.stride.max())
-        self.names = dict(model.names) if isinstance(model.names, dict) else dict(enumerate(model.names))
+        self.names = names_dict(model.names)
 
     @torch.inference_mode()
     def forward(self, ims, size: int | tuple[int, int] = 640, augment: bool = False) -> Detections | torch.Tensor:
@@ -100,10 +100,9 @@ class AutoShape(nn.Module):
             y = self.model(x, augment=augment)
         y = y[0] if isinstance(y, (list, tuple)) else y
         t2 = time.perf_counter()
-        pred = non_max_suppression(y, self.conf, self.iou, self.classes, self.agnostic, self.multi_label,
-                                   max_det=self.max_det)
-        for a, det in zip(arrays, pred):
-            scale_boxes(shape1, det[:, :4], a.shape)
+        pred = postprocess(y, shape1, [a.shape for a in arrays], conf_thres=self.conf, iou_thres=self.iou,
+                           classes=self.classes, agnostic=self.agnostic, multi_label=self.multi_label,
+                           max_det=self.max_det).detections
         t3 = time.perf_counter()
         times = tuple((b - a) * 1000 / len(arrays) for a, b in ((t0, t1), (t1, t2), (t2, t3)))
         return Detections(arrays, pred, files, times, self.names, tuple(x.shape))

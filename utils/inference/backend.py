@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ast
 import json
-import math
 import warnings
 from pathlib import Path
 
@@ -27,20 +26,6 @@ from utils.core.logging import LOGGER
 from utils.core.safety import MAX_NAMES_TEXT, UnsafeFileError, check_names, check_onnx_file, check_stride
 
 FORMATS = {'.pt': 'pt', '.torchscript': 'jit', '.onnx': 'onnx'}
-
-
-def check_img_size(imgsz: int | list[int], s: int = 32, floor: int = 0) -> int | list[int]:
-    """Round image size(s) up to a multiple of stride ``s`` (warning when changed), as YOLOv5's check_img_size."""
-    if any(int(x) < 1 for x in ([imgsz] if isinstance(imgsz, int) else imgsz)):
-        raise ValueError(f'--img-size must be positive, got {imgsz}')
-
-    def up(x: int) -> int:
-        return max(int(math.ceil(int(x) / s) * s), floor)
-
-    new = up(imgsz) if isinstance(imgsz, int) else [up(x) for x in imgsz]
-    if new != imgsz:
-        LOGGER.warning(f'WARNING ⚠️ --img-size {imgsz} must be multiple of max stride {s}, updating to {new}')
-    return new
 
 
 def _one_line(e: BaseException) -> str:

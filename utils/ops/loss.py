@@ -1,11 +1,14 @@
 """YOLOv5 v7.0 training loss: anchor/cell target assignment, CIoU box loss, IoU-valued objectness, BCE class loss.
 
-Gains: ``ComputeLoss`` multiplies the three parts by ``hyp['box']``, ``hyp['obj']`` and ``hyp['cls']`` exactly as it
-finds them. The *trainer* rescales those gains before building the loss, as YOLOv5's train.py does
-(``box *= 3/nl``, ``cls *= nc/80 * 3/nl``, ``obj *= (imgsz/640)**2 * 3/nl``) and puts ``label_smoothing`` into the hyp.
+Gains: the loss owns them (``LossGains``). By default they are ``hyp['box']``, ``hyp['obj']`` and ``hyp['cls']`` as
+found; the trainer passes ``LossGains.scaled``, YOLOv5's train.py rescaling (``box * 3/nl``, ``cls * nc/80 * 3/nl``,
+``obj * (imgsz/640)**2 * 3/nl``), and ``label_smoothing``, so the hyperparameters themselves are never rewritten.
 The returned total is multiplied by the batch size, which is what YOLOv5's default hyps are tuned for.
 """
 from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -46,6 +49,25 @@ class FocalLoss(nn.Module):
         return loss.sum() if self.reduction == 'sum' else loss
 
 
+@dataclass(frozen=True)
+class LossGains:
+    """The multipliers of the box, objectness and class losses."""
+
+    box: float
+    obj: float
+    cls: float
+
+    @classmethod
+    def from_hyp(cls, hyp: Mapping[str, float]) -> LossGains:
+        """The gains as the hyperparameters state them."""
+        return cls(hyp['box'], hyp['obj'], hyp['cls'])
+
+    @classmethod
+    def scaled(cls, hyp: Mapping[str, float], nl: int, nc: int, imgsz: int) -> LossGains:
+        """YOLOv5's scaling to the number of detection layers, classes and the image size (its train.py)."""
+        return cls(hyp['box'] * (3 / nl), hyp['obj'] * ((imgsz / 640) ** 2 * 3 / nl), hyp['cls'] * (nc / 80 * 3 / nl))
+
+
 class ComputeLoss:
     """YOLOv5 v7.0 loss for a model whose last layer is ``Detect`` (anchors in grid units) and with ``model.hyp``.
 
@@ -55,7 +77,9 @@ class ComputeLoss:
     ``sort_obj_iou=False``).
     """
 
-    def __init__(self, model: nn.Module, autobalance: bool = False):
+    def __init__(self, model: nn.Module, autobalance: bool = False, gains: LossGains | None = None,
+                 label_smoothing: float | None = None):
+        """``gains`` default to the hyperparameters' own; ``label_smoothing`` to ``hyp.get('label_smoothing', 0)``."""
         model = de_parallel(model)
         h = getattr(model, 'hyp', None)
         if not isinstance(h, dict):
@@ -67,7 +91,9 @@ class ComputeLoss:
         device = det.anchors.device
         bce_cls = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([float(h['cls_pw'])], device=device))
         bce_obj = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([float(h['obj_pw'])], device=device))
-        self.cp, self.cn = smooth_bce(eps=float(h.get('label_smoothing', 0.0)))
+        eps = h.get('label_smoothing', 0.0) if label_smoothing is None else label_smoothing
+        self.cp, self.cn = smooth_bce(eps=float(eps))
+        self.gains = gains or LossGains.from_hyp(h)
         if h['fl_gamma'] > 0:
             bce_cls, bce_obj = FocalLoss(bce_cls, h['fl_gamma']), FocalLoss(bce_obj, h['fl_gamma'])
         self.BCEcls, self.BCEobj = bce_cls, bce_obj
@@ -113,9 +139,9 @@ class ComputeLoss:
                 self.balance[i] = self.balance[i] * 0.9999 + 0.0001 / obji.detach().item()
         if self.autobalance:
             self.balance = [x / self.balance[self.ssi] for x in self.balance]
-        lbox = lbox * self.hyp['box']
-        lobj = lobj * self.hyp['obj']
-        lcls = lcls * self.hyp['cls']
+        lbox = lbox * self.gains.box
+        lobj = lobj * self.gains.obj
+        lcls = lcls * self.gains.cls
         bs = p[0].shape[0]
         return (lbox + lobj + lcls) * bs, torch.cat((lbox, lobj, lcls)).detach()
 

@@ -1,12 +1,10 @@
-"""The training loop (YOLOv5 v7.0 semantics) as a small class: setup, train_one_epoch, validate, save, finish.
-
-``train(opt)`` is what train.py's ``main`` calls: it resolves options (including ``--resume``), joins DDP when the
-process was launched by torch.distributed.run, and runs a ``Trainer``.
+"""The training loop (YOLOv5 v7.0 semantics) as one class: setup, train_one_epoch, end_epoch (validate, log, save),
+finish. It reads its ``TrainOptions`` and never changes them; what it derives (image size, batch size, epochs on a
+fine-tuning resume, the loss gains) it keeps as its own attributes. Launching it (DDP, run dir, --evolve) is
+utils/engine/launch.py; the options are built in utils/engine/options.py.
 """
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import math
 import random
 import time
@@ -17,203 +15,45 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from tqdm import tqdm
 
 from models.backbone import Backbone
 from models.yolo import Model, without_pretrained
-from utils import evolve as evolution
-from utils import optim
-from utils.autoanchor import check_anchors
-from utils.autobatch import autobatch
-from utils.callbacks import EarlyStopping, RunLogger, plot_evolve, plot_results, progress_header, progress_row
-from utils.checkpoint.format import load_checkpoint, save_checkpoint
-from utils.checkpoint.model import load_model, saved_options, strip_optimizer, transfer_weights
-from utils.core.logging import LOGGER, TQDM_BAR_FORMAT, colorstr, increment_path
-from utils.core.torch_utils import de_parallel, init_seeds, select_device, training_memory_format
-from utils.data.config import check_dataset, find_config, load_hyp
+from utils.checkpoint.format import FORMAT, FORMAT_VERSION, load_checkpoint, save_checkpoint
+from utils.checkpoint.model import load_model, model_from_checkpoint, strip_optimizer, transfer_weights
+from utils.core.logging import LOGGER, TQDM_BAR_FORMAT, colorstr
+from utils.core.sizes import check_img_size
+from utils.core.torch_utils import de_parallel, init_seeds, training_memory_format
+from utils.data.coco import is_coco
+from utils.data.config import check_dataset
 from utils.data.loader import create_dataloader
-from utils.distributed import (
-    DistInfo,
-    barrier,
-    broadcast_object,
-    check_ddp_options,
-    cleanup_distributed,
-    dist_info,
-    init_distributed,
-    wrap_ddp,
-    zero_first,
-)
-from utils.ema import ModelEMA
-from utils.ops.loss import ComputeLoss
-from utils.ops.metrics import fitness
+from utils.data.weights import labels_to_class_weights, labels_to_image_weights
+from utils.engine import optim
+from utils.engine.autoanchor import check_anchors
+from utils.engine.autobatch import autobatch
+from utils.engine.distributed import DistInfo, barrier, broadcast_object, wrap_ddp, zero_first
+from utils.engine.early_stopping import EarlyStopping
+from utils.engine.ema import ModelEMA
+from utils.engine.evaluator import NOT_EVALUATED, EvalOptions, EvalResults, Evaluator, validate
+from utils.engine.options import TrainError, TrainOptions, plain_data, save_yaml
+from utils.engine.result_plots import plot_results
+from utils.engine.runlog import RunLogger, progress_header, progress_row
+from utils.engine.train_state import rng_state, scheduler_state, set_rng_state
+from utils.ops.loss import ComputeLoss, LossGains
 from utils.viz.charts import plot_labels
 from utils.viz.drawing import plot_images
 
-CKPT_FORMAT, CKPT_VERSION = 'yolov5-efficientvit', 1
 MAX_GRAD_NORM = 10.0
 EMA_ATTRS = ('yaml', 'nc', 'hyp', 'names', 'stride', 'class_weights')
-
-
-class TrainError(Exception):
-    """A problem with the training options or files; the message is one line."""
-
-
-# ----------------------------------------------------------------------------------------------------- options
-def _plain(v):
-    """Options as YAML/weights_only-safe plain data (Paths -> str)."""
-    if isinstance(v, Path):
-        return str(v)
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    return v
-
-
-def check_options(opt: argparse.Namespace) -> argparse.Namespace:
-    """Resolve --cfg/--weights/--hyp for a new run; every problem is a one-line TrainError."""
-    if opt.cfg:
-        cfg = find_config(opt.cfg, 'models')
-        if cfg is None:
-            raise TrainError(f'model YAML {opt.cfg} not found')
-        opt.cfg = str(cfg)
-    if opt.weights:
-        w = Path(opt.weights)
-        if not w.is_file():
-            raise TrainError(f'weights {opt.weights} not found; nothing is downloaded, give a local .pt file '
-                             f"(or --weights '' to train from scratch)")
-        opt.weights = str(w.resolve())
-    if not (opt.cfg or opt.weights):
-        raise TrainError('either --cfg or --weights must be specified')
-    for flag, v in (('--epochs', opt.epochs), ('--imgsz', opt.imgsz)):
-        if v is not None and v < 1:
-            raise TrainError(f'{flag} must be a positive integer, got {v}')
-    if opt.batch_size is not None and opt.batch_size != -1 and opt.batch_size < 1:
-        raise TrainError(f'--batch-size must be positive, or -1 for AutoBatch; got {opt.batch_size}')
-    if opt.evolve is not None and opt.evolve < 1:
-        raise TrainError(f'--evolve needs a positive number of generations, got {opt.evolve}')
-    opt.project, opt.save_dir = str(opt.project), str(getattr(opt, 'save_dir', '') or '')
-    return opt
-
-
-def latest_run(search_dir: str | Path) -> Path:
-    """The newest ``last*.pt`` under ``search_dir`` (what a bare ``--resume`` continues)."""
-    found = sorted(Path(search_dir).rglob('last*.pt'), key=lambda p: p.stat().st_ctime)
-    if not found:
-        raise TrainError(f'--resume: no last.pt found under {search_dir}; pass the checkpoint path')
-    return found[-1]
-
-
-def resume_options(opt: argparse.Namespace) -> argparse.Namespace:
-    """Reload a killed run's options from <run>/opt.yaml (or the checkpoint) and point --weights at last.pt."""
-    last = Path(opt.resume) if isinstance(opt.resume, (str, Path)) else latest_run(opt.project)
-    if not last.is_file():
-        raise TrainError(f'--resume checkpoint {last} not found')
-    ckpt = load_checkpoint(last)
-    if ckpt.get('epoch', -1) < 0 or ckpt.get('optimizer') is None:
-        raise TrainError(f'{last} training to {ckpt.get("opt", {}).get("epochs", "?")} epochs is finished, nothing '
-                         f'to resume. Start a new training without --resume, i.e. python train.py --weights {last}')
-    new = argparse.Namespace(**{**vars(opt), **saved_options(last, ckpt, opt)})  # checked: kinds, weights
-    new.cfg, new.weights, new.resume = '', str(last.resolve()), True
-    new.save_dir = str(last.resolve().parent.parent)  # where the run really is, even if it was moved
-    LOGGER.info(f'Resuming training from {last}')
-    return new
-
-
-def check_img_size(imgsz: int, gs: int) -> int:
-    """Round imgsz up to a multiple of the grid size gs, at least 2*gs (YOLOv5 prints a warning when it changes)."""
-    new = max(math.ceil(imgsz / gs) * gs, 2 * gs)
-    if new != imgsz:
-        LOGGER.warning(f'WARNING --img-size {imgsz} must be multiple of max stride {gs}, updating to {new}')
-    return new
-
-
-def train(opt: argparse.Namespace) -> Path:
-    """Run one training (single process or one DDP rank), or ``--evolve`` generations of them; returns the run dir."""
-    info = dist_info()
-    if opt.evolve:
-        return evolve(opt, info)
-    opt = resume_options(opt) if opt.resume else check_options(opt)
-    try:
-        check_ddp_options(info, opt.batch_size, opt.image_weights)  # --evolve returned above
-    except ValueError as e:
-        raise TrainError(str(e)) from None
-    device = init_distributed(info, select_device(opt.device, opt.batch_size))
-    try:
-        if not opt.resume:  # rank 0 names the run dir; others use its choice (no race on exp{N})
-            name = str(increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)) if info.is_main else None
-            opt.save_dir = broadcast_object(name, info)
-        Trainer(opt, device, info).fit()
-    finally:
-        if info.ddp:
-            cleanup_distributed()
-    return Path(opt.save_dir)
-
-
-def evolve(opt: argparse.Namespace, info: DistInfo | None = None) -> Path:
-    """``--evolve N``: N trainings in one run dir, each with hyperparameters mutated from the fittest so far.
-
-    As YOLOv5: every generation trains with --noval and --nosave (validated and saved once, at its end), plots are
-    off, ``anchors: 3`` joins the evolved keys unless --noautoanchor, and the results go to ``evolve.csv``,
-    ``hyp_evolve.yaml`` (the fittest hyperparameters, a complete --hyp file) and ``evolve.png``."""
-    info = info or DistInfo()
-    opt = check_options(opt)
-    try:
-        check_ddp_options(info, opt.batch_size, opt.image_weights, evolve=True)
-    except ValueError as e:
-        raise TrainError(str(e)) from None
-    device = select_device(opt.device, opt.batch_size)
-    opt.noval, opt.nosave = True, True
-    save_dir = Path(increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok))
-    save_dir.mkdir(parents=True, exist_ok=True)
-    base, meta = _evolution_space(load_hyp(opt.hyp), opt.noautoanchor)
-    keys = evolution.evolvable_keys(base, meta)
-    csv_file, yaml_file = save_dir / 'evolve.csv', save_dir / 'hyp_evolve.yaml'
-    try:
-        rows = evolution.read_evolve_csv(csv_file, keys)
-    except evolution.EvolveError as e:
-        raise TrainError(str(e)) from None
-    rng = np.random.default_rng([int(opt.seed), len(rows)])
-    prefix = colorstr('evolve: ')
-    LOGGER.info(f'{prefix}{opt.evolve} generations of {len(keys)} hyperparameters in {save_dir}'
-                + (f' (continuing after {len(rows)} rows of {csv_file.name})' if len(rows) else ''))
-    for g in range(opt.evolve):
-        hyp = evolution.next_hyp(rows, base, keys, rng, meta)
-        run_opt = argparse.Namespace(**{**vars(opt), 'hyp': dict(hyp), 'save_dir': str(save_dir)})
-        trainer = Trainer(run_opt, device, info)
-        trainer.fit()
-        evolution.append_evolve_row(csv_file, keys, trainer.results, hyp)
-        rows = evolution.read_evolve_csv(csv_file, keys)
-        best, _ = evolution.write_best_hyp(rows, keys, base, yaml_file)
-        fit = fitness(rows)
-        LOGGER.info(f'{prefix}generation {g + 1}/{opt.evolve} (row {len(rows) - 1}): fitness {fit[-1]:.5g}; '
-                    f'best {fit[best]:.5g} at row {best}')
-    plot_evolve(csv_file)
-    LOGGER.info(f'Hyperparameter evolution finished {opt.evolve} generations\n'
-                f"Results saved to {colorstr('bold', str(save_dir))}\n"
-                f'Usage example: $ python train.py --hyp {yaml_file}')
-    return save_dir
-
-
-def _evolution_space(hyp: dict, noautoanchor: bool) -> tuple[dict, dict]:
-    """YOLOv5: the anchor count (``anchors: 3`` unless the hyp file sets it) is evolved too, except with
-    --noautoanchor, where placeholder anchors could not be replaced. Returns (starting hyp, bounds table)."""
-    base, meta = dict(hyp), dict(evolution.META)
-    if noautoanchor:
-        base.pop('anchors', None)
-        meta.pop('anchors')
-    else:
-        base.setdefault('anchors', 3)
-    return base, meta
 
 
 # ----------------------------------------------------------------------------------------------------- trainer
 class Trainer:
     """One training run. Everything rank-specific is decided from ``info``; only rank 0 validates/logs/saves."""
 
-    def __init__(self, opt: argparse.Namespace, device: torch.device, info: DistInfo | None = None):
-        self.opt, self.device, self.info = opt, device, info or DistInfo()
+    def __init__(self, options: TrainOptions, device: torch.device, info: DistInfo | None = None):
+        self.options, self.device, self.info = options, device, info or DistInfo()
+        opt = options
         self.save_dir = Path(opt.save_dir)
         self.wdir = self.save_dir / 'weights'
         self.last, self.best = self.wdir / 'last.pt', self.wdir / 'best.pt'
@@ -222,23 +62,21 @@ class Trainer:
         self.amp = device.type == 'cuda'  # YOLOv5's check_amp is False on CPU/MPS
         self.memory_format = training_memory_format(device)  # channels-last on CPU (measured faster)
         self.best_fitness = 0.0
-        self.results, self.maps = (0.0,) * 7, None  # P, R, mAP50, mAP50-95, val box/obj/cls (kept under --noval)
+        self.results, self.maps = NOT_EVALUATED, None  # kept under --noval until the final epoch
         self.ema = self.logger = None
         self.last_opt_step = -1  # iteration of the last optimizer step (accumulation counts from it)
-        self._warned_val = False
 
     # ---------------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
         """Everything before the first epoch, in YOLOv5's order."""
-        opt, main = self.opt, self.info.is_main
-        self.hyp = load_hyp(opt.hyp)
-        opt.hyp = dict(self.hyp)  # saved in opt.yaml and checkpoints (unscaled)
+        opt, main = self.options, self.info.is_main
+        self.hyp = dict(opt.hyp)  # this run's copy; the options (saved in opt.yaml and checkpoints) stay unscaled
         if main:
             self.wdir.mkdir(parents=True, exist_ok=True)
             LOGGER.info(colorstr('hyperparameters: ') + ', '.join(f'{k}={v}' for k, v in self.hyp.items()))
             if not opt.resume:
-                _yaml_save(self.save_dir / 'hyp.yaml', self.hyp)
-                _yaml_save(self.save_dir / 'opt.yaml', _plain(vars(opt)))
+                save_yaml(self.save_dir / 'hyp.yaml', self.hyp)
+                save_yaml(self.save_dir / 'opt.yaml', opt.to_dict())
         init_seeds(opt.seed + 1 + self.info.rank, deterministic=True)
         with zero_first(self.info):
             self.data = check_dataset(opt.data)
@@ -247,7 +85,7 @@ class Trainer:
         self.names = {0: 'item'} if opt.single_cls and len(names) != 1 else names
         ckpt = self.build_model()
         self.gs = max(int(self.model.stride.max()), 32)
-        self.imgsz = check_img_size(opt.imgsz, self.gs)
+        self.imgsz = check_img_size(opt.imgsz, self.gs, floor=2 * self.gs)
         self.batch_size = opt.batch_size
         if opt.batch_size == -1:  # single process only (check_ddp_options refuses it under DDP)
             self.batch_size = autobatch(self.model, self.imgsz, amp=self.amp)
@@ -268,7 +106,8 @@ class Trainer:
         del ckpt
         self.set_model_attributes()
         self.train_model = wrap_ddp(self.model, self.info, self.device, opt.sync_bn)
-        self.compute_loss = ComputeLoss(self.model)
+        gains = LossGains.scaled(self.hyp, self.model.model[-1].nl, self.nc, self.imgsz)
+        self.compute_loss = ComputeLoss(self.model, gains=gains, label_smoothing=opt.label_smoothing)
         self.nb = len(self.train_loader)
         self.nw = optim.warmup_iterations(self.hyp['warmup_epochs'], self.nb)
         if main:
@@ -279,7 +118,7 @@ class Trainer:
 
     def build_model(self) -> dict | None:
         """Model from --cfg / --weights (transfer by name and shape) or, on resume, exactly from last.pt."""
-        opt, hyp = self.opt, self.hyp
+        opt, hyp = self.options, self.hyp
         ckpt = None
         if opt.resume:
             ckpt = load_checkpoint(opt.weights)
@@ -305,7 +144,7 @@ class Trainer:
 
     def build_data(self) -> None:
         """Train loader on every rank (distributed sampler in DDP), val loader on rank 0 only."""
-        opt, ws = self.opt, self.info.world_size
+        opt, ws = self.options, self.info.world_size
         self.train_loader, self.dataset = create_dataloader(
             self.data['train'], self.imgsz, self.batch_size // ws, self.gs, opt.single_cls, hyp=self.hyp,
             augment=True, cache=None if opt.cache == 'val' else opt.cache, rect=opt.rect, rank=self.info.local_rank,
@@ -325,12 +164,12 @@ class Trainer:
 
     def build_optimizer(self) -> None:
         """Nominal-batch accumulation, decay rescaling, the three groups and the per-epoch LambdaLR."""
-        opt, hyp = self.opt, self.hyp
+        opt, hyp = self.options, self.hyp
         self.nbs = optim.nominal_batch(hyp)
         self.accumulate = optim.accumulate_steps(self.batch_size, self.nbs)
-        hyp['weight_decay'] = optim.scaled_weight_decay(hyp['weight_decay'], self.batch_size, self.nbs)
+        weight_decay = optim.scaled_weight_decay(hyp['weight_decay'], self.batch_size, self.nbs)
         self.optimizer = optim.build_optimizer(self.model, opt.optimizer, hyp['lr0'], hyp['momentum'],
-                                               hyp['weight_decay'], skip_decay=self.model.no_weight_decay())
+                                               weight_decay, skip_decay=self.model.no_weight_decay())
         self.lf = optim.lr_lambda(self.epochs, hyp['lrf'], opt.cos_lr)
         self.scheduler = optim.build_scheduler(self.optimizer, self.lf)
 
@@ -338,20 +177,15 @@ class Trainer:
         """Before a new run: labels.jpg and AutoAnchor (unless --noautoanchor); anchors rounded through fp16."""
         if self.plots:
             plot_labels(self.labels, self.names, self.save_dir)
-        if not self.opt.noautoanchor:
+        if not self.options.noautoanchor:
             check_anchors(self.dataset, model=self.model, thr=self.hyp['anchor_t'], imgsz=self.imgsz)
         frozen = {k: v.clone() for k, v in self.model.state_dict().items() if k in self.model.frozen_state_keys()}
         self.model.half().float()  # pre-reduce anchor precision as YOLOv5 does (rounds every weight through fp16) ...
         self.model.load_state_dict(frozen, strict=False)  # ... except the frozen ones, which stay bit-identical
 
     def set_model_attributes(self) -> None:
-        """YOLOv5 scales the loss gains to the number of layers, classes and image size before the loss is built."""
-        hyp, nl = self.hyp, self.model.model[-1].nl
-        hyp['box'] *= 3 / nl
-        hyp['cls'] *= self.nc / 80 * 3 / nl
-        hyp['obj'] *= (self.imgsz / 640) ** 2 * 3 / nl
-        hyp['label_smoothing'] = self.opt.label_smoothing
-        self.model.nc, self.model.hyp, self.model.names = self.nc, hyp, self.names
+        """What YOLOv5 attaches to the model: nc, hyp (unscaled: the loss scales its gains), names, class weights."""
+        self.model.nc, self.model.hyp, self.model.names = self.nc, self.hyp, self.names
         self.model.class_weights = labels_to_class_weights(self.dataset.labels, self.nc).to(self.device) * self.nc
 
     # ---------------------------------------------------------------------------------------------- resume
@@ -360,7 +194,7 @@ class Trainer:
         early-stopping state, AMP scaler and RNG states."""
         self.start_epoch = ckpt['epoch'] + 1
         if self.start_epoch <= 0:
-            raise TrainError(f'{self.opt.weights} training to {self.epochs} epochs is finished, nothing to resume')
+            raise TrainError(f'{self.options.weights} training to {self.epochs} epochs is finished, nothing to resume')
         self.optimizer.load_state_dict(ckpt['optimizer'])
         self.best_fitness = float(ckpt.get('best_fitness') or 0.0)
         state = ckpt.get('train_state') or {}
@@ -378,12 +212,12 @@ class Trainer:
             self.scaler.load_state_dict(state['scaler'])
         self.last_opt_step = int(state.get('last_opt_step', -1))
         if not self.info.ddp:  # one saved RNG state cannot serve several ranks; they keep seed + rank
-            _set_rng_state(state.get('rng'), self.train_loader)
+            set_rng_state(state.get('rng'), self.train_loader)
         if self.epochs < self.start_epoch:  # asked for fewer epochs than done: fine-tune that many more
-            LOGGER.info(f"{self.opt.weights} has been trained for {ckpt['epoch']} epochs. "
+            LOGGER.info(f"{self.options.weights} has been trained for {ckpt['epoch']} epochs. "
                         f'Fine-tuning for {self.epochs} more epochs.')
             self.epochs += ckpt['epoch']
-        LOGGER.info(f'Resuming training from {self.opt.weights} from epoch {self.start_epoch} to '
+        LOGGER.info(f'Resuming training from {self.options.weights} from epoch {self.start_epoch} to '
                     f'{self.epochs} total epochs')
         if self.logger:
             self.logger.truncate(self.start_epoch)
@@ -417,11 +251,11 @@ class Trainer:
             if ni <= self.nw:
                 self.accumulate = optim.warmup(self.optimizer, ni, self.nw, epoch, self.lf, self.hyp,
                                                self.batch_size, self.nbs)
-            if self.opt.multi_scale:
+            if self.options.multi_scale:
                 imgs = self._multi_scale(imgs)
             with torch.autocast(self.device.type, enabled=self.amp):
                 loss, loss_items = self.compute_loss(model(imgs), targets.to(self.device))
-                loss = loss * (self.info.world_size if self.info.ddp else 1) * (4 if self.opt.quad else 1)
+                loss = loss * (self.info.world_size if self.info.ddp else 1) * (4 if self.options.quad else 1)
             self.scaler.scale(loss).backward()
             if ni - self.last_opt_step >= self.accumulate:
                 self.optimizer_step()
@@ -438,7 +272,7 @@ class Trainer:
 
     def _prepare_epoch(self, epoch: int) -> None:
         """Per-epoch sampling: image weights (single process) or the distributed sampler's epoch."""
-        if self.opt.image_weights and hasattr(self.dataset, 'indices'):
+        if self.options.image_weights and hasattr(self.dataset, 'indices'):
             maps = self.maps if self.maps is not None else np.zeros(self.nc)
             cw = self.model.class_weights.cpu().numpy() * (1 - maps) ** 2 / self.nc
             iw = labels_to_image_weights(self.dataset.labels, self.nc, cw)
@@ -472,48 +306,44 @@ class Trainer:
         if self.info.is_main:
             self.ema.update_attr(self.model, include=list(EMA_ATTRS))
             final = epoch + 1 == self.epochs or self.stopper.possible_stop
-            if not self.opt.noval or final:
-                self.results, self.maps = self.validate(self.ema.ema)
-            fi = float(fitness(np.array(self.results).reshape(1, -1))[0])
+            if not self.options.noval or final:
+                self.results = self.validate(self.ema.ema)
+                self.maps = self.results.maps
+            fi = self.results.fitness
             stop = self.stopper(epoch, fi)
             self.best_fitness = max(self.best_fitness, fi)
-            self.logger.log_epoch(epoch, [*self.mloss.tolist(), *self.results, *self.lr])
-            if not self.opt.nosave or final:
+            self.logger.log_epoch(epoch, [*self.mloss.tolist(), *self.results.as_tuple(), *self.lr])
+            if not self.options.nosave or final:
                 self.save(epoch, fi)
         return bool(broadcast_object(stop, self.info))
 
     # ---------------------------------------------------------------------------------------------- validation
-    def validate(self, model, final: bool = False) -> tuple[tuple, np.ndarray]:
-        """THE validation hook: utils.validator.validate (the val.py code path) -> (results(7), per-class maps)."""
-        if importlib.util.find_spec('utils.validator') is None:  # before the validator lands: losses-free zeros
-            if not self._warned_val:
-                LOGGER.warning('WARNING utils.validator not available; validation metrics are reported as 0')
-                self._warned_val = True
-            return (0.0,) * 7, np.zeros(self.nc)
-        from utils.validator import validate
-        coco = str(self.opt.data).endswith('coco.yaml')
-        results, maps, _ = validate(model, self.val_loader, self.names, compute_loss=self.compute_loss,
-                                    half=self.amp, single_cls=self.opt.single_cls, save_dir=self.save_dir,
-                                    plots=final and self.plots, verbose=final,
-                                    iou_thres=0.65 if final and coco else 0.6, prefix=colorstr('val: '))
-        return tuple(float(x) for x in results), np.asarray(maps)
+    def validate(self, model, final: bool = False) -> EvalResults:
+        """THE validation hook, val.py's code path: the Evaluator with the losses of this run's loss; the final
+        validation of best.pt also plots and lists every class (NMS IoU 0.65 on COCO, as YOLOv5)."""
+        options = EvalOptions(iou_thres=0.65 if final and is_coco(self.data) else 0.6,
+                              single_cls=self.options.single_cls, half=self.amp, save_dir=self.save_dir,
+                              plots=final and self.plots, verbose=final, prefix=colorstr('val: '))
+        evaluator = Evaluator(self.names, options, dataset=self.val_loader.dataset, compute_loss=self.compute_loss,
+                              device=self.device)
+        return validate(model, self.val_loader, evaluator)
 
     # ---------------------------------------------------------------------------------------------- saving
     def checkpoint(self, epoch: int) -> dict:
         """Our checkpoint: tensors and plain data only (loads with torch.load(weights_only=True))."""
         model = de_parallel(self.model)
         return {
-            'format': CKPT_FORMAT, 'format_version': CKPT_VERSION,
+            'format': FORMAT, 'format_version': FORMAT_VERSION,
             'model': deepcopy(model.state_dict()), 'ema': deepcopy(self.ema.ema.state_dict()),
             'updates': int(self.ema.updates), 'optimizer': self.optimizer.state_dict(),
-            'model_yaml': _plain(model.yaml), 'yaml_file': str(getattr(model, 'yaml_file', '') or ''),
+            'model_yaml': plain_data(model.yaml), 'yaml_file': str(getattr(model, 'yaml_file', '') or ''),
             'names': dict(self.names), 'nc': int(self.nc),
-            'epoch': int(epoch), 'best_fitness': float(self.best_fitness), 'opt': _plain(vars(self.opt)),
-            'hyp': dict(self.opt.hyp), 'date': datetime.now().isoformat(),
-            'train_state': {'scheduler': _plain_sched(self.scheduler.state_dict()),
+            'epoch': int(epoch), 'best_fitness': float(self.best_fitness), 'opt': self.options.to_dict(),
+            'hyp': dict(self.options.hyp), 'date': datetime.now().isoformat(),
+            'train_state': {'scheduler': scheduler_state(self.scheduler.state_dict()),
                             'scaler': self.scaler.state_dict() if self.amp else {},
                             'stopper': self.stopper.state_dict(), 'last_opt_step': int(self.last_opt_step),
-                            'rng': _rng_state(self.train_loader)},
+                            'rng': rng_state(self.train_loader)},
         }
 
     def save(self, epoch: int, fi: float) -> None:
@@ -522,7 +352,7 @@ class Trainer:
         save_checkpoint(ckpt, self.last)
         if self.best_fitness == fi:
             save_checkpoint(ckpt, self.best)
-        if self.opt.save_period > 0 and epoch % self.opt.save_period == 0:
+        if self.options.save_period > 0 and epoch % self.options.save_period == 0:
             save_checkpoint(ckpt, self.wdir / f'epoch{epoch}.pt')
 
     def finish(self, epoch: int) -> None:
@@ -535,7 +365,6 @@ class Trainer:
                     strip_optimizer(f)
             if self.best.exists() and self.val_loader is not None:
                 LOGGER.info(f'\nValidating {self.best}...')
-                from utils.checkpoint.model import model_from_checkpoint
                 model = model_from_checkpoint(load_checkpoint(self.best)).to(self.device)
                 self.validate(model, final=True)
             if self.plots and self.logger.csv.exists():
@@ -545,52 +374,3 @@ class Trainer:
         barrier(self.info)
         if self.device.type == 'cuda':
             torch.cuda.empty_cache()
-
-
-# ----------------------------------------------------------------------------------------------------- helpers
-def _yaml_save(file: Path, data: dict) -> None:
-    with open(file, 'w') as f:
-        yaml.safe_dump(data, f, sort_keys=False)
-
-
-def _plain_sched(state: dict) -> dict:
-    return {k: v for k, v in state.items() if k != 'lr_lambdas'}
-
-
-def _rng_state(loader=None) -> dict:
-    """python / numpy / torch / data-order RNG states as plain data (weights_only-safe): a resumed run with
-    --workers 0 then draws exactly what the uninterrupted run would have drawn."""
-    np_state = np.random.get_state()
-    gen = getattr(loader, 'generator', None)
-    return {'python': _plain(random.getstate()), 'numpy': [np_state[0], np_state[1].tolist(), *np_state[2:]],
-            'torch': torch.get_rng_state(), 'loader': gen.get_state() if gen is not None else None}
-
-
-def _set_rng_state(state: dict | None, loader=None) -> None:
-    if not state:
-        return
-    py = state['python']
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = state['numpy']
-    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
-    torch.set_rng_state(state['torch'])
-    gen = getattr(loader, 'generator', None)
-    if gen is not None and state.get('loader') is not None:
-        gen.set_state(state['loader'])
-
-
-def labels_to_class_weights(labels: list[np.ndarray], nc: int = 80) -> torch.Tensor:
-    """Inverse class frequency (normalised to sum 1) from the training labels; YOLOv5's class_weights."""
-    if not labels or not sum(len(lb) for lb in labels):
-        return torch.ones(nc) / nc
-    classes = np.concatenate([lb.reshape(-1, 5) for lb in labels], 0)[:, 0].astype(int)
-    weights = np.bincount(classes, minlength=nc).astype(float)
-    weights[weights == 0] = 1  # empty classes count as one
-    weights = 1 / weights
-    return torch.from_numpy(weights / weights.sum()).float()
-
-
-def labels_to_image_weights(labels: list[np.ndarray], nc: int, class_weights: np.ndarray) -> np.ndarray:
-    """Per-image sampling weight = sum over its labels of the class weight (``--image-weights``)."""
-    counts = np.array([np.bincount(lb[:, 0].astype(int), minlength=nc) for lb in labels]).reshape(-1, nc)
-    return (class_weights.reshape(1, nc) * counts).sum(1)

@@ -9,7 +9,7 @@ Unlike YOLOv5 (which seeds NumPy with the wall-clock time), the random draws com
 ``--seed`` and the number of rows already in ``evolve.csv``: the same command reproduces the same generations, and
 continuing an evolution (``--resume`` or ``--exist-ok`` on the same run dir) draws new ones.
 
-This module is the pure part (mutation, parent choice, files); the loop that trains lives in ``utils.trainer.evolve``.
+This module is the pure part (mutation, parent choice, files); the loop that trains is ``utils.engine.launch.evolve``.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from utils.callbacks import read_results_csv
+from utils.engine.runlog import VAL_KEYS, csv_header, csv_row, read_results_csv
 from utils.ops.metrics import fitness
 
 # key: (mutation gain, lower bound, upper bound) -- YOLOv5 v7.0's table; gain 0 means the key is never mutated
@@ -31,9 +31,6 @@ META: dict[str, tuple[float, float, float]] = {
     'degrees': (1, 0.0, 45.0), 'translate': (1, 0.0, 0.9), 'scale': (1, 0.0, 0.9), 'shear': (1, 0.0, 10.0),
     'perspective': (0, 0.0, 0.001), 'flipud': (1, 0.0, 1.0), 'fliplr': (0, 0.0, 1.0), 'mosaic': (1, 0.0, 1.0),
     'mixup': (1, 0.0, 1.0), 'copy_paste': (1, 0.0, 1.0)}
-# the seven numbers a training returns, first in every evolve.csv row (YOLOv5's column names)
-RESULT_KEYS = ('metrics/precision', 'metrics/recall', 'metrics/mAP_0.5', 'metrics/mAP_0.5:0.95',
-               'val/box_loss', 'val/obj_loss', 'val/cls_loss')
 MUTATION_PROB, MUTATION_SIGMA, FACTOR_RANGE, TOP_PARENTS = 0.8, 0.2, (0.3, 3.0), 5
 
 
@@ -84,16 +81,16 @@ def next_hyp(rows: np.ndarray, base: dict, keys: list[str], rng: np.random.Gener
     if not len(rows):
         return constrain(base, meta)
     parent = select_parent(rows, rng)
-    return mutate({**base, **dict(zip(keys, parent[len(RESULT_KEYS):].tolist()))}, keys, rng, meta)
+    return mutate({**base, **dict(zip(keys, parent[len(VAL_KEYS):].tolist()))}, keys, rng, meta)
 
 
 def read_evolve_csv(file: str | Path, keys: list[str]) -> np.ndarray:
     """The rows of an existing ``evolve.csv`` as (n, 7 + len(keys)); empty if there is no file yet.
 
-    Its columns must be exactly RESULT_KEYS + ``keys``: rows of another evolution (other keys, another hyp file)
+    Its columns must be exactly VAL_KEYS + ``keys``: rows of another evolution (other keys, another hyp file)
     cannot seed this one, and mixing them silently would mutate the wrong values."""
     file = Path(file)
-    want = [*RESULT_KEYS, *keys]
+    want = [*VAL_KEYS, *keys]
     if not file.is_file():
         return np.zeros((0, len(want)))
     try:
@@ -110,15 +107,13 @@ def read_evolve_csv(file: str | Path, keys: list[str]) -> np.ndarray:
 def append_evolve_row(file: str | Path, keys: list[str], results: tuple | list, hyp: dict) -> None:
     """Add one generation to ``evolve.csv`` (header first if new), padded like YOLOv5: ``%20s`` / ``%20.5g``."""
     file = Path(file)
-    cols = [*RESULT_KEYS, *keys]
+    cols = [*VAL_KEYS, *keys]
     values = [*(float(x) for x in results), *(float(hyp[k]) for k in keys)]
     if len(values) != len(cols):
-        raise ValueError(f'expected {len(RESULT_KEYS)} results, got {len(results)}')
+        raise ValueError(f'expected {len(VAL_KEYS)} results, got {len(results)}')
     new = not file.is_file() or file.stat().st_size == 0
     with open(file, 'a') as f:
-        if new:
-            f.write(','.join(f'{c:>20s}' for c in cols) + '\n')
-        f.write(','.join(f'{v:20.5g}' for v in values) + '\n')
+        f.write((csv_header(cols) if new else '') + csv_row(values))
 
 
 def write_best_hyp(rows: np.ndarray, keys: list[str], base: dict, file: str | Path) -> tuple[int, dict]:
@@ -128,10 +123,10 @@ def write_best_hyp(rows: np.ndarray, keys: list[str], base: dict, file: str | Pa
     fit = fitness(rows)
     i = int(np.argmax(fit))
     best = dict(base)
-    best.update({k: round(float(v), 5) for k, v in zip(keys, rows[i, len(RESULT_KEYS):])})
+    best.update({k: round(float(v), 5) for k, v in zip(keys, rows[i, len(VAL_KEYS):])})
     head = [f'# Hyperparameter evolution results ({len(rows)} generations)',
             f'# Best generation: {i} (fitness {fit[i]:.5g}, 0.1 mAP@0.5 + 0.9 mAP@0.5:0.95); last: {len(rows) - 1}',
-            '# ' + ', '.join(f'{k} {v:.5g}' for k, v in zip(RESULT_KEYS, rows[i, :len(RESULT_KEYS)])),
+            '# ' + ', '.join(f'{k} {v:.5g}' for k, v in zip(VAL_KEYS, rows[i, :len(VAL_KEYS)])),
             f'# Use: python train.py --hyp {Path(file).as_posix()}', '']
     Path(file).write_text('\n'.join(head) + '\n' + yaml.safe_dump(best, sort_keys=False))
     return i, best

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from utils.core.logging import LOGGER, colorstr
+from utils.engine.options import OPTIMIZERS  # the names train.py accepts, defined once (without torch)
 
 NOMINAL_BATCH = 64  # YOLOv5's nbs: gradients are accumulated up to this many images per optimizer step
-OPTIMIZERS = ('SGD', 'Adam', 'AdamW')
 
 
 def is_norm(module: nn.Module) -> bool:
