@@ -5,7 +5,7 @@ A backbone is the first row of a model YAML and returns several feature maps. It
 it with a dummy image or inspect its methods to wire the head. It owns its freezing (``freeze``), says which of its
 parameters must not be weight-decayed (``no_weight_decay``, as timm's models do) and how to fuse itself for inference
 (``fuse``). Register a subclass (or a factory returning one) with ``@register_module(kind='backbone')`` and
-``tests/test_backbones.py`` checks it against this contract with no test edit.
+``tests/models/test_backbones.py`` checks it against this contract with no test edit.
 """
 from __future__ import annotations
 

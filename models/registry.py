@@ -12,7 +12,7 @@ or one line for a class you do not own: ``register_module('nn.Upsample')(nn.Upsa
 
 A backbone (a ``models.backbone.Backbone`` or a factory returning one) registers with ``kind='backbone'`` and says
 which YAML argument is its weights file (``weights_arg``), so a checkpoint can rebuild it without re-reading that
-file; ``list_modules('backbone')`` is what ``tests/test_backbones.py`` runs the backbone contract over.
+file; ``list_modules('backbone')`` is what ``tests/models/test_backbones.py`` runs the backbone contract over.
 """
 from __future__ import annotations
 

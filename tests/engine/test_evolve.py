@@ -16,7 +16,7 @@ from utils.engine.options import TrainError
 from utils.engine.result_plots import plot_evolve
 from utils.ops.metrics import fitness
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HYP = ROOT / 'data/hyps/hyp.scratch-low.yaml'
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 import hubconf
 from utils.inference.autoshape import AutoShape, Detections
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Stub(nn.Module):
@@ -124,7 +124,7 @@ def test_pandas_or_a_clear_error():
 
 @pytest.fixture(scope='module')
 def checkpoint(tmp_path_factory):
-    from tests.test_export import make_checkpoint, make_model
+    from tests.commands.test_export import make_checkpoint, make_model
 
     return make_checkpoint(make_model('yolov5n.yaml'), tmp_path_factory.mktemp('hub') / 'best.pt',
                            names={0: 'class0', 1: 'class1'})

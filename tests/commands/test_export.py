@@ -33,7 +33,7 @@ def make_model(cfg: str, nc: int = 2, seed: int = 0) -> DetectionModel:
     head's weights x40 with objectness bias -1 and class biases 0, so some predictions pass conf 0.3.
     """
     torch.manual_seed(seed)
-    model = DetectionModel(Path(__file__).resolve().parents[1] / 'models' / cfg, nc=nc, verbose=False)
+    model = DetectionModel(Path(__file__).resolve().parents[2] / "models" / cfg, nc=nc, verbose=False)
     g = torch.Generator().manual_seed(seed)
     det = model.model[-1]
     with torch.no_grad():

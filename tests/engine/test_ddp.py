@@ -14,7 +14,7 @@ from utils.checkpoint.format import save_checkpoint
 from utils.engine.distributed import DistInfo, broadcast_object, check_ddp_options, dist_info, wrap_ddp
 from utils.engine.runlog import read_results_csv
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:

@@ -25,7 +25,7 @@ from tests.helpers import write_dataset
 from utils.checkpoint.format import load_checkpoint, save_checkpoint
 from utils.checkpoint.model import model_from_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BACKBONES = list_modules('backbone')
 SLOW: set[str] = set()  # cases (backbone or YAML names) over ~20 s on 2 CPU cores
 

@@ -13,8 +13,8 @@ import yaml
 import detect
 from models.yolo import DetectionModel, ModelConfigError
 from tests import hostile as H
+from tests.commands.test_export import make_checkpoint, make_model, write_images
 from tests.helpers import write_dataset
-from tests.test_export import make_checkpoint, make_model, write_images
 from utils.core.logging import LOGGER
 from utils.data import label_cache
 from utils.data.config import ConfigError, DatasetError, check_dataset, load_hyp
@@ -23,7 +23,7 @@ from utils.data.loader import create_dataloader
 from utils.data.sources import Frame
 from utils.inference.autoshape import AutoShape
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def snapshot(d: Path) -> dict:

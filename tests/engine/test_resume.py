@@ -15,7 +15,7 @@ from utils.engine import trainer as trainer_mod
 from utils.engine.options import TrainError
 from utils.engine.runlog import read_results_csv
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OPTS = dict(cfg='models/yolov5n.yaml', epochs=3, imgsz=64, batch_size=2, workers=0, device='cpu', noplots=True,
             seed=0)
 

@@ -15,12 +15,12 @@ import train
 import val
 from models.yolo import DetectionModel, ModelConfigError
 from tests import hostile as H
+from tests.commands.test_export import make_checkpoint, make_model
 from tests.helpers import write_dataset
-from tests.test_export import make_checkpoint, make_model
 from utils.checkpoint.format import CheckpointError, load_checkpoint, save_checkpoint
 from utils.inference.backend import BackendError, DetectBackend
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope='module')
@@ -166,7 +166,7 @@ def test_class_names_never_become_paths(model, tmp_path):
     weights = make_checkpoint(model, tmp_path / 'w' / 'names.pt', names=names)
     src = tmp_path / 'src'
     src.mkdir()
-    from tests.test_export import write_images
+    from tests.commands.test_export import write_images
     write_images(src, n=2)
     run = detect.run(weights=weights, source=src, imgsz=[64], conf_thres=0.3, save_crop=True, save_txt=True,
                      project=tmp_path / 'p' / 'q', name='exp')
@@ -218,7 +218,7 @@ CHILD = textwrap.dedent('''
 
 
 def test_memory_stays_bounded_under_rlimit(model, tmp_path, monkeypatch):
-    from tests.test_export import write_images
+    from tests.commands.test_export import write_images
     good = write_images(tmp_path / 'good', n=2)
     images = write_images(tmp_path / 'images', n=2)
     H.lying_jpeg(images / 'huge.jpg')

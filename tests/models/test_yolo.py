@@ -24,7 +24,7 @@ from models.yolo import (
     load_model_cfg,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 YAMLS = sorted(p.name for p in (ROOT / 'models').glob('*.yaml'))
 SLOW_YAMLS = {'yolov5l.yaml', 'yolov5x.yaml', 'yolov5-efficientvit-m1.yaml', 'yolov5-efficientvit-m4.yaml',
               'yolov5-efficientvit-m5.yaml'}

@@ -11,8 +11,8 @@ import yaml
 
 import detect
 import val
+from tests.commands.test_export import NAMES, make_checkpoint, make_model, read_labels
 from tests.helpers import draw_image
-from tests.test_export import NAMES, make_checkpoint, make_model, read_labels
 from utils.data.sources import SourceError
 
 IMGSZ = 64

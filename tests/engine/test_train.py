@@ -14,7 +14,7 @@ from utils.engine import options
 from utils.engine.options import TrainError
 from utils.engine.runlog import RESULT_KEYS, read_results_csv
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HYP = ROOT / 'data/hyps/hyp.scratch-low.yaml'
 RUN_FILES = ('weights/last.pt', 'weights/best.pt', 'hyp.yaml', 'opt.yaml', 'results.csv', 'results.png',
              'labels.jpg', 'train_batch0.jpg', 'train_batch1.jpg', 'train_batch2.jpg',  # before / during training

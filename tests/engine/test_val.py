@@ -291,8 +291,8 @@ def test_save_dir_required(gt_dir):
 @pytest.fixture(scope='module')
 def trained_like(tmp_path_factory):
     """A checkpoint (2 classes) and a 2-class dataset YAML."""
+    from tests.commands.test_export import make_checkpoint, make_model
     from tests.helpers import write_dataset
-    from tests.test_export import make_checkpoint, make_model
 
     tmp = tmp_path_factory.mktemp('valpy')
     pt = make_checkpoint(make_model('yolov5n.yaml'), tmp / 'best.pt', names={0: 'class0', 1: 'class1'})
