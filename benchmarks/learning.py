@@ -13,7 +13,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import os
 import platform
@@ -36,28 +35,20 @@ class ResultsError(ValueError):
 
 
 def read_results(file: str | Path) -> dict[str, list[float]]:
-    """results.csv (YOLOv5 layout: padded header names, one row per epoch) -> {stripped column: values}."""
+    """results.csv -> {column: values}, read by the run log's one reader (utils.engine.runlog.read_results_csv)."""
+    from utils.engine.runlog import read_results_csv
+
     file = Path(file)
     if not file.is_file():
         raise ResultsError(f'{file}: results.csv not found')
-    with file.open(newline='') as f:
-        rows = [[c.strip() for c in r] for r in csv.reader(f) if any(c.strip() for c in r)]
-    if not rows:
-        raise ResultsError(f'{file}: empty results.csv')
-    head = rows[0]
+    try:
+        head, rows = read_results_csv(file)
+    except ValueError as e:
+        raise ResultsError(f'{file}: {e}') from None
     missing = [k for k in ('epoch', MAP50, MAP) if k not in head]
     if missing:
         raise ResultsError(f'{file}: results.csv lacks column(s) {missing}')
-    cols: dict[str, list[float]] = {k: [] for k in head}
-    for i, r in enumerate(rows[1:], 2):
-        if len(r) != len(head):
-            raise ResultsError(f'{file}: line {i} has {len(r)} values, header has {len(head)}')
-        try:
-            for k, v in zip(head, r):
-                cols[k].append(float(v))
-        except ValueError:
-            raise ResultsError(f'{file}: line {i} holds a non-number') from None
-    return cols
+    return {k: rows[:, j].tolist() for j, k in enumerate(head)}
 
 
 def summary(res: dict[str, list[float]]) -> dict[str, float]:

@@ -41,14 +41,23 @@ def csv_row(values: Sequence[float]) -> str:
 
 def read_results_csv(file: str | Path) -> tuple[list[str], np.ndarray]:
     """Column names (stripped) and float rows (n, columns) of a results.csv or evolve.csv (fields padded with spaces,
-    as YOLOv5 writes them); blank lines are skipped, an empty file is a ValueError."""
+    as YOLOv5 writes them); blank lines are skipped. The one reader of both files: an empty file, a row whose length
+    differs from the header's or a field that is not a number is a ValueError naming the line."""
     with open(file, newline='') as f:
         rows = [[x.strip() for x in row] for row in csv.reader(f) if any(x.strip() for x in row)]
     if not rows:
         raise ValueError('empty file')
     header = [x for x in rows[0] if x]
-    data = np.array([[float(x) for x in r[:len(header)]] for r in rows[1:]], dtype=np.float64).reshape(-1, len(header))
-    return header, data
+    values = []
+    for i, row in enumerate(rows[1:], 2):
+        row = row[:len(header)] if len(row) > len(header) and not any(row[len(header):]) else row
+        if len(row) != len(header):
+            raise ValueError(f'line {i} has {len(row)} values, header has {len(header)}')
+        try:
+            values.append([float(x) for x in row])
+        except ValueError:
+            raise ValueError(f'line {i} holds a non-number') from None
+    return header, np.array(values, dtype=np.float64).reshape(-1, len(header))
 
 
 class RunLogger:
