@@ -66,3 +66,22 @@ def test_update_attr_include_exclude_and_private():
     ema.update_attr(model)
     assert ema.ema.names == {0: 'b'} and ema.ema._secret == 1 and ema.ema.process_group == 'pg'
     assert not ema.ema.training  # the model's training flag never leaks into the EMA
+
+def test_fused_update_is_bit_identical_to_the_per_tensor_formula():
+    """The one-call-per-op (torch._foreach_*) update gives exactly v.mul_(d).add_(m, alpha=1 - d) on every entry."""
+    from models.yolo import DetectionModel
+
+    torch.manual_seed(1)
+    model = DetectionModel('models/yolov5n.yaml', nc=3, verbose=False)
+    ema = ModelEMA(model)
+    reference = {k: v.clone() for k, v in ema.ema.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    for step in (1, 2, 3):
+        ema.update(model)
+        d = ema.decay(step)
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                reference[k].mul_(d).add_(v, alpha=1 - d)
+    assert all(torch.equal(ema.ema.state_dict()[k], reference[k]) for k in reference)

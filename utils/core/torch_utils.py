@@ -79,6 +79,14 @@ def training_memory_format(device: torch.device) -> torch.memory_format:
     return torch.channels_last if torch.device(device).type == 'cpu' else torch.contiguous_format
 
 
+def available_cpus() -> int:
+    """Cores this process may run on (its affinity mask, what a container or ``taskset`` grants), not the machine's."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no affinity API (macOS, Windows)
+        return os.cpu_count() or 1
+
+
 def init_seeds(seed: int = 0, deterministic: bool = False) -> None:
     """Seed python, numpy and torch (all devices); optionally ask torch for deterministic algorithms."""
     random.seed(seed)
@@ -87,6 +95,10 @@ def init_seeds(seed: int = 0, deterministic: bool = False) -> None:
     torch.cuda.manual_seed_all(seed)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
+        # Deterministic mode also fills every new tensor with NaN (a debugging aid: it exposes kernels that read
+        # memory they never wrote). Our kernels write what they read, so it changes no result, and it cost 24 % of an
+        # EfficientViT-M0 CPU training step (benchmarks/results/train_profile.md). Determinism does not depend on it.
+        torch.utils.deterministic.fill_uninitialized_memory = False
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
         os.environ['CUBLAS_WORKSPACE_CONFIG'] = ':4096:8'

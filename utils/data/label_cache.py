@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from utils.core.logging import LOGGER, TQDM_BAR_FORMAT
 from utils.core.safety import MAX_ZIP_ENTRIES, UnsafeFileError, image_header_size
+from utils.core.torch_utils import available_cpus
 from utils.data.config import IMG_FORMATS
 from utils.data.images import with_jpeg_end
 from utils.ops.boxes import xywhn2xyxy
@@ -32,7 +33,7 @@ CACHE_VERSION = 2  # bump when the cache layout or the verification rules change
 
 def io_threads() -> int:
     """Threads for scanning and caching image files (I/O bound): one less than the CPUs, 1 to 8."""
-    return max(1, min(8, (os.cpu_count() or 1) - 1))
+    return max(1, min(8, available_cpus() - 1))
 
 
 def exif_size(img: Image.Image) -> tuple[int, int]:

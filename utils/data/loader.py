@@ -6,11 +6,13 @@ import os
 import random
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, distributed
 
 from utils.core.logging import LOGGER
+from utils.core.torch_utils import available_cpus
 from utils.data.dataset import LoadImagesAndLabels
 
 
@@ -46,7 +48,10 @@ def collate_fn4(batch: list) -> tuple[torch.Tensor, torch.Tensor, tuple, tuple]:
 
 
 def seed_worker(worker_id: int) -> None:
-    """Seed numpy and random in each worker from torch's per-worker seed (itself derived from the generator)."""
+    """Seed numpy and random in each worker from torch's per-worker seed (itself derived from the generator), and
+    keep OpenCV to one thread there: the workers already run beside the training threads, and OpenCV's own pool in
+    each of them oversubscribed the cores (its threading does not change any pixel)."""
+    cv2.setNumThreads(1)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
@@ -78,7 +83,8 @@ def create_dataloader(path: str | Path | list, imgsz: int, batch_size: int, stri
     ``root`` (the dataset YAML's ``path:``) bounds where the label ``.cache`` may be written.
 
     Rank 0 builds the label cache first in DDP (other ranks wait, then read it); rank != -1 uses a
-    DistributedSampler; workers = min(cpus per device, batch size, ``workers``), seeded per worker.
+    DistributedSampler; workers = min(cores this process may use per device, batch size, ``workers``),
+    seeded per worker.
     """
     if rect and shuffle:
         LOGGER.warning('WARNING ⚠️ --rect is incompatible with DataLoader shuffle, setting shuffle=False')
@@ -95,7 +101,7 @@ def create_dataloader(path: str | Path | list, imgsz: int, batch_size: int, stri
             torch.distributed.barrier()
     batch_size = min(batch_size, len(dataset))
     nd = torch.cuda.device_count()
-    nw = min((os.cpu_count() or 1) // max(nd, 1), batch_size if batch_size > 1 else 0, workers)
+    nw = min(available_cpus() // max(nd, 1), batch_size if batch_size > 1 else 0, workers)
     sampler = None if rank == -1 else distributed.DistributedSampler(dataset, shuffle=shuffle)
     generator = torch.Generator()
     generator.manual_seed(6148914691236517205 + seed + max(rank, 0))

@@ -53,11 +53,16 @@ class ModelEMA:
         model = de_parallel(model)
         msd = model.state_dict()
         frozen = model.frozen_state_keys() if isinstance(model, DetectionModel) else set()
+        averaged, current = [], []
         for k, v in self.ema.state_dict().items():
             if k in frozen:
                 v.copy_(msd[k])
             elif v.dtype.is_floating_point:
-                v.mul_(d).add_(msd[k].detach().to(v.dtype), alpha=1 - d)
+                averaged.append(v)
+                current.append(msd[k].detach().to(v.dtype))
+        if averaged:  # one fused call per op over all tensors, the same arithmetic as v.mul_(d).add_(m, alpha=1-d)
+            torch._foreach_mul_(averaged, d)
+            torch._foreach_add_(averaged, current, alpha=1 - d)
 
     def update_attr(self, model: nn.Module, include: Iterable[str] = (),
                     exclude: Iterable[str] = ('process_group', 'reducer')) -> None:

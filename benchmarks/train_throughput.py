@@ -1,0 +1,125 @@
+"""Training throughput, this checkout against another (e.g. a checkout of an older main), interleaved.
+
+Each run is a fresh process that trains one epoch with train.py's options (``train.run(epochs=1, ...)``) and times
+only the epoch's training loop (``Trainer.train_one_epoch``: data, forward, loss, backward, optimizer, EMA; not the
+setup, validation or saving), so startup and validation do not dilute the ratio. Runs alternate A B A B ... and the
+table gives the median images/s of each checkout and the median of the per-pair ratios.
+
+Usage:
+    python benchmarks/train_throughput.py --baseline ../main-old --runs 3                        # the quick start
+    python benchmarks/train_throughput.py --baseline ../main-old --runs 3 -- --cfg models/yolov5n.yaml \\
+        --weights yolov5n-shapes.pt --img 320 --batch-size 16 --hyp data/hyps/hyp.scratch-low.yaml
+Arguments after ``--`` go to train.run (as ``--flag value`` pairs); both checkouts get the same ones.
+Run alone on an idle machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Runs inside the checkout being measured (its own train.py and Trainer, wherever its version keeps them).
+CHILD = r'''
+import json, sys, time, importlib
+sys.path.insert(0, '.')
+kwargs = json.loads(sys.argv[1])
+for name in ('utils.engine.trainer', 'utils.trainer'):
+    try:
+        Trainer = importlib.import_module(name).Trainer
+        break
+    except ImportError:
+        continue
+seconds = []
+plain = Trainer.train_one_epoch
+def timed(self, epoch):
+    t = time.perf_counter()
+    plain(self, epoch)
+    seconds.append(time.perf_counter() - t)
+    images.append(len(self.dataset) if hasattr(self, 'dataset') else len(self.train_loader.dataset))
+images = []
+Trainer.train_one_epoch = timed
+import train
+train.run(**kwargs)
+print('THROUGHPUT ' + json.dumps({'seconds': seconds[0], 'images': images[0]}))
+'''
+
+
+def train_kwargs(extra: list[str], project: str) -> dict:
+    """``--flag value`` pairs (and bare ``--flag`` switches) -> train.run keyword arguments, plus one epoch,
+    no validation, no saving, no plots, into ``project``."""
+    kwargs, i = {}, 0
+    while i < len(extra):
+        key = extra[i].lstrip('-').replace('-', '_')
+        if i + 1 < len(extra) and not extra[i + 1].startswith('--'):
+            value = extra[i + 1]
+            kwargs[key] = int(value) if value.isdigit() else value
+            i += 2
+        else:
+            kwargs[key] = True
+            i += 1
+    kwargs.update(epochs=1, noval=True, nosave=True, noplots=True, project=project, name='run', exist_ok=True)
+    if 'img' in kwargs:
+        kwargs['imgsz'] = kwargs.pop('img')
+    return kwargs
+
+
+def one_run(repo: Path, kwargs: dict) -> float:
+    """Images per second of one epoch's training loop in a fresh process inside ``repo``."""
+    out = subprocess.run([sys.executable, '-c', CHILD, json.dumps(kwargs)], cwd=repo, capture_output=True, text=True)
+    lines = [x for x in out.stdout.splitlines() if x.startswith('THROUGHPUT ')]
+    if out.returncode or not lines:
+        raise RuntimeError(f'{repo}: run failed (exit {out.returncode}): {out.stderr.strip()[-800:]}')
+    r = json.loads(lines[-1][len('THROUGHPUT '):])
+    return r['images'] / r['seconds']
+
+
+def main(args: argparse.Namespace, extra: list[str]) -> str:
+    repos = {'this checkout': ROOT, 'baseline': Path(args.baseline).resolve()}
+    speeds: dict[str, list[float]] = {k: [] for k in repos}
+    with tempfile.TemporaryDirectory() as tmp:
+        kwargs = train_kwargs(extra, tmp)
+        for r in range(args.runs):
+            for name, repo in repos.items():
+                speeds[name].append(one_run(repo, kwargs))
+                print(f'run {r + 1}/{args.runs} {name}: {speeds[name][-1]:.2f} images/s', flush=True)
+    ratios = [a / b for a, b in zip(speeds['this checkout'], speeds['baseline'])]
+    import torch
+    lines = [f'`python benchmarks/train_throughput.py --baseline {args.baseline} --runs {args.runs}'
+             + (f' -- {" ".join(extra)}`' if extra else '`'),
+             f'({platform.machine()}, {len(os.sched_getaffinity(0))} cores, torch {torch.__version__} '
+             f'({torch.backends.cpu.get_cpu_capability()}); one epoch of training loop per run, A B interleaved)', '',
+             '| checkout | images/s (median) | runs |', '|---|---:|---|']
+    for name in repos:
+        lines.append(f'| {name} | {statistics.median(speeds[name]):.2f} | '
+                     + ', '.join(f'{s:.2f}' for s in speeds[name]) + ' |')
+    lines += ['', f'Ratio this/baseline (median of pairs): **{statistics.median(ratios):.2f}x** '
+                  f'(pairs: {", ".join(f"{x:.2f}" for x in ratios)})', '']
+    text = '\n'.join(lines)
+    print(text)
+    if args.out:
+        with open(args.out, 'a') as f:
+            f.write(text + '\n')
+    return text
+
+
+def parse_opt(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+    argv = sys.argv[1:] if argv is None else argv
+    extra = argv[argv.index('--') + 1:] if '--' in argv else []
+    own = argv[:argv.index('--')] if '--' in argv else argv
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--baseline', required=True, help='another checkout of this project to compare against')
+    p.add_argument('--runs', type=int, default=3, help='runs of each checkout (interleaved)')
+    p.add_argument('--out', default='', help='append the Markdown table to this file')
+    return p.parse_args(own), extra
+
+
+if __name__ == '__main__':
+    main(*parse_opt())
