@@ -1,21 +1,27 @@
 """Where a training step's time goes: data wait, forward, loss (targets included), backward, optimizer, EMA.
 
-Builds the real Trainer from train.py's options (the dataset's ``train_defaults`` unless flags say otherwise), runs its
-setup, then times ``--steps`` steps of its training loop phase by phase (after ``--warmup`` steps), with the same
-calls the loop makes. Data wait is the time the main process blocks on the loader (the workers' augmentation that is
-not hidden behind compute). Writes a Markdown table (ms per step, share, images/s) to ``--out`` and prints it.
+Trains with train.py's options (the dataset's ``train_defaults`` unless flags say otherwise) for one epoch, whose
+training loop is replaced by ``--steps`` timed steps (after ``--warmup`` untimed ones) that make the same calls the
+loop makes, phase by phase. Data wait is the time the main process blocks on the loader (augmentation in the workers
+that is not hidden behind compute). ``--baseline DIR`` profiles another checkout of this project the same way (its
+own Trainer, in its own process), e.g. a checkout of an older main for a before/after table. Writes Markdown (ms per
+step, share, images/s) to ``--out`` and prints it.
 
 Usage:
     python benchmarks/train_profile.py                                   # quick start: M0, 256 px, batch 16
-    python benchmarks/train_profile.py --cfg models/yolov5n.yaml --img 320 --out benchmarks/results/train_profile.md
-Run it alone on an idle machine: every figure is a wall-clock median over the timed steps.
+    python benchmarks/train_profile.py --baseline ../old-main --out benchmarks/results/train_profile.md
+    python benchmarks/train_profile.py --baseline ../old-main -- --weights v5n.pt --img 320 --batch-size 16
+Arguments after ``--`` go to train.py. Run alone on an idle machine: figures are medians over the timed steps.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,27 +29,34 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.append(str(ROOT))  # entry point: make the repository importable when run as a script
 
 PHASES = ('data', 'forward', 'loss', 'backward', 'optimizer', 'ema')
 
 
-def build_trainer(argv: list[str], save_dir: Path):
-    """The Trainer train.py would build for ``argv`` (its options built once, as train.py builds them), set up."""
-    import torch
+def profile_in_this_process(train_argv: list[str], steps: int, warmup: int) -> dict:
+    """Run train.py's one-epoch training in the checkout on ``sys.path[0]`` with its loop replaced by timed steps."""
+    for name in ('utils.engine.trainer', 'utils.trainer'):  # where this checkout's version keeps its Trainer
+        try:
+            trainer_cls = importlib.import_module(name).Trainer
+            break
+        except ImportError:
+            continue
+    result = {}
 
+    def timed_epoch(self, epoch):
+        result['times'] = timed_steps(self, steps, warmup)
+        result['batch'] = self.batch_size
+        self.mloss, self.lr = __import__('torch').zeros(3), [0.0] * 3
+
+    plain, trainer_cls.train_one_epoch = trainer_cls.train_one_epoch, timed_epoch
     import train
-    from utils.core.torch_utils import select_device
-    from utils.engine.options import build_options
-    from utils.engine.trainer import Trainer
-
-    options = build_options(train.parse_opt(args=argv)).with_run(save_dir)
-    device = select_device(options.device, options.batch_size)
-    trainer = Trainer(options, device)
-    trainer.setup()
-    torch.set_grad_enabled(True)
-    return trainer
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            train.main(train.parse_opt(args=[*train_argv, '--epochs', '1', '--noval', '--nosave', '--noplots',
+                                             '--project', tmp, '--name', 'run']))
+    finally:
+        trainer_cls.train_one_epoch = plain
+    return result
 
 
 def timed_steps(trainer, steps: int, warmup: int) -> dict[str, list[float]]:
@@ -82,17 +95,18 @@ def timed_steps(trainer, steps: int, warmup: int) -> dict[str, list[float]]:
     return times
 
 
-def report(times: dict[str, list[float]], batch: int, title: str, argv: list[str]) -> str:
+def report(result: dict, title: str, cmd: str) -> str:
     """Markdown: median ms per phase, share of the summed medians, and images/s from the median step."""
     import torch
 
+    times, batch = result['times'], result['batch']
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     steps = [sum(t) for t in zip(*(times[k] for k in PHASES))]
     step = statistics.median(steps) * 1e3
     total = sum(med.values())
     cpu = torch.backends.cpu.get_cpu_capability()
     lines = [f'### {title}', '',
-             f'`python benchmarks/train_profile.py {" ".join(argv)}` — {platform.processor() or platform.machine()}, '
+             f'`{cmd}` — {platform.processor() or platform.machine()}, '
              f'{len(os.sched_getaffinity(0))} cores available, torch {torch.__version__} ({cpu}), '
              f'{torch.get_num_threads()} threads, {len(steps)} timed steps', '',
              '| phase | ms/step (median) | share |', '|---|---:|---:|']
@@ -102,11 +116,28 @@ def report(times: dict[str, list[float]], batch: int, title: str, argv: list[str
     return '\n'.join(lines)
 
 
+def profile_checkout(repo: Path, args: argparse.Namespace, train_argv: list[str]) -> dict:
+    """The profile of ``repo`` measured in a fresh process whose imports resolve inside ``repo``."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), '--child', '--steps', str(args.steps), '--warmup',
+           str(args.warmup), '--', *train_argv]
+    out = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
+    lines = [x for x in out.stdout.splitlines() if x.startswith('PROFILE ')]
+    if out.returncode or not lines:
+        raise RuntimeError(f'{repo}: profiling failed (exit {out.returncode}): {out.stderr.strip()[-800:]}')
+    return json.loads(lines[-1][len('PROFILE '):])
+
+
 def main(args: argparse.Namespace, train_argv: list[str]) -> str:
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = build_trainer(train_argv, Path(tmp) / 'run')
-        times = timed_steps(trainer, args.steps, args.warmup)
-        text = report(times, trainer.batch_size, args.title or ' '.join(train_argv) or 'quick start', train_argv)
+    if args.child:
+        sys.path.insert(0, os.getcwd())
+        print('PROFILE ' + json.dumps(profile_in_this_process(train_argv, args.steps, args.warmup)))
+        return ''
+    title = args.title or ' '.join(train_argv) or 'quick start'
+    checkouts = {'this checkout': ROOT} | ({'baseline': Path(args.baseline).resolve()} if args.baseline else {})
+    cmd = 'python benchmarks/train_profile.py' + (f' --baseline {args.baseline}' if args.baseline else '') \
+        + (f' -- {" ".join(train_argv)}' if train_argv else '')
+    text = '\n'.join(report(profile_checkout(repo, args, train_argv), f'{title}: {name} ({repo.name})', cmd)
+                     for name, repo in checkouts.items())
     print(text)
     if args.out:
         out = Path(args.out)
@@ -117,13 +148,17 @@ def main(args: argparse.Namespace, train_argv: list[str]) -> str:
 
 
 def parse_opt(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
-    """Own flags (--steps, --warmup, --out, --title); every other flag goes to train.py's parser."""
+    """Own flags before ``--``; what follows ``--`` goes to train.py's parser."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--steps', type=int, default=20, help='timed training steps')
     p.add_argument('--warmup', type=int, default=3, help='untimed steps first')
     p.add_argument('--out', default='', help='append the Markdown table to this file')
     p.add_argument('--title', default='', help='table heading')
-    return p.parse_known_args(argv)
+    p.add_argument('--baseline', default='', help='also profile this other checkout of the project')
+    p.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
+    argv = sys.argv[1:] if argv is None else argv
+    split = argv.index('--') if '--' in argv else len(argv)
+    return p.parse_args(argv[:split]), argv[split + 1:]
 
 
 if __name__ == '__main__':

@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from benchmarks import backbone_speed, learning, speed
+from benchmarks import backbone_speed, learning, speed, train_profile, train_throughput
 
 # ----------------------------------------------------------------------------------------------------------------
 # speed.py
@@ -247,3 +247,24 @@ def test_learning_run_with_stub_trainer(tmp_path, monkeypatch):
     assert '| yolov5n | - | - | error: RuntimeError: no data |' in md and '| 1 | 0.300 | 0.200 |' in md
     assert '2 epochs, 64 px, batch 4, optimizer AdamW' in md and 'hyp: lr0 0.002, nbs 16' in md
     assert (tmp_path / 'out/learning.png').is_file()
+
+
+def test_train_throughput_kwargs_and_profile_report():
+    kw = train_throughput.train_kwargs(['--weights', 'a.pt', '--img', '320', '--batch-size', '16', '--rect'], '/tmp/p')
+    assert kw == {'weights': 'a.pt', 'imgsz': 320, 'batch_size': 16, 'rect': True, 'epochs': 1, 'noval': True,
+                  'nosave': True, 'noplots': True, 'project': '/tmp/p', 'name': 'run', 'exist_ok': True}
+    times = {k: [0.010, 0.030, 0.020] for k in train_profile.PHASES}  # 20 ms median per phase, 120 ms a step
+    text = train_profile.report({'times': times, 'batch': 12}, 'demo', 'python x.py')
+    assert '| data | 20.0 | 17% |' in text and '| **step** | **120.0** | |' in text
+    assert 'Throughput: **100.0 images/s** (batch 12, median step).' in text
+
+
+def test_train_profile_times_every_phase_of_a_tiny_run(tmp_path):
+    """The profile's child mode on this checkout: one tiny epoch, every phase timed, positive numbers."""
+    from tests.helpers import write_dataset
+
+    data = write_dataset(tmp_path / 'd', n_train=4, n_val=2, nc=2, imgsz=64)
+    result = train_profile.profile_in_this_process(['--data', str(data), '--cfg', 'models/yolov5n.yaml', '--img',
+                                                    '64', '--batch-size', '2', '--workers', '0'], steps=2, warmup=1)
+    assert result['batch'] == 2 and set(result['times']) == set(train_profile.PHASES)
+    assert all(len(v) == 2 and min(v) > 0 for v in result['times'].values())

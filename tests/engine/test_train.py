@@ -98,6 +98,33 @@ def test_seeded_runs_repeat_first_epoch_losses(data, finished_run, tmp_path):
     assert not any(again.glob('*.jpg')) and not any(again.glob('*.png'))  # --noplots
     assert losses(again) == losses(finished_run)
     assert losses(other) != losses(finished_run)  # the seed matters (model init, augmentation, data order)
+    # augmentation seeds come from the sampler, not from the workers: 2 workers give the same epoch as none
+    workers = tiny_run(data, tmp_path, name='workers', noplots=True, seed=0, workers=2)
+    assert losses(workers) == losses(finished_run)
+
+
+def test_augmentation_does_not_depend_on_the_number_of_workers(data):
+    """The augmented batches themselves (mosaic, HSV, flips drawn per sample) are equal with 0 and 2 workers, and
+    the main process's own random draws are not shifted by loading."""
+    import random
+
+    from utils.data.config import load_hyp
+    from utils.data.loader import create_dataloader
+
+    hyp = load_hyp(HYP)
+
+    def batches(workers):
+        random.seed(5)
+        loader, _ = create_dataloader(str(data.parent / 'images' / 'train'), 64, 2, 32, hyp=hyp, augment=True,
+                                      workers=workers, shuffle=True, seed=3)
+        out = [(im.clone(), t.clone()) for im, t, *_ in loader]
+        return out, random.random()
+
+    (a, ra), (b, rb) = batches(0), batches(2)
+    assert len(a) == 3 and all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b))
+    assert ra == rb
+    c, _ = batches(0)
+    assert all(torch.equal(x[0], y[0]) for x, y in zip(a, c))
 
 
 @pytest.mark.slow

@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from multiprocessing.pool import ThreadPool
 from pathlib import Path
 
@@ -60,6 +62,20 @@ def _available_ram() -> int | None:
             return next(int(line.split()[1]) * 1024 for line in f if line.startswith('MemAvailable'))
     except (OSError, StopIteration, ValueError):
         return None
+
+
+@contextmanager
+def seeded_global_rngs(seed: int) -> Iterator[None]:
+    """Python's and numpy's global RNGs seeded with ``seed`` inside the block and given back unchanged after it (the
+    augmentations draw from the global RNGs; the caller's own draws, e.g. multi-scale, must not shift)."""
+    py, npy = random.getstate(), np.random.get_state()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
 
 
 class LoadImagesAndLabels(Dataset):
@@ -239,7 +255,16 @@ class LoadImagesAndLabels(Dataset):
                                              scale=hp['scale'], shear=hp['shear'], perspective=hp['perspective'])
         return img, labels, ((h0, w0), ((h / h0, w / w0), pad))
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str, tuple | None]:
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, str, tuple | None]:
+        """Sample ``index``; given ``(index, seed)`` (utils.data.loader.SeededSampler) its random augmentation is
+        drawn from ``seed`` alone, so it does not depend on which worker, or how many, load it."""
+        if isinstance(index, tuple):
+            index, seed = index
+            with seeded_global_rngs(seed):
+                return self._get(index)
+        return self._get(index)
+
+    def _get(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str, tuple | None]:
         index = self.indices[index]  # reassigned by the trainer with --image-weights
         if self.mosaic and random.random() < self.hyp['mosaic']:
             img, labels = self.load_mosaic(index)

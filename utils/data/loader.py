@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, distributed
+from torch.utils.data import DataLoader, RandomSampler, Sampler, SequentialSampler, distributed
 
 from utils.core.logging import LOGGER
 from utils.core.torch_utils import available_cpus
@@ -48,13 +48,52 @@ def collate_fn4(batch: list) -> tuple[torch.Tensor, torch.Tensor, tuple, tuple]:
 
 
 def seed_worker(worker_id: int) -> None:
-    """Seed numpy and random in each worker from torch's per-worker seed (itself derived from the generator), and
-    keep OpenCV to one thread there: the workers already run beside the training threads, and OpenCV's own pool in
-    each of them oversubscribed the cores (its threading does not change any pixel)."""
-    cv2.setNumThreads(1)
+    """Seed numpy and random in each worker from torch's per-worker seed (itself derived from the generator). The
+    augmentation itself is seeded per sample (SeededSampler). Do not call cv2.setNumThreads here: in a forked worker
+    it waits forever on the parent's OpenCV pool lock (seen in tests/engine/test_train.py)."""
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+
+
+class SeededSampler(Sampler):
+    """Yields ``(index, seed)``: the order of ``sampler`` with one augmentation seed per sample, drawn in the main
+    process from ``generator``. YOLOv5 seeds each worker once, so which augmentation a sample gets depends on the
+    number of workers (batch k goes to worker k % workers), and that number follows the machine's core count; here it
+    depends only on ``--seed``. The order and the seeds have generators of their own (the loader's also seeds its
+    workers, once per iterator, which differs with persistent workers), saved and restored with ``state``."""
+
+    def __init__(self, sampler: Sampler, generator: torch.Generator):
+        self.sampler, self.generator = sampler, generator
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for index in self.sampler:
+            yield index, int(torch.randint(2**62, (1,), generator=self.generator))
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Forwarded to a DistributedSampler (the trainer calls it each epoch)."""
+        if hasattr(self.sampler, 'set_epoch'):
+            self.sampler.set_epoch(epoch)
+
+    def state(self) -> dict[str, torch.Tensor | None]:
+        """The generators' states (seeds, and order when the inner sampler shuffles with its own generator)."""
+        order = getattr(self.sampler, 'generator', None)
+        return {'seeds': self.generator.get_state(), 'order': None if order is None else order.get_state()}
+
+    def set_state(self, state: dict) -> None:
+        self.generator.set_state(state['seeds'])
+        order = getattr(self.sampler, 'generator', None)
+        if order is not None and state.get('order') is not None:
+            order.set_state(state['order'])
+
+
+def _generator(seed: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
 
 
 class InfiniteDataLoader(DataLoader):
@@ -102,11 +141,16 @@ def create_dataloader(path: str | Path | list, imgsz: int, batch_size: int, stri
     batch_size = min(batch_size, len(dataset))
     nd = torch.cuda.device_count()
     nw = min(available_cpus() // max(nd, 1), batch_size if batch_size > 1 else 0, workers)
-    sampler = None if rank == -1 else distributed.DistributedSampler(dataset, shuffle=shuffle)
-    generator = torch.Generator()
-    generator.manual_seed(6148914691236517205 + seed + max(rank, 0))
+    base = 6148914691236517205 + seed + max(rank, 0)
+    generator = _generator(base)  # the loader's: seeds its workers
+    if rank != -1:
+        sampler = distributed.DistributedSampler(dataset, shuffle=shuffle)
+    else:
+        sampler = RandomSampler(dataset, generator=_generator(base + 1)) if shuffle else SequentialSampler(dataset)
+    if augment:  # per-sample augmentation seeds: the same draws whatever the number of workers
+        sampler = SeededSampler(sampler, _generator(base + 2))
     pin = os.getenv('PIN_MEMORY', 'true').lower() == 'true' and torch.cuda.is_available()
     loader = DataLoader if image_weights else InfiniteDataLoader  # image weights re-read dataset.indices per epoch
-    return loader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, num_workers=nw,
-                  sampler=sampler, pin_memory=pin, collate_fn=collate_fn4 if quad else collate_fn,
-                  worker_init_fn=seed_worker, generator=generator, drop_last=quad), dataset
+    return loader(dataset, batch_size=batch_size, num_workers=nw, sampler=sampler, pin_memory=pin,
+                  collate_fn=collate_fn4 if quad else collate_fn, worker_init_fn=seed_worker, generator=generator,
+                  drop_last=quad), dataset
