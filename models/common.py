@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from models.registry import register_module
 from utils.core.sizes import round_up_to_multiple
-from utils.core.torch_utils import fuse_conv_and_bn
+from utils.core.torch_utils import channels_last_grad, fuse_conv_and_bn
 
 
 @dataclass(frozen=True)
@@ -140,6 +140,8 @@ class Conv(ScaledBlock):
         x = self.conv(x)
         if self.bn is not None:
             x = self.bn(x)
+            if self.training:
+                x = channels_last_grad(x)  # BN's backward then gets one layout (utils.core.torch_utils)
         return self.act(x)
 
     def fuse(self) -> Conv:

@@ -518,3 +518,45 @@ def test_fast_path_compiles_without_graph_breaks():
     compiled = torch.compile(m, backend='aot_eager', fullgraph=True)
     x = torch.randn(1, 3, 64, 96)
     assert rel_diff(_forward(m, x), _forward(compiled, x)) < 1e-5
+
+
+def _plain_convnorm_forward(self, x):
+    return self.bn(self.c(x))
+
+
+def _plain_conv_forward(self, x):
+    x = self.conv(x)
+    return self.act(self.bn(x) if self.bn is not None else x)
+
+
+def _detector_grads(monkeypatch, plain: bool) -> tuple[list[torch.Tensor], dict]:
+    """Float64, channels-last, train mode (the trainer's setting): loss-like output, every gradient, BN statistics."""
+    from models.common import Conv
+    from models.yolo import DetectionModel
+
+    if plain:
+        monkeypatch.setattr(ev.ConvNorm, 'forward', _plain_convnorm_forward)
+        monkeypatch.setattr(Conv, 'forward', _plain_conv_forward)
+    torch.manual_seed(0)
+    model = DetectionModel('models/yolov5-efficientvit.yaml', nc=3, verbose=False).double()
+    model = model.to(memory_format=torch.channels_last).train()
+    x = torch.rand(2, 3, 96, 128, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    out = model(x)
+    sum((o * torch.linspace(-1, 1, o.shape[-1], dtype=o.dtype)).square().mean() for o in out).backward()
+    monkeypatch.undo()
+    buffers = {k: v.clone() for k, v in model.state_dict().items() if 'running' in k}
+    return [p.grad.clone() for p in model.parameters()], buffers
+
+
+def test_training_path_gradients_equal_the_plain_path_in_float64(monkeypatch):
+    """The training-speed changes (BN gradients handed back channels-last, NCHW BN for <= 8 channels) compute the
+    same function and the same gradients as plain conv -> BN, on the whole EfficientViT-M0 detector."""
+    fast, fast_stats = _detector_grads(monkeypatch, plain=False)
+    plain, plain_stats = _detector_grads(monkeypatch, plain=True)
+    assert len(fast) == len(plain) > 200
+    # per tensor, relative to that tensor's largest gradient, or to the model's largest where a gradient is zero in
+    # exact arithmetic (BN biases before a zero-initialised BN weight hold only rounding noise, ~1e-18)
+    scale = max(float(b.abs().max()) for b in plain)
+    worst = max(float((a - b).abs().max()) / max(float(b.abs().max()), 1e-6 * scale) for a, b in zip(fast, plain))
+    assert worst < 1e-10
+    assert all(torch.allclose(fast_stats[k], plain_stats[k], rtol=1e-12, atol=1e-12) for k in plain_stats)

@@ -79,6 +79,23 @@ def training_memory_format(device: torch.device) -> torch.memory_format:
     return torch.channels_last if torch.device(device).type == 'cpu' else torch.contiguous_format
 
 
+def _to_channels_last(grad: torch.Tensor) -> torch.Tensor:
+    return grad.contiguous(memory_format=torch.channels_last)
+
+
+def channels_last_grad(x: torch.Tensor) -> torch.Tensor:
+    """``x`` unchanged, but its gradient reaches the layer before in channels-last layout when ``x`` is channels-last.
+
+    Gradients that come back through ``split``/``chunk``/``cat`` or matmul views arrive in NCHW layout; a
+    BatchNorm backward with a channels-last input and an NCHW gradient takes a slow mixed-layout kernel (measured
+    9 ms instead of 1.4 ms for one EfficientViT attention BN at 256 px, batch 16). One copy of the gradient is cheaper.
+    """
+    if x.requires_grad and x.dim() == 4 and not x.is_contiguous() \
+            and x.is_contiguous(memory_format=torch.channels_last):
+        x.register_hook(_to_channels_last)  # a tensor hook, so in-place ops on x afterwards stay allowed
+    return x
+
+
 def available_cpus() -> int:
     """Cores this process may run on (its affinity mask, what a container or ``taskset`` grants), not the machine's."""
     try:

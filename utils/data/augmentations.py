@@ -2,7 +2,8 @@
 
 Every function takes and returns BGR uint8 images (H, W, 3) and pixel-space ``[cls, x1, y1, x2, y2]`` label arrays,
 so the dataset in ``utils/data/dataset.py`` can chain them exactly as YOLOv5's ``__getitem__`` does. Randomness comes
-from the ``random`` and ``numpy.random`` modules, which the dataset seeds per sample (``utils.data.loader.SeededSampler``).
+from the ``random`` and ``numpy.random`` modules, which the dataset seeds per sample
+(``utils.data.loader.SeededSampler``).
 """
 from __future__ import annotations
 
