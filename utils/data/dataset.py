@@ -92,7 +92,7 @@ class LoadImagesAndLabels(Dataset):
             LOGGER.warning(m)
         self.im_files = list(cache['im_files'])
         if not self.im_files:
-            raise DatasetError(f'{prefix}No usable images in {path}: all {total} corrupt (see warnings above)')
+            raise DatasetError(f'{prefix}No usable images in {path}: {total} found, all corrupt (see warnings above)')
         if augment and nf == 0:
             raise DatasetError(f'{prefix}No labels found in {self.cache_path}, can not start training')
         self.label_files = list(cache['label_files'])
@@ -129,8 +129,9 @@ class LoadImagesAndLabels(Dataset):
         for spec in (p for p in items if isinstance(p, dict)):
             try:
                 cache, from_cache, cache_path = formats.load_split(spec, prefix, root)
-            except AnnotationError as e:
-                raise DatasetError(f'{prefix}{e}') from None
+            except AnnotationError as e:  # not COCO, unreadable, too large: this part has no images
+                parts.append((formats.empty_cache(f'{prefix}WARNING ⚠️ {e}'), False, formats.cache_file(spec)))
+                continue
             labels, msgs, class_map = formats.remap_classes(cache, spec, prefix)
             cache = {**cache, 'labels': labels, 'msgs': list(cache['msgs']) + msgs}
             self.annotation_sources.append(formats.AnnotationSource(

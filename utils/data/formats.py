@@ -301,6 +301,12 @@ class AnnotationSource:
                 f"{c['malformed']} malformed")
 
 
+def empty_cache(msg: str) -> dict:
+    """The scan of an annotation file that could not be used: no images, one warning."""
+    return {'im_files': [], 'labels': [], 'segments': [], 'msgs': [msg], 'label_files': [],
+            'shapes': np.zeros((0, 2), np.int64), 'results': (0, 0, 0, 0, 0)}
+
+
 def merge_caches(parts: list[dict]) -> dict:
     """Several scans (YOLO files, annotation splits) as one: lists concatenated, results summed."""
     if len(parts) == 1:
