@@ -92,7 +92,7 @@ class LoadImagesAndLabels(Dataset):
             LOGGER.warning(m)
         self.im_files = list(cache['im_files'])
         if not self.im_files:
-            raise DatasetError(f'{prefix}No usable images in {path}: {total} found, all corrupt (see warnings above)')
+            raise DatasetError(f'{prefix}No usable images in {path}: all {total} corrupt (see warnings above)')
         if augment and nf == 0:
             raise DatasetError(f'{prefix}No labels found in {self.cache_path}, can not start training')
         self.label_files = list(cache['label_files'])
