@@ -1,4 +1,5 @@
-"""Smoke tests of benchmarks/speed.py, backbone_speed.py and learning.py on tiny configs (no timing asserts)."""
+"""Smoke tests of benchmarks/speed.py, backbone_speed.py, learning.py and coco_scan.py on tiny configs (no timing
+asserts)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from benchmarks import backbone_speed, learning, speed
+from benchmarks import backbone_speed, coco_scan, learning, speed
 
 # ----------------------------------------------------------------------------------------------------------------
 # speed.py
@@ -247,3 +248,14 @@ def test_learning_run_with_stub_trainer(tmp_path, monkeypatch):
     assert '| yolov5n | - | - | error: RuntimeError: no data |' in md and '| 1 | 0.300 | 0.200 |' in md
     assert '2 epochs, 64 px, batch 4, optimizer AdamW' in md and 'hyp: lr0 0.002, nbs 16' in md
     assert (tmp_path / 'out/learning.png').is_file()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# coco_scan.py
+# ----------------------------------------------------------------------------------------------------------------
+def test_coco_scan_tiny(tmp_path, capsys):
+    r = coco_scan.run(annotations=300, images=20, out=tmp_path)
+    assert r['images'] == 20 and 0 < r['boxes'] <= 300 and r['first_scan_s'] > 0 and r['cache_hit_s'] > 0
+    assert (tmp_path / 'annotations.cache').is_file()
+    assert coco_scan.main(['--annotations', '50', '--images', '5']) == 0
+    assert '| 50 | 5 |' in capsys.readouterr().out

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from utils.core.errors import exit_on
 from utils.core.logging import LOGGER, TQDM_BAR_FORMAT
-from utils.core.safety import UnsafeFileError, inside
+from utils.core.safety import UnsafeFileError, inside, read_yaml
 from utils.data import formats
 from utils.data.coco_json import AnnotationError
 from utils.data.config import ConfigError, check_dataset
@@ -134,7 +134,7 @@ def parse_names(text: str | None) -> dict[int, str] | None:
     if not text:
         return None
     if Path(text).is_file():
-        names = yaml.safe_load(Path(text).read_text()).get('names')
+        names = (read_yaml(text) or {}).get('names')
         names = dict(enumerate(names)) if isinstance(names, list) else names
         if not isinstance(names, dict) or not names:
             raise ConvertError(f'--names {text}: no names in that file')
@@ -209,7 +209,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     opt = parse_opt(argv)
-    with exit_on('convert', (ConfigError, AnnotationError, UnsafeFileError, ValueError, OSError)):
+    with exit_on('convert', (ConfigError, AnnotationError, UnsafeFileError, ValueError, OSError, yaml.YAMLError)):
         convert(opt.src, opt.fmt, opt.to[0], opt.to[1], opt.images, opt.lst, opt.annotations, opt.split,
                 opt.difficult, opt.symlink, parse_names(opt.names))
     return 0
