@@ -253,3 +253,11 @@ def test_mixed_split_list_merges_parts(trio):
     a, b = load(ref['val'], ref['path']), load(coco['train'], coco['path'])
     assert ds.im_files == a.im_files + b.im_files and ds.stats['total'] == a.stats['total'] + b.stats['total']
     assert ds.label_files[-1] == coco['train']['annotations']
+
+
+def test_unresolved_mapping_is_relative_to_the_root(trio):
+    data = check_dataset(trio['coco'])
+    raw = load({'coco': 'annotations/instances_val.json', 'images': 'images/val'}, data['path'])
+    assert raw.im_files == load(data['val'], data['path']).im_files
+    with pytest.raises(DatasetError, match="exactly one of 'coco:' or 'voc:'"):
+        load({'images': 'images/val'}, data['path'])

@@ -127,6 +127,11 @@ class LoadImagesAndLabels(Dataset):
             cache['label_files'] = img2label_paths(cache['im_files'])
             parts.append((cache, from_cache, cache_path))
         for spec in (p for p in items if isinstance(p, dict)):
+            if 'format' not in spec:  # as written in a YAML: paths relative to the dataset root
+                try:
+                    spec = formats.resolve_spec(Path(root or '.'), spec)
+                except ValueError as e:
+                    raise DatasetError(f'{prefix}{e}') from None
             try:
                 cache, from_cache, cache_path = formats.load_split(spec, prefix, root)
             except AnnotationError as e:  # not COCO, unreadable, too large: this part has no images
