@@ -1,9 +1,11 @@
 """Dataset YAML and hyperparameter YAML loading, checked up front so bad configs fail before any training starts.
 
 A dataset YAML holds ``path`` (dataset root; relative roots resolve against the repository root, as YOLOv5 v7.0),
-``train``/``val``/``test`` (dirs, ``.txt`` image lists, or lists of either, relative to ``path``), ``names`` (list or
-``{int: str}``) and optionally ``nc`` (checked against ``names``) and ``generate`` (a spec for ``utils.data.synthetic``,
-run when the data is missing). Every problem raises ``DatasetError`` with one line naming the YAML.
+``train``/``val``/``test`` (dirs, ``.txt`` image lists, COCO/VOC mappings such as ``{coco: a.json, images: dir}``
+(utils.data.formats), or lists of these, relative to ``path``), ``names`` (list or ``{int: str}``; optional when a
+split is COCO/VOC: then read from its annotations) and optionally ``nc`` (checked against ``names``) and
+``generate`` (a spec for ``utils.data.synthetic``, run when the data is missing). Every problem raises
+``DatasetError`` with one line naming the YAML.
 """
 from __future__ import annotations
 
@@ -248,6 +250,8 @@ def check_dataset(data: str | Path | dict, autogenerate: bool = True) -> dict:
                                                    for x in _as_list(data.get(k)))):
         raise DatasetError(f'{file}: missing key(s) {", ".join(missing + ["names"] * ("names" not in data))} (a '
                            'dataset YAML needs path, train, val, names; names may come from COCO/VOC annotations)')
+    if 'names' in data:  # checked before any data is looked at or generated
+        data['names'] = _names(file, data)
     path = Path(os.path.expanduser(str(data.get('path') or '')))
     path = path if path.is_absolute() else (ROOT / path)
     path = path.resolve()
@@ -259,7 +263,8 @@ def check_dataset(data: str | Path | dict, autogenerate: bool = True) -> dict:
     _maybe_generate(file, data, path, autogenerate)
     _check_has_images(file, data)
     specs = _specs(data)
-    data['names'] = _names(file, data) if 'names' in data else _names_from_annotations(file, specs)
+    if 'names' not in data:
+        data['names'] = _names_from_annotations(file, specs)
     data['nc'] = len(data['names'])
     for x in specs:  # the dataset scan maps each annotation file's classes to these
         x['names'] = dict(data['names'])
