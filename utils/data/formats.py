@@ -193,7 +193,7 @@ def scan_split(spec: dict, cache_path: Path, prefix: str = '') -> dict:
         jobs, info, file_msgs, cat_ids, cat_names, counts = _coco_jobs(spec, prefix)
     else:
         jobs, info, file_msgs, cat_ids, cat_names, counts = _voc_jobs(spec, stems, prefix)
-    x = run_scan(verify_image_boxes, jobs, f"{prefix}Scanning '{cache_path.with_suffix('')}'...", prefix)
+    x = run_scan(verify_image_boxes, jobs, f"{prefix}Scanning '{cache_path.with_suffix('')}'...")
     x['msgs'] = [f'{prefix}WARNING ⚠️ {m}' for m in file_msgs] + x['msgs']
     x['label_files'] = [info[f][0] for f in x['im_files']]
     ids = [info[f][1] for f in x['im_files']]

@@ -294,7 +294,7 @@ def save_cache(path: Path, d: dict, prefix: str = '') -> None:
         LOGGER.warning(f'{prefix}WARNING ⚠️ Cache directory {path.parent} is not writeable: {_one_line(e)}')
 
 
-def run_scan(worker, jobs: list[tuple], desc: str, prefix: str = '') -> dict:
+def run_scan(worker, jobs: list[tuple], desc: str) -> dict:
     """Run ``worker`` (``verify_image_label`` or ``verify_image_boxes``) over ``jobs`` in a thread pool with a tqdm
     bar; returns the cache dict (valid images only) without its hash."""
     x = {'im_files': [], 'labels': [], 'shapes': [], 'segments': [], 'msgs': []}
@@ -319,7 +319,7 @@ def run_scan(worker, jobs: list[tuple], desc: str, prefix: str = '') -> dict:
 def scan_labels(im_files: list[str], label_files: list[str], cache_path: Path, prefix: str = '') -> dict:
     """Verify every (image, label file) pair in a thread pool with a tqdm bar; returns the cache dict."""
     x = run_scan(verify_image_label, list(zip(im_files, label_files, [prefix] * len(im_files))),
-                 f"{prefix}Scanning '{cache_path.with_suffix('')}'...", prefix)
+                 f"{prefix}Scanning '{cache_path.with_suffix('')}'...")
     x['hash'] = files_hash(label_files + im_files)  # after the scan: restored JPEGs must not invalidate it
     return x
 
