@@ -47,12 +47,14 @@ def run(data: str | Path | dict = ROOT / 'data/shapes.yaml', weights: str | Path
         augment: bool = False, verbose: bool = False, save_txt: bool = False, save_hybrid: bool = False,
         save_conf: bool = False, save_json: bool = False, project: str | Path = ROOT / 'runs/val',
         name: str = 'exp', exist_ok: bool = False, half: bool = True, dnn: bool = False, plots: bool = True,
-        rect: bool | None = None, trust_weights: bool = False):
+        rect: bool | None = None, trust_weights: bool = False, anno_json: str | Path | None = None):
     """Validate ``weights`` on ``data[task]`` -> ((mp, mr, map50, map, 0, 0, 0), maps, times).
 
     ``rect`` (Python only; default: when the model takes any input size, i.e. .pt or a --dynamic ONNX) selects
     rectangular batches with pad 0.5, as YOLOv5 uses for .pt models; fixed-size exports run square images.
-    ``trust_weights`` allows ``.torchscript`` files, which are programs (refused otherwise).
+    ``trust_weights`` allows ``.torchscript`` files, which are programs (refused otherwise). ``anno_json``: the COCO
+    annotation file pycocotools scores ``--save-json`` against (default: the split's own file when the dataset YAML
+    gives it as ``{coco: ...}``, COCO's for COCO, else one built from the labels).
     """
     if save_hybrid:
         LOGGER.warning('WARNING ⚠️ --save-hybrid returns high mAP from hybrid labels, not from predictions alone')
@@ -87,11 +89,19 @@ def run(data: str | Path | dict = ROOT / 'data/shapes.yaml', weights: str | Path
     options = EvalOptions(conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det, single_cls=single_cls,
                           half=half and device.type == 'cuda', augment=augment, save_dir=save_dir, plots=plots,
                           verbose=verbose, save_txt=save_txt, save_hybrid=save_hybrid, save_conf=save_conf,
-                          save_json=save_json or coco, anno_json=find_coco_annotations(data) if coco else None,
+                          save_json=save_json or coco, anno_json=_anno_json(anno_json, data, coco),
                           class_map=tuple(coco80_to_coco91_class()) if coco else None, json_name=stem)
     evaluator = Evaluator(model.names, options, dataset=dataloader.dataset, device=device)
     results = validate(model, dataloader, evaluator)
     return results.as_tuple(), results.maps, results.times
+
+
+def _anno_json(anno_json: str | Path | None, data: dict, coco: bool) -> Path | None:
+    if anno_json:
+        if not Path(anno_json).is_file():
+            raise ConfigError(f'--anno-json {anno_json}: file not found')
+        return Path(anno_json)
+    return find_coco_annotations(data) if coco else None
 
 
 STUDY_SIZES = tuple(range(256, 1536 + 128, 128))  # YOLOv5's --task study image sizes
@@ -156,6 +166,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--save-hybrid', action='store_true', help='save label+prediction hybrid results to *.txt')
     p.add_argument('--save-conf', action='store_true', help='save confidences in --save-txt labels')
     p.add_argument('--save-json', action='store_true', help='save a COCO-JSON results file')
+    p.add_argument('--anno-json', default=None,
+                   help='COCO annotation file for --save-json (default: the dataset\'s own COCO JSON when it has one)')
     p.add_argument('--project', default=str(ROOT / 'runs/val'), help='save to project/name')
     p.add_argument('--name', default='exp', help='save to project/name')
     p.add_argument('--exist-ok', action='store_true', help='existing project/name ok, do not increment')

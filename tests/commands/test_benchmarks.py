@@ -1,4 +1,5 @@
-"""Smoke tests of benchmarks/speed.py, backbone_speed.py and learning.py on tiny configs (no timing asserts)."""
+"""Smoke tests of benchmarks/speed.py, backbone_speed.py, learning.py and coco_scan.py on tiny configs (no timing
+asserts)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from benchmarks import backbone_speed, learning, speed, train_profile, train_throughput
+from benchmarks import backbone_speed, coco_scan, learning, speed, train_profile, train_throughput
 
 # ----------------------------------------------------------------------------------------------------------------
 # speed.py
@@ -268,3 +269,14 @@ def test_train_profile_times_every_phase_of_a_tiny_run(tmp_path):
                                                     '64', '--batch-size', '2', '--workers', '0'], steps=2, warmup=1)
     assert result['batch'] == 2 and set(result['times']) == set(train_profile.PHASES)
     assert all(len(v) == 2 and min(v) > 0 for v in result['times'].values())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# coco_scan.py
+# ----------------------------------------------------------------------------------------------------------------
+def test_coco_scan_tiny(tmp_path, capsys):
+    r = coco_scan.run(annotations=300, images=20, out=tmp_path)
+    assert r['images'] == 20 and 0 < r['boxes'] <= 300 and r['first_scan_s'] > 0 and r['cache_hit_s'] > 0
+    assert (tmp_path / 'annotations.cache').is_file()
+    assert coco_scan.main(['--annotations', '50', '--images', '5']) == 0
+    assert '| 50 | 5 |' in capsys.readouterr().out

@@ -31,6 +31,8 @@ MAX_PICKLE_BYTES = 64 * 2**20  # data.pkl inside a .pt (ours: ~40 kB)
 MAX_PICKLE_ITEMS = 5_000_000  # values in a checkpoint's pickle, counting every use of a shared (memoised) one
 MAX_PICKLE_DEPTH = 100  # nesting of containers and objects in a checkpoint's pickle
 MAX_ZIP_ENTRIES = 100_000  # members of a .pt or .cache archive
+MAX_ANNOTATION_JSON_BYTES = 2 * 2**30  # one COCO annotation file (COCO train2017's is 448 MB; parsing costs ~8x in RAM)
+MAX_XML_BYTES = 4 * 2**20  # one Pascal VOC annotation file (VOC's are ~1 kB); DOCTYPE and ENTITY are refused
 VIEW_EXPANSION = 4  # tensor views may address at most 4x the elements stored in the file (+ VIEW_SLACK)
 VIEW_SLACK = 2**20
 

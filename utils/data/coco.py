@@ -50,10 +50,11 @@ def numeric_ids(paths: Sequence[str | Path]) -> bool:
 
 
 def prediction_records(pred: np.ndarray, path: str | Path, class_map: Sequence[int] | None = None,
-                       numeric: bool = True) -> list[dict]:
-    """COCO result records for one image; ``pred`` is (n, 6) ``x1 y1 x2 y2 conf cls`` in original pixels."""
+                       numeric: bool = True, iid: int | str | None = None) -> list[dict]:
+    """COCO result records for one image; ``pred`` is (n, 6) ``x1 y1 x2 y2 conf cls`` in original pixels; ``iid``:
+    the image's id in a COCO annotation file the dataset was read from (default: from the file name)."""
     pred = np.asarray(pred, dtype=np.float64).reshape(-1, 6)
-    iid = image_id(path, numeric)
+    iid = image_id(path, numeric) if iid is None else iid
     records = []
     for x1, y1, x2, y2, conf, cls in pred.tolist():
         c = int(cls)

@@ -1,9 +1,11 @@
 """Dataset YAML and hyperparameter YAML loading, checked up front so bad configs fail before any training starts.
 
 A dataset YAML holds ``path`` (dataset root; relative roots resolve against the repository root, as YOLOv5 v7.0),
-``train``/``val``/``test`` (dirs, ``.txt`` image lists, or lists of either, relative to ``path``), ``names`` (list or
-``{int: str}``) and optionally ``nc`` (checked against ``names``) and ``generate`` (a spec for ``utils.data.synthetic``,
-run when the data is missing). Every problem raises ``DatasetError`` with one line naming the YAML.
+``train``/``val``/``test`` (dirs, ``.txt`` image lists, COCO/VOC mappings such as ``{coco: a.json, images: dir}``
+(utils.data.formats), or lists of these, relative to ``path``), ``names`` (list or ``{int: str}``; optional when a
+split is COCO/VOC: then read from its annotations) and optionally ``nc`` (checked against ``names``) and
+``generate`` (a spec for ``utils.data.synthetic``, run when the data is missing). Every problem raises
+``DatasetError`` with one line naming the YAML.
 """
 from __future__ import annotations
 
@@ -14,11 +16,13 @@ from typing import Any
 
 import yaml
 
+from utils.core.logging import LOGGER
 from utils.core.safety import UnsafeFileError, check_names, read_yaml
+from utils.data import formats
+from utils.data.coco_json import AnnotationError
+from utils.data.images import IMG_FORMATS, VID_FORMATS  # noqa: F401  (re-exported: their old home)
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository root
-IMG_FORMATS = ('bmp', 'dng', 'jpeg', 'jpg', 'mpo', 'png', 'tif', 'tiff', 'webp', 'pfm')
-VID_FORMATS = ('asf', 'avi', 'gif', 'm4v', 'mkv', 'mov', 'mp4', 'mpeg', 'mpg', 'ts', 'wmv')
 HYP_KEYS = ('lr0', 'lrf', 'momentum', 'weight_decay', 'warmup_epochs', 'warmup_momentum', 'warmup_bias_lr', 'box',
             'cls', 'cls_pw', 'obj', 'obj_pw', 'iou_t', 'anchor_t', 'fl_gamma', 'hsv_h', 'hsv_s', 'hsv_v', 'degrees',
             'translate', 'scale', 'shear', 'perspective', 'flipud', 'fliplr', 'mosaic', 'mixup', 'copy_paste')
@@ -121,11 +125,20 @@ def image_files_in(p: Path) -> Iterator[Path]:
         yield p
 
 
-def _resolve_split(path: Path, value: Any) -> str | list[str] | None:
+def _resolve_split(file: Path | str, path: Path, value: Any) -> str | dict | list | None:
     if value in (None, '', []):
         return None
     out = []
     for v in value if isinstance(value, (list, tuple)) else [value]:
+        if isinstance(v, dict) and 'format' in v:  # already resolved (a checked dataset dict)
+            out.append(dict(v))
+            continue
+        if isinstance(v, dict):  # an annotation-file split: {coco: ...} or {voc: ...} (utils.data.formats)
+            try:
+                out.append(formats.resolve_spec(path, v))
+            except ValueError as e:
+                raise DatasetError(f'{file}: {_one_line(e)}') from None
+            continue
         x = (path / str(v)).resolve()
         if not x.exists() and str(v).startswith('../'):  # YOLOv5's retry without the leading '../'
             x2 = (path / str(v)[3:]).resolve()
@@ -134,8 +147,13 @@ def _resolve_split(path: Path, value: Any) -> str | list[str] | None:
     return out if isinstance(value, (list, tuple)) else out[0]
 
 
-def _as_list(v: str | list[str] | None) -> list[str]:
-    return [] if v is None else [v] if isinstance(v, str) else list(v)
+def _as_list(v: str | dict | list | None) -> list:
+    return [] if v is None else [v] if isinstance(v, (str, dict)) else list(v)
+
+
+def _paths(v: str | dict | list | None) -> list[str]:
+    """Every path a split needs: its dirs/lists, or an annotation split's file(s) and images folder."""
+    return [p for x in _as_list(v) for p in (formats.spec_paths(x) if isinstance(x, dict) else [x])]
 
 
 def _names(file: Path | str, data: dict) -> dict[int, str]:
@@ -170,7 +188,7 @@ def _maybe_generate(file: Path | str, data: dict, path: Path, autogenerate: bool
             synthetic.generate(spec, path)
         except Exception as e:  # any generator failure becomes one clear line
             raise DatasetError(f'{file}: generating the dataset into {path} failed: {_one_line(e)}') from None
-    missing = [p for k in ('train', 'val') for p in _as_list(data[k]) if not Path(p).exists()]
+    missing = [p for k in ('train', 'val') for p in _paths(data[k]) if not Path(p).exists()]
     if missing:
         hint = ' (downloads are not supported; put the data there)' if 'download' in data else ''
         raise DatasetError(f'{file}: dataset not found: {", ".join(missing)} missing{hint}')
@@ -178,11 +196,39 @@ def _maybe_generate(file: Path | str, data: dict, path: Path, autogenerate: bool
 
 def _check_has_images(file: Path | str, data: dict) -> None:
     for k in ('train', 'val', 'test'):
-        for p in _as_list(data.get(k)):
-            if not Path(p).exists():
-                raise DatasetError(f'{file}: {k} path {p} does not exist')
-            if next(image_files_in(Path(p)), None) is None:
-                raise DatasetError(f'{file}: no images found in {k} path {p} (formats: {", ".join(IMG_FORMATS)})')
+        for x in _as_list(data.get(k)):
+            for p in formats.spec_paths(x) if isinstance(x, dict) else [x]:
+                if not Path(p).exists():
+                    raise DatasetError(f'{file}: {k} path {p} does not exist')
+            if not isinstance(x, dict) and next(image_files_in(Path(x)), None) is None:
+                raise DatasetError(f'{file}: no images found in {k} path {x} (formats: {", ".join(IMG_FORMATS)})')
+
+
+def _specs(data: dict) -> list[dict]:
+    return [x for k in ('train', 'val', 'test') for x in _as_list(data.get(k)) if isinstance(x, dict)]
+
+
+def _names_from_annotations(file: Path | str, specs: list[dict]) -> dict[int, str]:
+    """No ``names`` in the YAML: the first annotation split's classes (COCO: categories sorted by id, each COCO
+    split then mapped by category id; VOC: the object names found, sorted); the mapping is printed."""
+    first = specs[0]
+    try:
+        ids, names = formats.split_categories(first)
+    except (AnnotationError, OSError, ValueError) as e:
+        raise DatasetError(f'{file}: no names given and none readable from {first["annotations"]}: '
+                           f'{_one_line(e)}') from None
+    if not names:
+        raise DatasetError(f"{file}: no names given and no classes found in {first['annotations']}")
+    if first['format'] == 'coco':
+        for x in specs:
+            if x['format'] == 'coco':
+                x['category_ids'] = list(ids)
+        table = ', '.join(f'{c}->{i} {n}' for i, (c, n) in enumerate(zip(ids, names)))
+        LOGGER.info(f'names from {first["annotations"]} categories (category id -> class index): {table}')
+    else:
+        LOGGER.info(f'names from the XML object names in {first["annotations"]} (sorted): '
+                    + ', '.join(f'{i} {n}' for i, n in enumerate(names)))
+    return dict(enumerate(names))
 
 
 def check_dataset(data: str | Path | dict, autogenerate: bool = True) -> dict:
@@ -199,21 +245,28 @@ def check_dataset(data: str | Path | dict, autogenerate: bool = True) -> dict:
         if found is None:
             raise DatasetError(f'dataset YAML {data} not found')
         file, data = found, _read_yaml(found, DatasetError)
-    missing = [k for k in ('train', 'val', 'names') if k not in data]
-    if missing:
-        raise DatasetError(f'{file}: missing key(s) {", ".join(missing)} (a dataset YAML needs path, train, val, '
-                           'names)')
-    data['names'] = _names(file, data)
-    data['nc'] = len(data['names'])
+    missing = [k for k in ('train', 'val') if k not in data]
+    if missing or ('names' not in data and not any(formats.is_spec(x) for k in ('train', 'val', 'test')
+                                                   for x in _as_list(data.get(k)))):
+        raise DatasetError(f'{file}: missing key(s) {", ".join(missing + ["names"] * ("names" not in data))} (a '
+                           'dataset YAML needs path, train, val, names; names may come from COCO/VOC annotations)')
+    if 'names' in data:  # checked before any data is looked at or generated
+        data['names'] = _names(file, data)
     path = Path(os.path.expanduser(str(data.get('path') or '')))
     path = path if path.is_absolute() else (ROOT / path)
     path = path.resolve()
     data['path'] = str(path)
     for k in ('train', 'val', 'test'):
-        data[k] = _resolve_split(path, data.get(k))
+        data[k] = _resolve_split(file, path, data.get(k))
     if data['train'] is None or data['val'] is None:
         raise DatasetError(f"{file}: 'train' and 'val' must name at least one path")
     _maybe_generate(file, data, path, autogenerate)
     _check_has_images(file, data)
+    specs = _specs(data)
+    if 'names' not in data:
+        data['names'] = _names_from_annotations(file, specs)
+    data['nc'] = len(data['names'])
+    for x in specs:  # the dataset scan maps each annotation file's classes to these
+        x['names'] = dict(data['names'])
     data['yaml_file'] = str(file)
     return data

@@ -31,7 +31,9 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from utils.core.logging import LOGGER, TQDM_BAR_FORMAT
+from utils.data import formats
 from utils.data.augmentations import augment_hsv, build_mosaic, copy_paste, letterbox, mixup, random_perspective
+from utils.data.coco_json import AnnotationError
 from utils.data.config import IMG_FORMATS, DatasetError, image_files_in, load_hyp
 from utils.data.images import read_image
 from utils.data.label_cache import cache_path_for, io_threads, load_or_scan
@@ -97,18 +99,11 @@ class LoadImagesAndLabels(Dataset):
         self.mosaic = augment and not self.rect  # load 4 images at a time into a mosaic (training only)
         self.mosaic_border = [-img_size // 2, -img_size // 2]
         self.stride, self.path, self.prefix = stride, path, prefix
-        all_ims = _list_images(path, prefix)
-        all_lbs = img2label_paths(all_ims)
-        self.cache_path = cache_path_for(path, all_lbs)
-        cache, from_cache = load_or_scan(all_ims, all_lbs, self.cache_path, prefix, root)  # root: YAML's path:
+        self.verbose = verbose
+        cache = self._load_labels(path, prefix, root)  # root: the YAML's path:, bounds where caches are written
         nf, nm, ne, ncor, total = (int(v) for v in cache['results'])
         self.stats = dict(found=nf, missing=nm, empty=ne, corrupt=ncor, total=total, cls_removed=0)
         self.msgs = list(cache['msgs'])
-        self.verbose = verbose
-        if from_cache and verbose:  # show the same summary line as a fresh scan, then the warnings again
-            tqdm(None, desc=f"{prefix}Scanning '{self.cache_path.with_suffix('')}'... {nf + ne} images, "
-                            f'{nm + ne} backgrounds, {ncor} corrupt', total=total, initial=total,
-                 bar_format=TQDM_BAR_FORMAT).close()
         for m in self.msgs if verbose else ():
             LOGGER.warning(m)
         self.im_files = list(cache['im_files'])
@@ -116,7 +111,7 @@ class LoadImagesAndLabels(Dataset):
             raise DatasetError(f'{prefix}No usable images in {path}: all {total} corrupt (see warnings above)')
         if augment and nf == 0:
             raise DatasetError(f'{prefix}No labels found in {self.cache_path}, can not start training')
-        self.label_files = img2label_paths(self.im_files)
+        self.label_files = list(cache['label_files'])
         self.labels = [np.asarray(lb, np.float32).reshape(-1, 5) for lb in cache['labels']]
         self.shapes = np.asarray(cache['shapes'], np.float64).reshape(-1, 2)
         self.segments = [list(x) for x in cache['segments']]  # normalised polygons, [] for box-only files
@@ -132,6 +127,48 @@ class LoadImagesAndLabels(Dataset):
         self.cache_images = 'ram' if cache_images is True else (cache_images or None)
         if self.cache_images:
             self._cache(self.cache_images)
+
+    def _load_labels(self, path, prefix: str, root) -> dict:
+        """Every part of the split (YOLO dirs/lists together, each COCO/VOC annotation split on its own) from its
+        cache or a fresh scan, merged in that order. Sets ``cache_path`` (the first part's), ``annotation_sources``
+        (one per COCO/VOC part: its spec, class map, image ids by file and annotation counts)."""
+        items = list(path) if isinstance(path, (list, tuple)) else [path]
+        yolo = [p for p in items if not isinstance(p, dict)]
+        parts, self.annotation_sources = [], []
+        if yolo:
+            all_ims = _list_images(yolo if isinstance(path, (list, tuple)) else path, prefix)
+            all_lbs = img2label_paths(all_ims)
+            cache_path = cache_path_for(yolo if isinstance(path, (list, tuple)) else path, all_lbs)
+            cache, from_cache = load_or_scan(all_ims, all_lbs, cache_path, prefix, root)
+            cache['label_files'] = img2label_paths(cache['im_files'])
+            parts.append((cache, from_cache, cache_path))
+        for spec in (p for p in items if isinstance(p, dict)):
+            if 'format' not in spec:  # as written in a YAML: paths relative to the dataset root
+                try:
+                    spec = formats.resolve_spec(Path(root or '.'), spec)
+                except ValueError as e:
+                    raise DatasetError(f'{prefix}{e}') from None
+            try:
+                cache, from_cache, cache_path = formats.load_split(spec, prefix, root)
+            except AnnotationError as e:  # not COCO, unreadable, too large: this part has no images
+                parts.append((formats.empty_cache(f'{prefix}WARNING ⚠️ {e}'), False, formats.cache_file(spec)))
+                continue
+            labels, msgs, class_map = formats.remap_classes(cache, spec, prefix)
+            cache = {**cache, 'labels': labels, 'msgs': list(cache['msgs']) + msgs}
+            self.annotation_sources.append(formats.AnnotationSource(
+                spec, class_map, dict(zip(cache['im_files'], cache['image_ids'].tolist())),
+                dict(zip((*formats.COUNT_KEYS, 'difficult'), cache['counts'].tolist()))))
+            parts.append((cache, from_cache, cache_path))
+        for cache, from_cache, cache_path in parts:
+            nf, nm, ne, ncor, total = (int(v) for v in cache['results'])
+            if from_cache and self.verbose:  # the same summary line as a fresh scan; warnings follow from the cache
+                tqdm(None, desc=f"{prefix}Scanning '{cache_path.with_suffix('')}'... {nf + ne} images, "
+                                f'{nm + ne} backgrounds, {ncor} corrupt', total=total, initial=total,
+                     bar_format=TQDM_BAR_FORMAT).close()
+        for src in self.annotation_sources if self.verbose else ():
+            LOGGER.info(f'{prefix}{src.summary()}')
+        self.cache_path = parts[0][2]
+        return formats.merge_caches([p[0] for p in parts])
 
     def _filter_classes(self, nc: int | None, single_cls: bool) -> None:
         """Drop rows with class >= nc (one warning per file), then map every class to 0 with ``single_cls``."""

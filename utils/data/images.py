@@ -14,6 +14,9 @@ import numpy as np
 
 from utils.core.safety import image_header_size
 
+IMG_FORMATS = ('bmp', 'dng', 'jpeg', 'jpg', 'mpo', 'png', 'tif', 'tiff', 'webp', 'pfm')
+VID_FORMATS = ('asf', 'avi', 'gif', 'm4v', 'mkv', 'mov', 'mp4', 'mpeg', 'mpg', 'ts', 'wmv')
+
 
 def with_jpeg_end(buf: np.ndarray) -> np.ndarray:
     """``buf`` with the FFD9 end marker appended when it is a JPEG that lacks one (a new array), else ``buf`` itself."""

@@ -24,11 +24,13 @@ from tqdm import tqdm
 from utils.core.logging import LOGGER, TQDM_BAR_FORMAT
 from utils.core.safety import MAX_ZIP_ENTRIES, UnsafeFileError, image_header_size
 from utils.core.torch_utils import available_cpus
-from utils.data.config import IMG_FORMATS
-from utils.data.images import with_jpeg_end
+from utils.data.images import IMG_FORMATS, with_jpeg_end
 from utils.ops.boxes import xywhn2xyxy
 
 CACHE_VERSION = 2  # bump when the cache layout or the verification rules change
+# members only caches of COCO/VOC splits hold (utils.data.formats): per image its annotation file and original id;
+# every referenced image and their stat hash; the file's categories (ids and names)
+EXTRA_KEYS = ('label_files', 'image_ids', 'src_files', 'files_hash', 'cat_ids', 'cat_names', 'counts')
 
 
 def io_threads() -> int:
@@ -162,6 +164,55 @@ def verify_image_label(args: tuple[str, str, str]) -> tuple:
     return im_file, lb, shape, segs, 1, 0, 0, 0, msg
 
 
+def boxes_to_labels(boxes: np.ndarray, w: int, h: int) -> tuple[np.ndarray, int, int]:
+    """Pixel boxes (n, 5) ``cls x1 y1 x2 y2`` -> (normalised ``cls cx cy w h`` float32 rows, inverted, outside):
+    boxes are clipped to the image; inverted or empty ones (x2 <= x1 or y2 <= y1) and ones with nothing left after
+    clipping (wholly outside) are dropped and counted."""
+    b = np.asarray(boxes, np.float64).reshape(-1, 5).copy()
+    inverted = (b[:, 3] <= b[:, 1]) | (b[:, 4] <= b[:, 2])
+    b[:, [1, 3]] = b[:, [1, 3]].clip(0, w)
+    b[:, [2, 4]] = b[:, [2, 4]].clip(0, h)
+    outside = ~inverted & ((b[:, 3] <= b[:, 1]) | (b[:, 4] <= b[:, 2]))
+    b = b[~inverted & ~outside]
+    lb = np.stack([b[:, 0], (b[:, 1] + b[:, 3]) / 2 / w, (b[:, 2] + b[:, 4]) / 2 / h, (b[:, 3] - b[:, 1]) / w,
+                   (b[:, 4] - b[:, 2]) / h], 1).astype(np.float32)
+    return lb, int(inverted.sum()), int(outside.sum())
+
+
+def verify_image_boxes(args: tuple) -> tuple:
+    """Check one image of an annotation file: ``(im_file, load, source, prefix)``, where ``load()`` returns (pixel
+    boxes (n, 5) cls x1 y1 x2 y2, the (w, h) the annotation claims or None, warnings) or None when the image has no
+    annotation file (a background, as a missing YOLO label file), and raises ValueError/OSError for an unusable one.
+    Returns ``verify_image_label``'s tuple; warnings name ``source`` (the annotation file, and the image in it)."""
+    im_file, load, source, prefix = args
+    try:
+        shape, msg = _check_image(im_file, prefix)
+    except Exception as e:
+        return None, None, None, [], 0, 0, 0, 1, f'{prefix}WARNING ⚠️ {im_file}: ignoring corrupt image: {_one_line(e)}'
+    msgs = [msg] if msg else []
+    try:
+        got = load()
+    except (ValueError, OSError) as e:
+        return None, None, None, [], 0, 0, 0, 1, f'{prefix}WARNING ⚠️ {source}: ignoring corrupt label: {_one_line(e)}'
+    if got is None:
+        return im_file, np.zeros((0, 5), np.float32), shape, [], 0, 1, 0, 0, msg
+    boxes, claimed, notes = got
+    msgs += [f'{prefix}WARNING ⚠️ {source}: {n}' for n in notes]
+    if claimed is not None and tuple(claimed) not in (tuple(shape), tuple(shape[::-1])):
+        msgs.append(f'{prefix}WARNING ⚠️ {source}: annotation says {claimed[0]}x{claimed[1]}, the image is '
+                    f'{shape[0]}x{shape[1]}; boxes normalised by the image')
+    lb, inverted, outside = boxes_to_labels(boxes, *shape)
+    if inverted or outside:
+        msgs.append(f'{prefix}WARNING ⚠️ {source}: {inverted + outside} box(es) removed ({inverted} inverted or '
+                    f'empty, {outside} outside the image)')
+    _, keep = np.unique(lb, axis=0, return_index=True)
+    if len(keep) < len(lb):
+        msgs.append(f'{prefix}WARNING ⚠️ {source}: {len(lb) - len(keep)} duplicate labels removed')
+        lb = lb[np.sort(keep)]
+    found = 1 if len(lb) else 0
+    return im_file, lb, shape, [], found, 0, 1 - found, 0, '\n'.join(msgs)
+
+
 def files_hash(paths: list[str]) -> str:
     """sha256 over every path with its size and mtime (missing files included), so any edit invalidates the cache."""
     h = hashlib.sha256(str(CACHE_VERSION).encode())
@@ -232,6 +283,7 @@ def save_cache(path: Path, d: dict, prefix: str = '') -> None:
                   seg_points=np.concatenate(flat, 0).astype(np.float32) if flat else np.zeros((0, 2), np.float32),
                   seg_lens=np.array([len(x) for x in flat], np.int64),
                   seg_per_image=np.array([len(x) for x in d['segments']], np.int64))
+    arrays.update({k: np.asarray(d[k]) for k in EXTRA_KEYS if k in d})  # annotation-file splits (utils.data.formats)
     tmp = path.with_name(f'{path.name}.{os.getpid()}.tmp')
     try:
         with open(tmp, 'wb') as f:
@@ -243,14 +295,13 @@ def save_cache(path: Path, d: dict, prefix: str = '') -> None:
         LOGGER.warning(f'{prefix}WARNING ⚠️ Cache directory {path.parent} is not writeable: {_one_line(e)}')
 
 
-def scan_labels(im_files: list[str], label_files: list[str], cache_path: Path, prefix: str = '') -> dict:
-    """Verify every pair in a thread pool with a tqdm bar; returns the cache dict (valid images only)."""
+def run_scan(worker, jobs: list[tuple], desc: str) -> dict:
+    """Run ``worker`` (``verify_image_label`` or ``verify_image_boxes``) over ``jobs`` in a thread pool with a tqdm
+    bar; returns the cache dict (valid images only) without its hash."""
     x = {'im_files': [], 'labels': [], 'shapes': [], 'segments': [], 'msgs': []}
     nf = nm = ne = nc = 0
-    desc = f"{prefix}Scanning '{cache_path.with_suffix('')}'..."
     with ThreadPool(io_threads()) as pool:
-        it = pool.imap(verify_image_label, zip(im_files, label_files, [prefix] * len(im_files)))
-        pbar = tqdm(it, desc=desc, total=len(im_files), bar_format=TQDM_BAR_FORMAT)
+        pbar = tqdm(pool.imap(worker, jobs), desc=desc, total=len(jobs), bar_format=TQDM_BAR_FORMAT)
         for im_file, lb, shape, segs, nf_f, nm_f, ne_f, nc_f, msg in pbar:
             nf, nm, ne, nc = nf + nf_f, nm + nm_f, ne + ne_f, nc + nc_f
             if im_file:
@@ -262,7 +313,14 @@ def scan_labels(im_files: list[str], label_files: list[str], cache_path: Path, p
                 x['msgs'].extend(msg.split('\n'))
             pbar.desc = f'{desc} {nf + ne} images, {nm + ne} backgrounds, {nc} corrupt'
         pbar.close()
-    x['results'] = (nf, nm, ne, nc, len(im_files))
+    x['results'] = (nf, nm, ne, nc, len(jobs))
+    return x
+
+
+def scan_labels(im_files: list[str], label_files: list[str], cache_path: Path, prefix: str = '') -> dict:
+    """Verify every (image, label file) pair in a thread pool with a tqdm bar; returns the cache dict."""
+    x = run_scan(verify_image_label, list(zip(im_files, label_files, [prefix] * len(im_files))),
+                 f"{prefix}Scanning '{cache_path.with_suffix('')}'...")
     x['hash'] = files_hash(label_files + im_files)  # after the scan: restored JPEGs must not invalidate it
     return x
 

@@ -49,8 +49,8 @@ class EvalOptions:
     save_hybrid: bool = False  # labels + predictions as the txt files (implies save_txt)
     save_conf: bool = False
     save_json: bool = False
-    anno_json: Path | None = None  # COCO annotations; None: built from the dataset's labels
-    class_map: tuple[int, ...] | None = None  # class index -> COCO category id in the json
+    anno_json: Path | None = None  # COCO annotations; None: the dataset's COCO JSON, else built from its labels
+    class_map: tuple[int, ...] | None = None  # class index -> COCO category id; None: the COCO JSON's own ids
     json_name: str = ''  # <json_name>_predictions.json
     ap_method: str = 'coco'  # 'coco' (pycocotools' integration) or 'interp' (YOLOv5's)
     prefix: str = ''  # in front of the table header, e.g. 'val: '
@@ -114,6 +114,12 @@ class Evaluator:
         self.training = compute_loss is not None
         self.save_dir = Path(options.save_dir) if options.save_dir is not None else None
         self.numeric_ids = numeric_ids(getattr(dataset, 'im_files', []))
+        sources = getattr(dataset, 'annotation_sources', [])
+        coco = sources[0] if len(sources) == 1 and sources[0].spec['format'] == 'coco' \
+            and len(sources[0].image_ids) == len(dataset.im_files) else None
+        self.coco_ids = coco.image_ids if coco else None  # a COCO JSON dataset: its own image and category ids
+        self.class_map = options.class_map if options.class_map is not None or not coco else coco.class_map
+        self.anno_json = options.anno_json or (Path(coco.spec['annotations']) if coco else None)
         if options.writes_txt:
             (self.save_dir / 'labels').mkdir(parents=True, exist_ok=True)
         self.reset()
@@ -184,7 +190,8 @@ class Evaluator:
         if o.writes_txt:
             write_label_lines(self.save_dir / 'labels' / f'{Path(path).stem}.txt', predn, image_hw, o.save_conf)
         if o.save_json:
-            self.jdict += prediction_records(predn.numpy(), path, o.class_map, self.numeric_ids)
+            iid = self.coco_ids.get(path) if self.coco_ids else None
+            self.jdict += prediction_records(predn.numpy(), path, self.class_map, self.numeric_ids, iid)
 
     # ------------------------------------------------------------------------------------------------ evaluate
     def evaluate(self) -> EvalResults:
@@ -247,10 +254,12 @@ class Evaluator:
                                                             else 'predictions.json'))
         LOGGER.info(f'\nEvaluating pycocotools mAP... saving {pred_json}...')
         try:
-            img_ids, anno_json = None, o.anno_json
+            img_ids, anno_json = None, self.anno_json
             if anno_json is None:
-                gt = yolo_labels_to_coco(ds.im_files, ds.labels, ds.shapes, self.names, o.class_map)
+                gt = yolo_labels_to_coco(ds.im_files, ds.labels, ds.shapes, self.names, self.class_map)
                 anno_json = save_json(gt, self.save_dir / 'annotations.json')
+            elif self.coco_ids:  # the user's COCO file: evaluate only the images that were validated
+                img_ids = sorted(set(self.coco_ids.values()), key=str)
             elif o.class_map is not None:  # COCO: evaluate only the images that were validated
                 num = numeric_ids(ds.im_files)
                 img_ids = sorted({r['image_id'] for r in self.jdict} | {int(Path(f).stem) if num else Path(f).stem
