@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from benchmarks import backbone_speed, learning, speed
+from benchmarks import backbone_speed, learning, speed, timing
 
 # ----------------------------------------------------------------------------------------------------------------
 # speed.py
@@ -31,7 +31,7 @@ def test_interleaved_counts_runs_and_isolates_a_failure():
         calls.append('bad')
         raise RuntimeError('boom')
 
-    res = speed.interleaved({'a': ok, 'b': bad}, runs=3, warmup=2)
+    res = speed.interleaved({'a': ok, 'b': bad}, runs=3, warmup=2, pause=0)
     assert len(res['a']) == 3 and all(t >= 0 for t in res['a'])  # warm-up runs are not kept
     assert res['b'] == 'error: RuntimeError: boom'
     assert calls.count('ok') == 5 and calls.count('bad') == 1  # a failed task is not retried
@@ -119,16 +119,66 @@ def test_random_targets_are_valid():
 def test_speed_run_tiny(tmp_path):
     """yolov5n at 64 px, one run of every backend, plus a missing YAML reported in its row, not raised."""
     res = speed.run(models=['yolov5n', 'models/missing.yaml'], imgsz=64, runs=1, warmup=0, batch_sizes=[1],
-                    gpu_batch_sizes=[1], onnx=True, train=True, train_batch=2, train_runs=1, out=tmp_path)
+                    gpu_batch_sizes=[1], onnx=True, train=True, train_batch=2, train_runs=1, out=tmp_path, pause_ms=1)
     assert res['info']['yolov5n']['params'] == 1_872_157
     assert 0.01 < res['info']['yolov5n']['gflops'] < 0.1  # 4.47 GFLOPs at 640 -> /100 at 64
     for key in ('cpu_b1', 'ort_b1', 'train_b2'):
         assert len(res['cells'][key]['yolov5n']) == 1, key
         assert res['cells'][key]['models/missing.yaml'].startswith('error: FileNotFoundError'), key
     md = (tmp_path / 'speed.md').read_text()
+    assert 'instruction sets: ' in md and '1 ms pause before each run, ORT spinning off' in md
     assert '| yolov5n | 1.87 |' in md and '(1.00×)' in md and '| missing | - | - | error: FileNotFoundError' in md
     assert (tmp_path / 'speed.png').stat().st_size > 1000
     assert (tmp_path / 'speed.json').is_file()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# timing.py: the method shared by the benchmarks
+# ----------------------------------------------------------------------------------------------------------------
+def test_physical_cores_counts_smt_siblings_once(tmp_path):
+    for cpu, (pkg, core) in enumerate([(0, 0), (0, 0), (0, 1), (1, 0)]):  # cpu0/cpu1: siblings of one core
+        topo = tmp_path / f'cpu{cpu}' / 'topology'
+        topo.mkdir(parents=True)
+        (topo / 'physical_package_id').write_text(f'{pkg}\n')
+        (topo / 'core_id').write_text(f'{core}\n')
+    assert timing.physical_cores([0, 1, 2, 3], tmp_path) == 3
+    assert timing.physical_cores([0, 1], tmp_path) == 1
+    assert timing.physical_cores([0, 7], tmp_path) == 2  # no topology for cpu7: counted as its own core
+    assert 1 <= timing.physical_cores() <= len(timing.usable_cpus())
+
+
+def test_cpu_isa_names_the_vector_sets():
+    isa = timing.cpu_isa('fpu sse2 avx2 fma avx512f avx512_vnni amx_int8 amx_tile')
+    assert isa.startswith('AVX2, FMA, AVX-512, AVX-512 VNNI, AMX-INT8; torch kernels: ')
+    assert timing.cpu_isa('fpu sse2').startswith('no AVX2')
+    assert timing.cpu_isa('').startswith('unknown')
+
+
+def test_interleaved_pauses_before_every_run(monkeypatch):
+    sleeps = []
+    monkeypatch.setattr(timing.time, 'sleep', sleeps.append)
+    res = speed.interleaved({'a': lambda: None, 'b': lambda: None}, runs=2, warmup=1, pause=0.05)
+    assert sleeps == [0.05] * 6 and len(res['a']) == len(res['b']) == 2
+    sleeps.clear()
+    speed.interleaved({'a': lambda: None}, runs=2, warmup=0, pause=0)
+    assert sleeps == []
+
+
+def test_ort_session_options(tmp_path):
+    onnx = pytest.importorskip('onnx')
+    pytest.importorskip('onnxruntime')
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node('Relu', ['x'], ['y'])], 'g',
+                          [helper.make_tensor_value_info('x', TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info('y', TensorProto.FLOAT, [1, 4])])
+    f = tmp_path / 'relu.onnx'
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid('', 12)]), str(f))
+    for spinning, want in ((False, '0'), (True, '1')):
+        so = timing.ort_session(f, 1, spinning).get_session_options()
+        assert (so.intra_op_num_threads, so.inter_op_num_threads) == (1, 1)
+        assert so.get_session_config_entry('session.intra_op.allow_spinning') == want
+        assert so.get_session_config_entry('session.inter_op.allow_spinning') == want
 
 
 # ----------------------------------------------------------------------------------------------------------------
