@@ -77,13 +77,16 @@ def loadavg() -> list[float] | None:
     return [round(x, 2) for x in os.getloadavg()] if hasattr(os, 'getloadavg') else None
 
 
-def ort_session(path: str | Path, threads: int, spinning: bool = False):
+def ort_session(path: str | Path, threads: int, spinning: bool = False, profile: str | Path | None = None):
     """A CPU ONNX Runtime session for timing: ``threads`` intra-op threads, one inter-op thread, every graph
     optimisation (level ALL: constant folding, Conv+activation/Add fusion, the NCHWc blocked layout), and spinning
-    only when asked (ORT's own default is on: the fastest for one runtime alone, contention for several)."""
+    only when asked (ORT's own default is on: the fastest for one runtime alone, contention for several).
+    ``profile``: a file prefix; ORT then records every node's kernel time (``session.end_profiling()``)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    if profile is not None:
+        so.enable_profiling, so.profile_file_prefix = True, str(profile)
     so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from benchmarks import backbone_speed, learning, speed, timing
+from benchmarks import backbone_speed, learning, ort_profile, speed, timing
 
 # ----------------------------------------------------------------------------------------------------------------
 # speed.py
@@ -179,6 +179,45 @@ def test_ort_session_options(tmp_path):
         assert (so.intra_op_num_threads, so.inter_op_num_threads) == (1, 1)
         assert so.get_session_config_entry('session.intra_op.allow_spinning') == want
         assert so.get_session_config_entry('session.inter_op.allow_spinning') == want
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# ort_profile.py
+# ----------------------------------------------------------------------------------------------------------------
+def test_op_and_region_tables():
+    att = '/model.0/export_form/stages.0/stages.0.0/stages.0.0.2/'
+    nodes = {f'{att}Softmax': ('Softmax', 300.0), f'{att}MatMul': ('FusedMatMul', 200.0),
+             '/model.0/export_form/stages.0/stages.0.0/stages.0.0.1/pw2/Conv': ('Conv', 400.0),
+             '/model.0/export_form/patch_embed/patch_embed.1/Relu': ('Conv', 100.0),
+             'ReorderOutput_token_7': ('ReorderOutput', 50.0), '/model.17/conv/Conv': ('Conv', 150.0)}
+    assert ort_profile.by_op(nodes) == {'Conv': (650.0, 3), 'Softmax': (300.0, 1), 'FusedMatMul': (200.0, 1),
+                                        'ReorderOutput': (50.0, 1)}
+    table = ort_profile.op_table({'a': nodes, 'b': {'x': ('Conv', 100.0)}}, top=2).splitlines()
+    assert table[2] == '| Conv | 0.65 (54 %, 3) | 0.10 (100 %, 1) |' and table[3] == '| Softmax | 0.30 (25 %, 1) | - |'
+    assert table[-1] == '| **all** | **1.2** (6 nodes) | **0.1** (1 nodes) |'
+    parts = ort_profile.region_table('m0', nodes)
+    assert '| backbone: window attention | 0.50 | 42 % |' in parts and '| neck + Detect | 0.15 | 12 % |' in parts
+    assert '| NCHWc layout reorders | 0.05 | 4 % |' in parts and '| backbone: patch embedding | 0.10 | 8 % |' in parts
+
+
+def test_ort_profile_errors(capsys):
+    with pytest.raises(SystemExit, match=r"no model YAML for \['nonexistent'\]"):
+        ort_profile.main(['--models', 'nonexistent'])
+    with pytest.raises(SystemExit, match='--runs and --nc must be >= 1'):
+        ort_profile.main(['--runs', '0'])
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings('ignore::DeprecationWarning')
+def test_ort_profile_tiny(tmp_path, capsys):
+    """yolov5n and M0 at 64 px, one profiled run each, the graph before the export form, the wall-clock table."""
+    assert ort_profile.main(['--models', 'yolov5n', 'yolov5-efficientvit', '--imgsz', '64', '--runs', '1',
+                             '--before', '--out', str(tmp_path)]) == 0
+    md = (tmp_path / 'ort_profile.md').read_text()
+    assert '| op type | yolov5n: ms (share, nodes) | yolov5-efficientvit (before): ms' in md
+    assert '| Conv |' in md and 'Load average' in md and 'instruction sets: ' in md
+    assert '| backbone: window attention |' in md
+    assert '| model | ORT ms | ORT spinning ms | eager ms |' in md and '| yolov5-efficientvit | ' in md
 
 
 # ----------------------------------------------------------------------------------------------------------------
