@@ -181,7 +181,7 @@ def _runtimes(f: Path, model: torch.nn.Module, imgsz: int, threads: int) -> dict
 
 
 def run(models: list[str], imgsz: int = 640, nc: int = 6, runs: int = 20, threads: int = 0, before: bool = False,
-        wall: bool = True, top: int = 14, note: str = '', command: str = '') -> str:
+        wall: bool = True, top: int = 14, note: str = '', command: str = '', prof: bool = True) -> str:
     """Profile (and time) every model; returns the Markdown report."""
     import export
 
@@ -196,12 +196,13 @@ def run(models: list[str], imgsz: int = 640, nc: int = 6, runs: int = 20, thread
             ckpt = build_checkpoint(name, nc, tmp / f'{label}.pt')
             f = export.run(weights=ckpt, imgsz=[imgsz], include=['onnx'])[0]
             model = eager_model(ckpt)
-            if before and _has_efficientvit(model):
+            if prof and before and _has_efficientvit(model):
                 fb = export_before(model, imgsz, tmp / f'{label}_before.onnx', opset=12)
                 graphs[f'{label} (before)'] = profile(fb, imgsz, threads, runs, tmp)
-            graphs[label] = profile(f, imgsz, threads, runs, tmp)
-            print(f'profiled {label}', flush=True)
-            if _has_efficientvit(model):
+            if prof:
+                graphs[label] = profile(f, imgsz, threads, runs, tmp)
+                print(f'profiled {label}', flush=True)
+            if prof and _has_efficientvit(model):
                 regions.append(region_table(label, graphs[label]))
             if wall:
                 tasks[label] = _runtimes(f, model, imgsz, threads)
@@ -213,10 +214,13 @@ def run(models: list[str], imgsz: int = 640, nc: int = 6, runs: int = 20, thread
         f"{threads} thread(s); onnxruntime {s['onnxruntime']}, torch {s['torch']}; {imgsz}x{imgsz}, batch 1, "
         f"nc={nc}, random weights. Load average {speed._load(load0)} at start, {speed._load(timing.loadavg())} at end"
         + (f'. {note}' if note else '') + '.', '',
-        '## Kernel time by op type', '', op_table(graphs, top), '',
-        f"Each node's ORT kernel time (profiling on, intra-op spinning off), median over {runs} runs after one "
-        'warm-up, summed by op type; a node of the optimised graph is what ORT runs (Conv+ReLU, Conv+Add fused, '
-        'NCHWc Reorders inserted). "(before)": the graph export.py wrote before EfficientViT had an export form.']
+    ]
+    if graphs:
+        lines += [
+            '## Kernel time by op type', '', op_table(graphs, top), '',
+            f"Each node's ORT kernel time (profiling on, intra-op spinning off), median over {runs} runs after one "
+            'warm-up, summed by op type; a node of the optimised graph is what ORT runs (Conv+ReLU, Conv+Add fused, '
+            'NCHWc Reorders inserted). "(before)": the graph export.py wrote before EfficientViT had an export form.']
     if regions:
         lines += ['', '## EfficientViT by part of the model', '', *[r + '\n' for r in regions]]
     if timed:
@@ -237,6 +241,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--threads', type=int, default=0, help='torch/ORT threads (0: the physical cores available)')
     p.add_argument('--before', action='store_true', help="also profile EfficientViT's graph before the export form")
     p.add_argument('--no-timing', action='store_true', help='profile only, no wall-clock table')
+    p.add_argument('--no-profile', action='store_true', help='wall-clock table only')
     p.add_argument('--top', type=int, default=14, help='op types listed')
     p.add_argument('--note', default='', help='a sentence for the header (e.g. how loaded the machine was)')
     p.add_argument('--out', default='', help='directory for ort_profile.md (default: print only)')
@@ -247,12 +252,14 @@ def main(argv: list[str] | None = None) -> int:
     opt = parse_opt(argv)
     if opt.runs < 1 or opt.imgsz < 32 or opt.nc < 1:
         sys.exit('ort_profile.py: --runs and --nc must be >= 1 and --imgsz >= 32')
+    if opt.no_timing and opt.no_profile:
+        sys.exit('ort_profile.py: --no-timing and --no-profile leave nothing to do')
     missing = [m for m in opt.models if not speed.model_path(m).is_file()]
     if missing:
         sys.exit(f'ort_profile.py: no model YAML for {missing}')
     command = 'python benchmarks/ort_profile.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
     md = run(opt.models, opt.imgsz, opt.nc, opt.runs, opt.threads, opt.before, not opt.no_timing, opt.top, opt.note,
-             command.strip())
+             command.strip(), prof=not opt.no_profile)
     print(md)
     if opt.out:
         Path(opt.out).mkdir(parents=True, exist_ok=True)

@@ -205,6 +205,8 @@ def test_ort_profile_errors(capsys):
         ort_profile.main(['--models', 'nonexistent'])
     with pytest.raises(SystemExit, match='--runs and --nc must be >= 1'):
         ort_profile.main(['--runs', '0'])
+    with pytest.raises(SystemExit, match='leave nothing to do'):
+        ort_profile.main(['--no-timing', '--no-profile'])
 
 
 @pytest.mark.slow
