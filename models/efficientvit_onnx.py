@@ -174,10 +174,11 @@ def onnx_export_form(model: nn.Module, dynamic: bool = False) -> Iterator[list[E
     with dynamic height/width, so window padding and cropping are always traced, even where the trace size needs none.
     The form is a temporary submodule ``export_form`` of each backbone, removed on exit."""
     backbones = [m for m in model.modules() if isinstance(m, EfficientViT)]
-    for b in backbones:
+    added = [b for b in backbones if 'export_form' not in b._modules]  # nested use: the outer block owns the form
+    for b in added:
         b.export_form = EfficientViTForm(b, dynamic)
     try:
         yield backbones
     finally:
-        for b in backbones:
+        for b in added:
             del b.export_form

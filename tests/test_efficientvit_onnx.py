@@ -96,6 +96,9 @@ def test_context_restores_the_model_and_needs_a_fused_backbone():
         assert forms == [m] and isinstance(m.export_form, EfficientViTForm)
         raise RuntimeError('boom')
     assert 'export_form' not in m._modules and list(m.state_dict()) == keys
+    with onnx_export_form(m), onnx_export_form(m) as inner:  # nested: the outer block's form stays until it ends
+        assert inner == [m] and 'export_form' in m._modules
+    assert 'export_form' not in m._modules
     with torch.no_grad():
         assert all(torch.equal(a, b) for a, b in zip(want, m(x)))
     with onnx_export_form(torch.nn.Conv2d(3, 3, 1)) as forms:  # no EfficientViT: nothing to do
