@@ -338,3 +338,63 @@ def test_learning_run_with_stub_trainer(tmp_path, monkeypatch):
     assert '| yolov5n | - | - | error: RuntimeError: no data |' in md and '| 1 | 0.300 | 0.200 |' in md
     assert '2 epochs, 64 px, batch 4, optimizer AdamW' in md and 'hyp: lr0 0.002, nbs 16' in md
     assert (tmp_path / 'out/learning.png').is_file()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# formats.py and int8_variants.py
+# ----------------------------------------------------------------------------------------------------------------
+def test_formats_table_ratios_and_absent_rows():
+    from benchmarks import formats
+
+    rows = [{'key': 'pytorch', 'label': 'PyTorch', 'size': 7.2, 'map50': 0.5, 'map': 0.3, 'ms': 40.0},
+            {'key': 'onnx-int8', 'label': 'ONNX INT8', 'size': 2.1, 'map50': 0.49, 'map': 0.295, 'ms': 20.0},
+            {'key': 'openvino', 'label': 'OpenVINO', 'absent': 'not installed (openvino)'},
+            {'key': 'onnx', 'label': 'ONNX', 'size': 7.1, 'map50': 0.5, 'map': 0.3, 'ms': 'error: RuntimeError'}]
+    lines = formats.format_table(rows).splitlines()
+    assert lines[0] == '| Format | Size (MB) | mAP50 | mAP50-95 | ms/img b1 | vs PyTorch |'
+    assert lines[2] == '| PyTorch | 7.2 | 0.500 | 0.300 | 40.0 | 1.00× |'
+    assert lines[3] == '| ONNX INT8 | 2.1 | 0.490 | 0.295 | 20.0 | 0.50× |'
+    assert lines[4] == '| OpenVINO | - | - | - | not installed (openvino) | - |'
+    assert lines[5] == '| ONNX | 7.1 | 0.500 | 0.300 | error: RuntimeError | - |'
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings('ignore::FutureWarning')
+def test_formats_smoke(tmp_path):
+    """Every format at 64 px on a tiny dataset: one row each, a Markdown copy in the run directory."""
+    from benchmarks import formats
+    from tests.helpers import write_dataset
+    from tests.test_export import make_checkpoint, make_model
+
+    pt = make_checkpoint(make_model('yolov5n.yaml'), tmp_path / 'w' / 'model.pt')
+    data = write_dataset(tmp_path / 'ds', n_train=4, n_val=2, nc=2, imgsz=64)
+    opt = formats.parse_opt(['--weights', str(pt), '--data', str(data), '--img', '64', '--runs', '2', '--warmup',
+                             '1', '--project', str(tmp_path / 'runs'), '--name', 'f'])
+    save_dir = formats.run(opt)
+    text = (save_dir / 'formats.md').read_text()
+    rows = [line for line in text.splitlines() if line.startswith('| ') and not line.startswith('| Format')]
+    assert [r.split(' | ')[0][2:] for r in rows] == [formats.LABELS[f] for f in formats.FORMATS]
+    assert rows[0].endswith('| 1.00× |') and 'CPU:' in text and 'Command:' in text
+    for r in rows:
+        cells = r.split(' | ')
+        assert cells[4] != 'not timed' and not cells[4].startswith('error'), r
+        if 'not installed' not in r:
+            assert 0.0 <= float(cells[3]) <= 1.0 and float(cells[1]) > 0
+    assert (save_dir / 'model-int8.onnx').is_file() and (save_dir / 'model.torchscript').is_file()
+
+
+@pytest.mark.slow
+def test_int8_variants_accuracy_only(tmp_path):
+    from benchmarks import int8_variants
+    from tests.helpers import write_dataset
+    from tests.test_export import make_checkpoint, make_model
+
+    pt = make_checkpoint(make_model('yolov5n.yaml'), tmp_path / 'w' / 'model.pt')
+    data = write_dataset(tmp_path / 'ds', n_train=4, n_val=2, nc=2, imgsz=64)
+    opt = int8_variants.parse_opt(['--weights', str(pt), '--data', str(data), '--img', '64', '--runs', '0',
+                                   '--formats', 'qdq', '--keep', 'none', 'softmax', '--project',
+                                   str(tmp_path / 'runs'), '--name', 'v'])
+    text = (int8_variants.run(opt) / 'int8_variants.md').read_text()
+    names = [line.split(' | ')[0][2:] for line in text.splitlines() if line.startswith('| ') and '---' not in line]
+    assert names == ['Variant', 'ONNX FP32', 'qdq-pc', 'qdq-pt', 'qdq-pc+softmax', 'qdq-pt+softmax']
+    assert 'not timed' in text
