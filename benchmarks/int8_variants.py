@@ -7,6 +7,10 @@ images. Every file is validated on the val split (batch 1, as val.py runs .onnx 
 timed at batch 1 with benchmarks/timing.py's method (same threads, spinning off, pauses, interleaved, medians) next
 to the FP32 ONNX file; ratios are to the FP32 file in the same run. Writes ``int8_variants.md`` in the run dir.
 
+``--self-labels CONF`` validates instead against the FP32 file's own detections (confidence >= CONF) on the val
+images: an agreement score (FP32 scores ~1 on it) that isolates what quantization changes, usable with weights
+trained too briefly for their real-label mAP to tell variants apart.
+
 Usage:
     python benchmarks/int8_variants.py --weights best.pt --data data/shapes.yaml --img 256 --runs 0   # accuracy
     python benchmarks/int8_variants.py --weights best.pt --data data/shapes.yaml --img 640 --runs 20  # + timing
@@ -17,6 +21,8 @@ import argparse
 import shutil
 import sys
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -54,6 +60,28 @@ def table(rows: list[dict]) -> str:
     return '\n'.join(lines)
 
 
+def self_labelled(fp32: Path, data: str, imgsz: int, save_dir: Path, conf: float) -> Path:
+    """A dataset YAML whose val images are ``data``'s and whose labels are ``fp32``'s own detections."""
+    import detect
+    from utils.dataset_config import check_dataset
+    from utils.export.calibration import split_files
+
+    files, _ = split_files(check_dataset(data), 'val')
+    root = save_dir / 'self_labels'
+    (root / 'images').mkdir(parents=True, exist_ok=True)
+    (root / 'labels').mkdir(exist_ok=True)
+    for f in files:
+        shutil.copy(f, root / 'images' / f.name)
+    out = detect.run(weights=fp32, source=root / 'images', imgsz=[imgsz], conf_thres=conf, save_txt=True,
+                     nosave=True, project=save_dir, name='self_detect', exist_ok=True)
+    for f in (out / 'labels').glob('*.txt'):
+        shutil.copy(f, root / 'labels' / f.name)
+    yaml_file = root / 'data.yaml'
+    names = check_dataset(data)['names']
+    yaml_file.write_text(yaml.safe_dump({'path': str(root), 'train': 'images', 'val': 'images', 'names': names}))
+    return yaml_file
+
+
 def run(opt: argparse.Namespace) -> Path:
     import export
     from utils.export.calibration import CalibrationSet
@@ -68,9 +96,10 @@ def run(opt: argparse.Namespace) -> Path:
     files = {'ONNX FP32': fp32}
     for cfg in variants(opt.keep, opt.formats, opt.granularity):
         files[cfg.tag] = quantize_onnx(fp32, calib, cfg, out=save_dir / f'{pt.stem}-{cfg.tag}.onnx')
+    val_data = self_labelled(fp32, opt.data, opt.img, save_dir, opt.self_labels) if opt.self_labels else opt.data
     rows = []
     for name, f in files.items():
-        m50, m = validate(f, opt.data, opt.img, save_dir / 'val', name)
+        m50, m = validate(f, val_data, opt.img, save_dir / 'val', name)
         rows.append({'name': name, 'size': size_mb(f), 'map50': m50, 'map': m})
         LOGGER.info(f'{name}: mAP50 {m50:.4f} mAP50-95 {m:.4f}')
     threads = opt.threads or timing.physical_cores()
@@ -79,8 +108,10 @@ def run(opt: argparse.Namespace) -> Path:
                          opt.warmup, kinds={n: 'onnx' for n in files})
         for r in rows:
             r['ms'] = times[r['name']]
-    text = (f'Model `{Path(opt.weights).name}` on `{opt.data}` at {opt.img}×{opt.img}, {len(calib)} calibration '
-            f'images, batch 1, {threads} threads (ORT spinning off, medians of {opt.runs} interleaved runs).\n'
+    against = f" against the FP32 file's detections at conf >= {opt.self_labels}" if opt.self_labels else ''
+    text = (f'Model `{Path(opt.weights).name}` on `{opt.data}`{against} at {opt.img}×{opt.img}, {len(calib)} '
+            f'calibration images, batch 1, {threads} threads (ORT spinning off, medians of {opt.runs} interleaved '
+            'runs).\n'
             f'CPU: {timing.cpu_name()} ({timing.cpu_isa()}); load average at the end {timing.loadavg()}.\n'
             f'Command: `python benchmarks/int8_variants.py {" ".join(sys.argv[1:])}`\n\n{table(rows)}\n')
     (save_dir / 'int8_variants.md').write_text(text)
@@ -99,6 +130,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--keep', nargs='+', default=['softmax'],
                    help="FP32 groups per variant set: 'none', 'softmax', 'softmax,attn_matmul', 'head_conv', ...")
     p.add_argument('--calib-images', type=int, default=300, help='calibration images (train split)')
+    p.add_argument('--self-labels', type=float, default=0.0, metavar='CONF',
+                   help="validate against the FP32 file's own detections at this confidence (0: the real labels)")
     p.add_argument('--runs', type=int, default=20, help='timed runs per variant (0: accuracy only)')
     p.add_argument('--warmup', type=int, default=3, help='untimed runs per variant first')
     p.add_argument('--threads', type=int, default=0, help='ORT intra-op threads (0: the physical cores)')
