@@ -155,8 +155,9 @@ def format_table(rows: list[dict], base: str = 'pytorch') -> str:
 def header(opt: argparse.Namespace, threads: int) -> str:
     """What was measured, on what, by which command."""
     isa = timing.cpu_isa()
-    return (f'Model `{Path(opt.weights).name}` on `{opt.data}` at {opt.img}×{opt.img}, batch 1, {threads} threads '
-            f'(ORT spinning off, {int(timing.PAUSE_S * 1000)} ms pauses, medians of {opt.runs} interleaved runs).\n'
+    how = (f'{threads} threads (ORT spinning off, {int(timing.PAUSE_S * 1000)} ms pauses, medians of {opt.runs} '
+           'interleaved runs)' if opt.runs else 'not timed')
+    return (f'Model `{Path(opt.weights).name}` on `{opt.data}` at {opt.img}×{opt.img}, batch 1, {how}.\n'
             f'CPU: {timing.cpu_name()} ({isa}); load average at the end {timing.loadavg()}.\n'
             f'Command: `python benchmarks/formats.py {" ".join(sys.argv[1:])}`\n')
 

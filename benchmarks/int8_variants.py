@@ -109,9 +109,10 @@ def run(opt: argparse.Namespace) -> Path:
         for r in rows:
             r['ms'] = times[r['name']]
     against = f" against the FP32 file's detections at conf >= {opt.self_labels}" if opt.self_labels else ''
+    how = (f'{threads} threads (ORT spinning off, medians of {opt.runs} interleaved runs)' if opt.runs
+           else 'not timed')
     text = (f'Model `{Path(opt.weights).name}` on `{opt.data}`{against} at {opt.img}×{opt.img}, {len(calib)} '
-            f'calibration images, batch 1, {threads} threads (ORT spinning off, medians of {opt.runs} interleaved '
-            'runs).\n'
+            f'calibration images, batch 1, {how}.\n'
             f'CPU: {timing.cpu_name()} ({timing.cpu_isa()}); load average at the end {timing.loadavg()}.\n'
             f'Command: `python benchmarks/int8_variants.py {" ".join(sys.argv[1:])}`\n\n{table(rows)}\n')
     (save_dir / 'int8_variants.md').write_text(text)
