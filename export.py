@@ -1,12 +1,18 @@
-"""Export a trained detector to ONNX and TorchScript (YOLOv5 v7.0 export.py flags and file layout).
+"""Export a trained detector to ONNX, TorchScript and OpenVINO, FP32 or INT8 (YOLOv5 v7.0 export.py flags and layout).
 
 The exported graph is the fused model with the decoded (B, N, 5+nc) output; NMS stays outside, in detect.py and
 val.py. ``stride`` and ``names`` travel as metadata (ONNX ``metadata_props``, TorchScript ``config.txt``), so
 utils.inference.backend.DetectBackend runs the files without the training code.
 
+``--int8`` (with ``--data``: the calibration images) adds ``X-int8.onnx`` next to ``X.onnx`` (ONNX Runtime static
+quantization, utils/export/int8_onnx.py) and makes ``--include openvino`` write ``X_int8_openvino_model/`` (NNCF,
+utils/export/openvino.py; ``openvino`` and ``nncf`` from requirements-openvino.txt). Every file is written under a
+temporary name and renamed when complete: a failed export leaves nothing behind.
+
 Usage:
     python export.py --weights best.pt --include onnx torchscript --imgsz 640
     python export.py --weights best.pt --include onnx --dynamic --simplify
+    python export.py --weights best.pt --include onnx openvino --int8 --data data/shapes.yaml --imgsz 256
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import math
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,8 +36,12 @@ from utils.core.logging import LOGGER, colorstr  # noqa: E402
 from utils.core.safety import names_dict  # noqa: E402
 from utils.core.sizes import check_img_size  # noqa: E402
 from utils.core.torch_utils import select_device  # noqa: E402
+from utils.export.calibration import CalibrationError, CalibrationSet  # noqa: E402
+from utils.export.files import atomic_output  # noqa: E402
+from utils.export.int8_onnx import MIN_OPSET, Int8Config, quantize_onnx  # noqa: E402
+from utils.export.openvino import MissingPackageError, export_openvino, require  # noqa: E402
 
-FORMATS = {'torchscript': '.torchscript', 'onnx': '.onnx'}
+FORMATS = {'torchscript': '.torchscript', 'onnx': '.onnx', 'openvino': '_openvino_model'}
 
 
 class ExportError(Exception):
@@ -52,7 +63,8 @@ def export_torchscript(model: torch.nn.Module, im: torch.Tensor, file: Path, met
         warnings.simplefilter('ignore', FutureWarning)  # torch.jit deprecation notice
         ts = torch.jit.trace(model, im, strict=False)
     extra = {'config.txt': json.dumps({'shape': list(im.shape), **metadata})}
-    ts.save(str(f), _extra_files=extra)
+    with atomic_output(f) as tmp:
+        ts.save(str(tmp), _extra_files=extra)
     LOGGER.info(f'{prefix} export success, saved as {f} ({file_size(f):.1f} MB)')
     return f
 
@@ -65,12 +77,27 @@ def export_onnx(model: torch.nn.Module, im: torch.Tensor, file: Path, metadata: 
     prefix = colorstr('ONNX:')
     LOGGER.info(f'\n{prefix} starting export with onnx {onnx.__version__} opset {opset}...')
     f = file.with_suffix('.onnx')
+    with atomic_output(f) as tmp:
+        _export_onnx(model, im, tmp, metadata, opset, dynamic, simplify, prefix)
+    LOGGER.info(f'{prefix} export success, saved as {f} ({file_size(f):.1f} MB)')
+    return f
+
+
+def _export_onnx(model: torch.nn.Module, im: torch.Tensor, f: Path, metadata: dict, opset: int, dynamic: bool,
+                 simplify: bool, prefix: str) -> None:
+    import onnx
+
     axes = None
     if dynamic:
         axes = {'images': {0: 'batch', 2: 'height', 3: 'width'}, 'output0': {0: 'batch', 1: 'anchors'}}
-    with warnings.catch_warnings():
+    from models.efficientvit_onnx import onnx_export_form
+
+    model = model.cpu() if dynamic else model
+    # EfficientViT traces its export form (graph for ORT, models/efficientvit_onnx.py), slimmed by default: the trace
+    # of its window arithmetic leaves ~1300 shape nodes, and slimming also merges the crop Slices (~3 % faster in ORT)
+    with warnings.catch_warnings(), onnx_export_form(model, dynamic) as forms:
         warnings.simplefilter('ignore')  # tracer and deprecation warnings of the TorchScript-based exporter
-        torch.onnx.export(model.cpu() if dynamic else model, im.cpu() if dynamic else im, str(f), verbose=False,
+        torch.onnx.export(model, im.cpu() if dynamic else im, str(f), verbose=False,
                           opset_version=opset, do_constant_folding=True, input_names=['images'],
                           output_names=['output0'], dynamic_axes=axes, dynamo=False)
     model_onnx = onnx.load(str(f))
@@ -78,18 +105,29 @@ def export_onnx(model: torch.nn.Module, im: torch.Tensor, file: Path, metadata: 
     for k, v in metadata.items():
         meta = model_onnx.metadata_props.add()
         meta.key, meta.value = k, json.dumps(v) if not isinstance(v, str) else v
-    if simplify:
-        import onnxslim
+    if simplify or forms:
+        model_onnx = _slim(model_onnx, prefix, required=simplify)
+    onnx.save(model_onnx, str(f))
 
-        LOGGER.info(f'{prefix} slimming with onnxslim {onnxslim.__version__}...')
+
+def _slim(model_onnx, prefix: str, required: bool):
+    """The graph slimmed by onnxslim, metadata kept; when not ``required`` (the EfficientViT default) a failure
+    warns and keeps the graph as exported."""
+    import onnx
+    import onnxslim
+
+    LOGGER.info(f'{prefix} slimming with onnxslim {onnxslim.__version__}...')
+    try:
         slim = onnxslim.slim(model_onnx)
         onnx.checker.check_model(slim)
-        del slim.metadata_props[:]
-        slim.metadata_props.extend(model_onnx.metadata_props)
-        model_onnx = slim
-    onnx.save(model_onnx, str(f))
-    LOGGER.info(f'{prefix} export success, saved as {f} ({file_size(f):.1f} MB)')
-    return f
+    except Exception as e:
+        if required:
+            raise
+        LOGGER.warning(f'WARNING ⚠️ {prefix} onnxslim failed ({type(e).__name__}: {e}); the graph stays unslimmed')
+        return model_onnx
+    del slim.metadata_props[:]
+    slim.metadata_props.extend(model_onnx.metadata_props)
+    return slim
 
 
 def _window_maps(model: torch.nn.Module, im: torch.Tensor) -> list[tuple[int, int, int, float]]:
@@ -161,15 +199,51 @@ def _prepare(weights: Path, device: torch.device, imgsz: list[int], batch_size: 
     return model, im, shape, metadata
 
 
+def _check_int8(include: list[str], int8: bool, data, opset: int) -> int:
+    """One-line errors for --int8 requests that cannot be honoured; the opset the ONNX export needs."""
+    if not int8:
+        return opset
+    if 'torchscript' in include:
+        raise ExportError('--int8 applies to onnx and openvino, not torchscript: drop --int8 or torchscript from '
+                          '--include')
+    if not data:
+        raise ExportError('--int8 needs --data: a dataset YAML whose images calibrate the INT8 ranges')
+    if opset < MIN_OPSET:
+        LOGGER.info(f'--int8: ONNX opset {opset} raised to {MIN_OPSET} (per-channel quantization needs it)')
+    return max(opset, MIN_OPSET)
+
+
+def _guarded(fmt: str, weights: Path, opset: int, export: Callable[[], Path]) -> Path:
+    """Run one export, turning its failure into one ExportError line naming the file and the cause."""
+    try:
+        return export()
+    except (ExportError, CalibrationError):
+        raise
+    except MissingPackageError as e:
+        raise ExportError(str(e)) from None
+    except Exception as e:  # exporter tracebacks are pages long: one line naming the file and the cause
+        msg = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        hint = f' (this model needs a newer opset than {opset}: try --opset 13)' if 'opset' in msg else ''
+        raise ExportError(f'{fmt} export of {weights} failed: {type(e).__name__}: {msg[:200]}{hint}') from None
+
+
 def run(weights: str | Path | list = 'yolov5s.pt', imgsz: int | tuple | list = (640, 640), batch_size: int = 1,
         device: str = 'cpu', include: tuple | list = ('torchscript',), half: bool = False, inplace: bool = False,
-        dynamic: bool = False, simplify: bool = False, opset: int = 12, data: str | None = None) -> list[Path]:
-    """Export ``weights`` to each format in ``include``; returns the written files."""
+        dynamic: bool = False, simplify: bool = False, opset: int = 12, data: str | None = None,
+        int8: bool = False, int8_config: Int8Config | None = None) -> list[Path]:
+    """Export ``weights`` to each format in ``include``; returns the written files. ``int8`` (with ``data``) adds
+    the INT8 ONNX file and makes OpenVINO INT8, quantized as ``int8_config`` says (default: Int8Config())."""
     t = time.time()
     include = [x.lower() for x in ([include] if isinstance(include, str) else include)]
     bad = [x for x in include if x not in FORMATS]
     if bad:
         raise ExportError(f'--include {bad} invalid: supported formats are {list(FORMATS)}')
+    opset = _check_int8(include, int8, data, opset)
+    if 'openvino' in include:
+        try:
+            require('--include openvino' + (' --int8' if int8 else ''), 'openvino', *(['nncf'] if int8 else []))
+        except MissingPackageError as e:
+            raise ExportError(str(e)) from None
     weights = Path(str(weights[0] if isinstance(weights, (list, tuple)) else weights))
     if not weights.is_file():
         raise ExportError(f'{weights} does not exist')
@@ -179,20 +253,27 @@ def run(weights: str | Path | list = 'yolov5s.pt', imgsz: int | tuple | list = (
         raise ExportError('--half only compatible with GPU export, i.e. use --device 0')
     if half and dynamic:
         raise ExportError('--half not compatible with --dynamic, i.e. use either --half or --dynamic but not both')
+    if half and int8:
+        raise ExportError('--half not compatible with --int8: INT8 quantizes the FP32 graph')
     model, im, shape, metadata = _prepare(weights, device, imgsz, batch_size, half, inplace, dynamic)
+    cfg = int8_config or Int8Config()
+    calib = CalibrationSet(data, im.shape[2:], metadata['stride'], cfg.calib_images, cfg.calib_split) if int8 else None
     LOGGER.info(f"\n{colorstr('PyTorch:')} starting from {weights} with output shape {shape} "
                 f'({file_size(weights):.1f} MB)')
     files = []
-    for fmt in ('torchscript', 'onnx'):  # YOLOv5's order
-        if fmt not in include:
-            continue
-        try:
-            files.append(export_torchscript(model, im, weights, metadata) if fmt == 'torchscript' else
-                         export_onnx(model, im, weights, metadata, opset, dynamic, simplify))
-        except Exception as e:  # exporter tracebacks are pages long: one line naming the file and the cause
-            msg = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
-            hint = f' (this model needs a newer opset than {opset}: try --opset 13)' if 'opset' in msg else ''
-            raise ExportError(f'{fmt} export of {weights} failed: {type(e).__name__}: {msg[:200]}{hint}') from None
+    if 'torchscript' in include:  # YOLOv5's order: TorchScript, ONNX, OpenVINO (converted from the ONNX file)
+        files.append(_guarded('torchscript', weights, opset, lambda: export_torchscript(model, im, weights, metadata)))
+    if 'onnx' in include or 'openvino' in include:
+        f_onnx = _guarded('onnx', weights, opset,
+                          lambda: export_onnx(model, im, weights, metadata, opset, dynamic, simplify))
+        files.append(f_onnx)
+        if int8 and 'onnx' in include:
+            files.append(_guarded('onnx --int8', weights, opset, lambda: quantize_onnx(f_onnx, calib, cfg)))
+            LOGGER.info(f"{colorstr('ONNX INT8:')} saved as {files[-1]} ({file_size(files[-1]):.1f} MB)")
+    if 'openvino' in include:
+        files.append(_guarded('openvino', weights, opset,
+                              lambda: export_openvino(f_onnx, metadata, calib, cfg.keep_fp32)))
+        LOGGER.info(f"{colorstr('OpenVINO:')} saved as {files[-1]}")
     h = '--half' if half else ''
     LOGGER.info(f'\nExport complete ({time.time() - t:.1f}s)'
                 f"\nResults saved to {colorstr('bold', str(weights.parent.resolve()))}"
@@ -202,9 +283,9 @@ def run(weights: str | Path | list = 'yolov5s.pt', imgsz: int | tuple | list = (
 
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
-    """YOLOv5 v7.0 export.py flags (formats: onnx, torchscript)."""
+    """YOLOv5 v7.0 export.py flags (formats: torchscript, onnx, openvino)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--data', type=str, default=None, help='dataset.yaml path (unused; accepted for compatibility)')
+    p.add_argument('--data', type=str, default=None, help='dataset.yaml path (--int8: the calibration images)')
     p.add_argument('--weights', nargs='+', type=str, default='yolov5s.pt', help='model.pt path(s)')
     p.add_argument('--imgsz', '--img', '--img-size', nargs='+', type=positive_int, default=[640, 640],
                    help='image (h, w)')
@@ -213,9 +294,10 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--half', action='store_true', help='FP16 half-precision export (GPU only)')
     p.add_argument('--inplace', action='store_true', help='set YOLOv5 Detect() inplace=True')
     p.add_argument('--dynamic', action='store_true', help='ONNX: dynamic batch, height and width axes')
-    p.add_argument('--simplify', action='store_true', help='ONNX: slim the graph with onnxslim')
+    p.add_argument('--simplify', action='store_true', help='ONNX: slim the graph with onnxslim (EfficientViT: always)')
     p.add_argument('--opset', type=positive_int, default=12, help='ONNX: opset version')
-    p.add_argument('--include', nargs='+', default=['torchscript'], help='torchscript, onnx')
+    p.add_argument('--int8', action='store_true', help='ONNX/OpenVINO: INT8 post-training quantization (needs --data)')
+    p.add_argument('--include', nargs='+', default=['torchscript'], help='torchscript, onnx, openvino')
     return p.parse_args(argv)
 
 

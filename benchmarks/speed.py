@@ -1,17 +1,16 @@
 """Speed benchmark: parameters, GFLOPs and latency of every model YAML, plus the images/s of one training step.
 
 Columns (each a median of ``--runs`` timed runs after ``--warmup`` untimed ones, the models interleaved run by run so
-that a change of machine load hits all of them alike): PyTorch eager, BN-fused, fp32 under ``torch.inference_mode``
-on CPU at each ``--batch-sizes``; ONNX Runtime (CPU provider) at batch 1; fp16 on a CUDA GPU at ``--gpu-batch-sizes``
-when one is present ("no GPU" otherwise); and one SGD training step (forward + ComputeLoss + backward + step) on CPU
-with random images and targets. Every timing also appears as a ratio to yolov5n measured in the same run, which is the
-number to compare: absolute milliseconds on a shared machine swing by tens of percent from run to run.
-
+that a change of machine load hits all of them alike, ``--pause-ms`` of sleep before every run): PyTorch eager,
+BN-fused, fp32 under ``torch.inference_mode`` on CPU at each ``--batch-sizes``; ONNX Runtime (CPU provider) at batch 1
+on the graph ``export.py`` writes; fp16 on a CUDA GPU at ``--gpu-batch-sizes`` when one is present ("no GPU"
+otherwise); and one SGD training step (forward + ComputeLoss + backward + step) on CPU with random images and
+targets. PyTorch and ORT run on the same threads (the physical cores available); ORT's threads do not spin (the
+method: benchmarks/timing.py). Every timing also appears as a ratio to yolov5n from the same run: compare those.
 A model or backend that fails is reported in its cell as "error: <reason>"; the others are still measured.
 
-Usage:
-    python benchmarks/speed.py                                   # every model, writes benchmarks/results/speed.*
-    python benchmarks/speed.py --models yolov5n yolov5-efficientvit --runs 5 --no-train
+Usage: ``python benchmarks/speed.py`` (every model, writes benchmarks/results/speed.*), or e.g.
+``python benchmarks/speed.py --models yolov5n yolov5-efficientvit --runs 5 --no-train``.
 """
 from __future__ import annotations
 
@@ -24,7 +23,6 @@ import platform
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,9 +34,12 @@ if str(ROOT) not in sys.path:
 
 MODELS = ['yolov5n', 'yolov5s', 'yolov5m', 'yolov5l', 'yolov5x', 'yolov5-efficientvit'] + [
     f'yolov5-efficientvit-m{i}' for i in range(1, 6)] + [
-    f'yolov5-timm-{name}' for name in ('mobilenetv3', 'efficientnet_b0', 'resnet18')]
+    f'yolov5-timm-{n}' for n in ('mobilenetv3', 'efficientnet_b0', 'resnet18')]
 BASELINE = 'yolov5n'
 HYP = ROOT / 'data/hyps/hyp.scratch-low.yaml'
+
+from benchmarks import timing  # noqa: E402
+from benchmarks.timing import cpu_isa, cpu_name, physical_cores  # noqa: E402, F401  (cpu_name: backbone_speed.py)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -75,28 +76,11 @@ def short_label(name: str) -> str:
 
 
 def interleaved(tasks: dict[str, Callable[[], None]], runs: int, warmup: int = 1,
-                sync: Callable[[], None] | None = None) -> dict[str, list[float] | str]:
-    """Time every task once per round, rounds alternating direction; return ms samples per task or an error text.
-
-    Interleaving spreads slow drifts of machine load over all tasks instead of over the last ones measured.
-    """
-    out: dict[str, list[float] | str] = {k: [] for k in tasks}
-    live = list(tasks)
-    for r in range(warmup + runs):
-        for name in (live if r % 2 == 0 else live[::-1]):
-            try:
-                t0 = time.perf_counter()
-                tasks[name]()
-                if sync is not None:
-                    sync()
-                dt = (time.perf_counter() - t0) * 1000
-            except Exception as e:  # one failing model must not stop the others
-                out[name] = short_error(e)
-                continue
-            if r >= warmup:
-                out[name].append(dt)
-        live = [k for k in live if isinstance(out[k], list)]
-    return out
+                sync: Callable[[], None] | None = None, pause: float = timing.PAUSE_S) -> dict[str, list[float] | str]:
+    """Time every task once per round, rounds alternating direction, ``pause`` s of sleep before each run; return ms
+    samples per task or an error text. Interleaving spreads slow drifts of machine load over all tasks instead of over
+    the last ones measured."""
+    return timing.interleaved(tasks, runs, warmup, sync, pause, on_error=short_error)
 
 
 def median(cell: list[float] | str | None) -> float | None:
@@ -125,6 +109,7 @@ def build_models(names: list[str], imgsz: int) -> tuple[dict, dict]:
             if not path.is_file():
                 raise FileNotFoundError(f'no {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}')
             m = DetectionModel(path, verbose=False)
+            nonzero_attention_biases(m)
             models[name] = m
             info[name] = {'params': sum(p.numel() for p in m.parameters()), 'gflops': flops(m, imgsz)}
         except Exception as e:
@@ -132,6 +117,16 @@ def build_models(names: list[str], imgsz: int) -> tuple[dict, dict]:
             info[name] = {}
         print(f'built {name}: {info[name] or models[name]}', flush=True)
     return models, info
+
+
+@torch.no_grad()
+def nonzero_attention_biases(model: torch.nn.Module, seed: int = 0) -> None:
+    """Draw EfficientViT's attention-bias tables (zeros in a fresh model; never zero once trained): an Add of constant
+    zeros is folded away by onnxslim, which would make an untrained model's ONNX graph faster than a trained one's."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        if name.endswith('attention_biases'):
+            p.copy_(0.1 * torch.randn(p.shape, generator=g))
 
 
 def fused_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -156,8 +151,9 @@ def eager_task(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return fn
 
 
-def export_onnx_file(model: torch.nn.Module, im: torch.Tensor, file: Path, opset: int = 17) -> Path:
-    """ONNX of the fused export-mode model through export.py's exporter (plain torch.onnx.export if unavailable)."""
+def export_onnx_file(model: torch.nn.Module, im: torch.Tensor, file: Path, opset: int = 12) -> Path:
+    """ONNX of the fused export-mode model through export.py's exporter, at its default opset (with EfficientViT's
+    export form and slimming, as users get it; plain torch.onnx.export if export.py is unavailable)."""
     try:
         from export import export_onnx
     except ImportError:
@@ -169,14 +165,11 @@ def export_onnx_file(model: torch.nn.Module, im: torch.Tensor, file: Path, opset
     return file
 
 
-def ort_task(model: torch.nn.Module, x: torch.Tensor, tmp: Path, name: str, threads: int) -> Callable[[], None]:
-    """Export to ONNX, open a CPU ONNX Runtime session, return one run of x."""
-    import onnxruntime as ort
-
-    f = export_onnx_file(model, x, tmp / f'{name}.onnx')
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    sess = ort.InferenceSession(str(f), so, providers=['CPUExecutionProvider'])
+def ort_task(model: torch.nn.Module, x: torch.Tensor, tmp: Path, name: str, threads: int,
+             spinning: bool = False) -> Callable[[], None]:
+    """Export to ONNX, open a CPU ONNX Runtime session (benchmarks/timing.py), return one run of x."""
+    f = export_onnx_file(model, x, tmp / f'{safe_name(name)}.onnx')
+    sess = timing.ort_session(f, threads, spinning)
     feed = {sess.get_inputs()[0].name: x.numpy()}
     return lambda: sess.run(None, feed)
 
@@ -228,8 +221,13 @@ def load_hyp() -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 # Stages: each returns {column key: {model name: ms samples or text}}
 # ----------------------------------------------------------------------------------------------------------------
+def safe_name(name: str) -> str:
+    """A model name or YAML path as one file-name component."""
+    return Path(name).stem or 'model'
+
+
 def bench(models: dict, make: Callable[[str, torch.nn.Module], Callable[[], None]], runs: int, warmup: int,
-          sync: Callable[[], None] | None = None) -> dict[str, list[float] | str]:
+          sync: Callable[[], None] | None = None, pause: float = timing.PAUSE_S) -> dict[str, list[float] | str]:
     """Set up one task per usable model (a failing setup becomes that model's error), then time them interleaved."""
     cells: dict[str, list[float] | str] = {}
     tasks = {}
@@ -241,7 +239,7 @@ def bench(models: dict, make: Callable[[str, torch.nn.Module], Callable[[], None
             tasks[name] = make(name, m)
         except Exception as e:
             cells[name] = short_error(e)
-    cells.update(interleaved(tasks, runs, warmup, sync))
+    cells.update(interleaved(tasks, runs, warmup, sync, pause))
     return {name: cells[name] for name in models}
 
 
@@ -262,25 +260,29 @@ def plan_columns(batch_sizes: list[int], gpu_batch_sizes: list[int], onnx: bool,
     return cols
 
 
-def stage_cpu(fused: dict, batch_sizes: list[int], imgsz: int, runs: int, warmup: int) -> dict:
+def stage_cpu(fused: dict, batch_sizes: list[int], imgsz: int, runs: int, warmup: int,
+              pause: float = timing.PAUSE_S) -> dict:
     """PyTorch eager fp32 latency on CPU at each batch size."""
     res = {}
     for b in batch_sizes:
         x = torch.rand(b, 3, imgsz, imgsz)
         print(f'CPU eager batch {b} ...', flush=True)
-        res[f'cpu_b{b}'] = bench(fused, lambda _n, m, x=x: eager_task(m, x), runs, warmup)
+        res[f'cpu_b{b}'] = bench(fused, lambda _n, m, x=x: eager_task(m, x), runs, warmup, pause=pause)
     return res
 
 
-def stage_onnx(fused: dict, imgsz: int, runs: int, warmup: int, threads: int) -> dict:
+def stage_onnx(fused: dict, imgsz: int, runs: int, warmup: int, threads: int, pause: float = timing.PAUSE_S,
+               spinning: bool = False) -> dict:
     """ONNX Runtime CPU latency at batch 1 (exported from the fused models into a temporary directory)."""
     x = torch.rand(1, 3, imgsz, imgsz)
     print('ONNX Runtime CPU batch 1 ...', flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        return {'ort_b1': bench(fused, lambda n, m: ort_task(m, x, Path(tmp), n, threads), runs, warmup)}
+        return {'ort_b1': bench(fused, lambda n, m: ort_task(m, x, Path(tmp), n, threads, spinning), runs, warmup,
+                                pause=pause)}
 
 
-def stage_gpu(fused: dict, batch_sizes: list[int], imgsz: int, runs: int, warmup: int) -> dict:
+def stage_gpu(fused: dict, batch_sizes: list[int], imgsz: int, runs: int, warmup: int,
+              pause: float = timing.PAUSE_S) -> dict:
     """fp16 CUDA latency at each batch size, or 'no GPU' cells."""
     if not torch.cuda.is_available():
         return {f'gpu_b{b}': dict.fromkeys(fused, 'no GPU') for b in batch_sizes}
@@ -290,34 +292,24 @@ def stage_gpu(fused: dict, batch_sizes: list[int], imgsz: int, runs: int, warmup
         x = torch.rand(b, 3, imgsz, imgsz, device='cuda').half()
         print(f'GPU fp16 batch {b} ...', flush=True)
         res[f'gpu_b{b}'] = bench(on_gpu, lambda _n, m, x=x: eager_task(m, x), runs, max(warmup, 3),
-                                 torch.cuda.synchronize)
+                                 torch.cuda.synchronize, pause)
     del on_gpu
     torch.cuda.empty_cache()
     return res
 
 
-def stage_train(models: dict, batch: int, imgsz: int, runs: int, warmup: int) -> dict:
+def stage_train(models: dict, batch: int, imgsz: int, runs: int, warmup: int, pause: float = timing.PAUSE_S) -> dict:
     """Milliseconds of one CPU training step (reported as images/s)."""
     hyp = load_hyp()
     print(f'training step batch {batch} ...', flush=True)
-    return {f'train_b{batch}': bench(models, lambda _n, m: train_task(m, batch, imgsz, hyp), runs, warmup)}
+    return {f'train_b{batch}': bench(models, lambda _n, m: train_task(m, batch, imgsz, hyp), runs, warmup,
+                                     pause=pause)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Report: one dict (JSON-able) that several invocations can be merged into, rendered as Markdown and a plot
 # ----------------------------------------------------------------------------------------------------------------
 KIND_ORDER = {'cpu': 0, 'ort': 1, 'gpu': 2, 'train': 3}
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (Linux), else platform.processor()."""
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.lower().startswith('model name'):
-                return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def system_info(threads: int) -> dict:
@@ -329,13 +321,10 @@ def system_info(threads: int) -> dict:
         ort_version = 'not installed'
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'
     return {'date': datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC'), 'cpu': cpu_name(),
-            'logical_cpus': os.cpu_count(), 'threads': threads, 'torch': torch.__version__,
+            'isa': cpu_isa(), 'logical_cpus': os.cpu_count(), 'usable_cpus': len(timing.usable_cpus()),
+            'physical_cores': physical_cores(), 'threads': threads, 'torch': torch.__version__,
             'onnxruntime': ort_version, 'python': platform.python_version(), 'gpu': gpu,
-            'loadavg_start': _loadavg()}
-
-
-def _loadavg() -> list[float] | None:
-    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, 'getloadavg') else None
+            'loadavg_start': timing.loadavg()}
 
 
 def _order(names: list[str]) -> list[str]:
@@ -430,9 +419,14 @@ def format_invocation(inv: dict) -> str:
         runs.append(f"median of {inv['runs']} run(s)")
     if cols is None or any(k.startswith('train') for k in cols):
         runs.append(f"train: median of {inv['train_runs']} step(s)")
+    if 'pause_ms' in inv:
+        how = (f"{inv['pause_ms']:g} ms pause before each run, ORT spinning "
+               f"{'on' if inv.get('ort_spinning') else 'off'}")
+    else:  # invocations before benchmarks/timing.py
+        how = 'no pause, ORT threads spinning (its default; contention between runtimes)'
     return (f"- `{inv['command']}` — {s['date']}, {s['threads']} thread(s), {', '.join(runs)} after {inv['warmup']} "
-            f"warm-up; load average {_load(s.get('loadavg_start'))} at start, {_load(s.get('loadavg_end'))} at end"
-            + (f" ({inv['note']})" if inv.get('note') else ''))
+            f"warm-up, {how}; load average {_load(s.get('loadavg_start'))} at start, {_load(s.get('loadavg_end'))} "
+            'at end' + (f" ({inv['note']})" if inv.get('note') else ''))
 
 
 def format_report(rep: dict) -> str:
@@ -440,14 +434,21 @@ def format_report(rep: dict) -> str:
     s = rep['invocations'][-1]['system']
     return '\n'.join([
         '# Speed benchmark', '',
-        f"Machine: {s['cpu']} ({s['logical_cpus']} logical CPUs), torch {s['torch']}, onnxruntime "
+        f"Machine: {s['cpu']} ({s['logical_cpus']} logical CPUs"
+        + (f", {s['physical_cores']} physical core(s) usable" if 'physical_cores' in s else '')
+        + f"; instruction sets: {s.get('isa', 'not recorded')}), torch {s['torch']}, onnxruntime "
         f"{s['onnxruntime']}, Python {s['python']}, GPU: {s['gpu']}. Made by:", '',
         *[f'{i}. ' + format_invocation(inv)[2:] for i, inv in enumerate(rep['invocations'], 1)], '',
         format_table(rep), '',
         f"Input {rep['imgsz']}x{rep['imgsz']}, random data. Each cell: median of the timed runs after warm-up, "
-        'models interleaved run by run. PyTorch columns: BN-fused fp32 model under torch.inference_mode, ms per '
-        'batch. ORT: the same fused model exported to ONNX (decoded output, no NMS), CPUExecutionProvider with the '
-        'same thread count. Train step: forward + ComputeLoss + backward + SGD step on random targets, as images/s.',
+        'models interleaved run by run, one process, a pause before every run so that no runtime\'s idle threads '
+        'still hold the cores when the next task starts. PyTorch columns: BN-fused fp32 model under '
+        'torch.inference_mode, ms per batch. ORT: the same fused model exported by export.py (default opset; '
+        'EfficientViT in its export form, slimmed; decoded output, no NMS), CPUExecutionProvider, graph '
+        'optimisation level ALL, intra-op threads = the thread count above, 1 inter-op thread, spinning as stated '
+        '(off: each parallel op wakes its threads, which costs graphs of many small ops most). Train step: forward '
+        '+ ComputeLoss + backward + SGD step on random targets, as images/s. The instruction sets matter: the same '
+        'models compare differently on AVX2 and AVX-512 CPUs.',
         f'(n.nn×) is the time relative to {BASELINE} measured in the same invocation (lower is faster; for the '
         'train column the ratio of step times); [i] names that invocation. "not run": not measured by any invocation.',
         f'Run-to-run spread (max-min)/median, median over models: {noise_line(rep)}. A load average above '
@@ -515,38 +516,40 @@ def load_previous(out: Path) -> dict | None:
 # ----------------------------------------------------------------------------------------------------------------
 # Entry points
 # ----------------------------------------------------------------------------------------------------------------
-def run(models: list[str] | None = None, imgsz: int = 640, runs: int = 5, warmup: int = 1,
+def run(models: list[str] | None = None, imgsz: int = 640, runs: int = 20, warmup: int = 1,
         batch_sizes: list[int] | tuple = (1, 8), gpu_batch_sizes: list[int] | tuple = (1, 32), onnx: bool = True,
         train: bool = True, train_batch: int = 8, train_runs: int = 3, threads: int = 0,
-        out: str | Path = ROOT / 'benchmarks/results', merge: bool = False, command: str = '') -> dict:
-    """Measure every model, write the report into ``out`` (merged into the one there with merge=True); return it."""
+        out: str | Path = ROOT / 'benchmarks/results', merge: bool = False, command: str = '',
+        pause_ms: float = timing.PAUSE_S * 1000, ort_spinning: bool = False) -> dict:
+    """Measure every model, write the report into ``out`` (merged into the one there with merge=True); return it.
+    ``threads`` 0: the physical cores this process may use, for torch and ORT alike."""
     out, names = Path(out), list(models or MODELS)
     prev = load_previous(out) if merge else None
-    if threads:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads or physical_cores())
+    pause = pause_ms / 1000
     columns = plan_columns(list(batch_sizes), list(gpu_batch_sizes), onnx, train, train_batch)
     inv = {'command': command or 'benchmarks.speed.run()', 'runs': runs, 'warmup': warmup,
-           'train_runs': train_runs, 'system': system_info(torch.get_num_threads()),
-           'columns': [c['key'] for c in columns if not c['key'].startswith('gpu')]}
+           'train_runs': train_runs, 'system': system_info(torch.get_num_threads()), 'pause_ms': pause_ms,
+           'ort_spinning': ort_spinning, 'columns': [c['key'] for c in columns if not c['key'].startswith('gpu')]}
     built, info = build_models(names, imgsz)
     cells: dict = {}
 
     def save() -> dict:
-        inv['system']['loadavg_end'] = _loadavg()
+        inv['system']['loadavg_end'] = timing.loadavg()
         rep = merge_report(prev, new_report(names, info, cells, columns, inv, imgsz))
         write_results(out, rep)
         return rep
 
     fused = {n: m if isinstance(m, str) else _safe(fused_copy, m) for n, m in built.items()}
-    cells.update(stage_cpu(fused, list(batch_sizes), imgsz, runs, warmup))
+    cells.update(stage_cpu(fused, list(batch_sizes), imgsz, runs, warmup, pause))
     save()
     if onnx:
-        cells.update(stage_onnx(fused, imgsz, runs, warmup, torch.get_num_threads()))
+        cells.update(stage_onnx(fused, imgsz, runs, warmup, torch.get_num_threads(), pause, ort_spinning))
         save()
-    cells.update(stage_gpu(fused, list(gpu_batch_sizes), imgsz, runs, warmup))
+    cells.update(stage_gpu(fused, list(gpu_batch_sizes), imgsz, runs, warmup, pause))
     del fused
     if train:
-        cells.update(stage_train(built, train_batch, imgsz, train_runs, warmup))
+        cells.update(stage_train(built, train_batch, imgsz, train_runs, warmup, pause))
     return save()
 
 
@@ -562,7 +565,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--models', nargs='+', default=None, help=f'model names or YAML paths (default: all of {MODELS})')
     p.add_argument('--imgsz', type=int, default=640, help='square input size (pixels)')
-    p.add_argument('--runs', type=int, default=5, help='timed runs per cell (median reported)')
+    p.add_argument('--runs', type=int, default=20, help='timed runs per cell (median reported)')
     p.add_argument('--warmup', type=int, default=1, help='untimed runs before timing')
     p.add_argument('--batch-sizes', nargs='*', type=int, default=[1, 8], help='CPU eager batch sizes (none: skip)')
     p.add_argument('--gpu-batch-sizes', nargs='*', type=int, default=[1, 32], help='GPU fp16 batch sizes')
@@ -570,7 +573,10 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--no-train', action='store_true', help='skip the training-step column')
     p.add_argument('--train-batch', type=int, default=8, help='training-step batch size')
     p.add_argument('--train-runs', type=int, default=3, help='timed training steps per model')
-    p.add_argument('--threads', type=int, default=0, help='torch/ORT threads (0: torch default)')
+    p.add_argument('--threads', type=int, default=0, help='torch/ORT threads (0: the physical cores available)')
+    p.add_argument('--pause-ms', type=float, default=timing.PAUSE_S * 1000, help='sleep before every run (ms)')
+    p.add_argument('--ort-spinning', action='store_true',
+                   help="let ORT's idle threads spin (its default; faster alone, contention when interleaved)")
     p.add_argument('--out', type=str, default=str(ROOT / 'benchmarks/results'), help='output directory')
     p.add_argument('--merge', action='store_true',
                    help="merge into out/speed.json: this run's cells replace those models' cells, others are kept")
@@ -583,7 +589,7 @@ def main(opt: argparse.Namespace) -> dict:
         rep = run(models=opt.models, imgsz=opt.imgsz, runs=opt.runs, warmup=opt.warmup, batch_sizes=opt.batch_sizes,
                   gpu_batch_sizes=opt.gpu_batch_sizes, onnx=not opt.no_onnx, train=not opt.no_train,
                   train_batch=opt.train_batch, train_runs=opt.train_runs, threads=opt.threads, out=opt.out,
-                  merge=opt.merge, command=command.strip())
+                  merge=opt.merge, command=command.strip(), pause_ms=opt.pause_ms, ort_spinning=opt.ort_spinning)
     except ValueError as e:
         sys.exit(f'speed.py: {e}')
     print((Path(opt.out) / 'speed.md').read_text())

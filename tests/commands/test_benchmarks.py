@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from benchmarks import backbone_speed, coco_scan, learning, speed, train_profile, train_throughput
+from benchmarks import backbone_speed, coco_scan, learning, ort_profile, speed, timing, train_profile, train_throughput
 
 # ----------------------------------------------------------------------------------------------------------------
 # speed.py
@@ -32,7 +32,7 @@ def test_interleaved_counts_runs_and_isolates_a_failure():
         calls.append('bad')
         raise RuntimeError('boom')
 
-    res = speed.interleaved({'a': ok, 'b': bad}, runs=3, warmup=2)
+    res = speed.interleaved({'a': ok, 'b': bad}, runs=3, warmup=2, pause=0)
     assert len(res['a']) == 3 and all(t >= 0 for t in res['a'])  # warm-up runs are not kept
     assert res['b'] == 'error: RuntimeError: boom'
     assert calls.count('ok') == 5 and calls.count('bad') == 1  # a failed task is not retried
@@ -120,16 +120,107 @@ def test_random_targets_are_valid():
 def test_speed_run_tiny(tmp_path):
     """yolov5n at 64 px, one run of every backend, plus a missing YAML reported in its row, not raised."""
     res = speed.run(models=['yolov5n', 'models/missing.yaml'], imgsz=64, runs=1, warmup=0, batch_sizes=[1],
-                    gpu_batch_sizes=[1], onnx=True, train=True, train_batch=2, train_runs=1, out=tmp_path)
+                    gpu_batch_sizes=[1], onnx=True, train=True, train_batch=2, train_runs=1, out=tmp_path, pause_ms=1)
     assert res['info']['yolov5n']['params'] == 1_872_157
     assert 0.01 < res['info']['yolov5n']['gflops'] < 0.1  # 4.47 GFLOPs at 640 -> /100 at 64
     for key in ('cpu_b1', 'ort_b1', 'train_b2'):
         assert len(res['cells'][key]['yolov5n']) == 1, key
         assert res['cells'][key]['models/missing.yaml'].startswith('error: FileNotFoundError'), key
     md = (tmp_path / 'speed.md').read_text()
+    assert 'instruction sets: ' in md and '1 ms pause before each run, ORT spinning off' in md
     assert '| yolov5n | 1.87 |' in md and '(1.00×)' in md and '| missing | - | - | error: FileNotFoundError' in md
     assert (tmp_path / 'speed.png').stat().st_size > 1000
     assert (tmp_path / 'speed.json').is_file()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# timing.py: the method shared by the benchmarks
+# ----------------------------------------------------------------------------------------------------------------
+def test_physical_cores_counts_smt_siblings_once(tmp_path):
+    for cpu, (pkg, core) in enumerate([(0, 0), (0, 0), (0, 1), (1, 0)]):  # cpu0/cpu1: siblings of one core
+        topo = tmp_path / f'cpu{cpu}' / 'topology'
+        topo.mkdir(parents=True)
+        (topo / 'physical_package_id').write_text(f'{pkg}\n')
+        (topo / 'core_id').write_text(f'{core}\n')
+    assert timing.physical_cores([0, 1, 2, 3], tmp_path) == 3
+    assert timing.physical_cores([0, 1], tmp_path) == 1
+    assert timing.physical_cores([0, 7], tmp_path) == 2  # no topology for cpu7: counted as its own core
+    assert 1 <= timing.physical_cores() <= len(timing.usable_cpus())
+
+
+def test_cpu_isa_names_the_vector_sets():
+    isa = timing.cpu_isa('fpu sse2 avx2 fma avx512f avx512_vnni amx_int8 amx_tile')
+    assert isa.startswith('AVX2, FMA, AVX-512, AVX-512 VNNI, AMX-INT8; torch kernels: ')
+    assert timing.cpu_isa('fpu sse2').startswith('no AVX2')
+    assert timing.cpu_isa('').startswith('unknown')
+
+
+def test_interleaved_pauses_before_every_run(monkeypatch):
+    sleeps = []
+    monkeypatch.setattr(timing.time, 'sleep', sleeps.append)
+    res = speed.interleaved({'a': lambda: None, 'b': lambda: None}, runs=2, warmup=1, pause=0.05)
+    assert sleeps == [0.05] * 6 and len(res['a']) == len(res['b']) == 2
+    sleeps.clear()
+    speed.interleaved({'a': lambda: None}, runs=2, warmup=0, pause=0)
+    assert sleeps == []
+
+
+def test_ort_session_options(tmp_path):
+    onnx = pytest.importorskip('onnx')
+    pytest.importorskip('onnxruntime')
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node('Relu', ['x'], ['y'])], 'g',
+                          [helper.make_tensor_value_info('x', TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info('y', TensorProto.FLOAT, [1, 4])])
+    f = tmp_path / 'relu.onnx'
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid('', 12)]), str(f))
+    for spinning, want in ((False, '0'), (True, '1')):
+        so = timing.ort_session(f, 1, spinning).get_session_options()
+        assert (so.intra_op_num_threads, so.inter_op_num_threads) == (1, 1)
+        assert so.get_session_config_entry('session.intra_op.allow_spinning') == want
+        assert so.get_session_config_entry('session.inter_op.allow_spinning') == want
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# ort_profile.py
+# ----------------------------------------------------------------------------------------------------------------
+def test_op_and_region_tables():
+    att = '/model.0/export_form/stages.0/stages.0.0/stages.0.0.2/'
+    nodes = {f'{att}Softmax': ('Softmax', 300.0), f'{att}MatMul': ('FusedMatMul', 200.0),
+             '/model.0/export_form/stages.0/stages.0.0/stages.0.0.1/pw2/Conv': ('Conv', 400.0),
+             '/model.0/export_form/patch_embed/patch_embed.1/Relu': ('Conv', 100.0),
+             'ReorderOutput_token_7': ('ReorderOutput', 50.0), '/model.17/conv/Conv': ('Conv', 150.0)}
+    assert ort_profile.by_op(nodes) == {'Conv': (650.0, 3), 'Softmax': (300.0, 1), 'FusedMatMul': (200.0, 1),
+                                        'ReorderOutput': (50.0, 1)}
+    table = ort_profile.op_table({'a': nodes, 'b': {'x': ('Conv', 100.0)}}, top=2).splitlines()
+    assert table[2] == '| Conv | 0.65 (54 %, 3) | 0.10 (100 %, 1) |' and table[3] == '| Softmax | 0.30 (25 %, 1) | - |'
+    assert table[-1] == '| **all** | **1.2** (6 nodes) | **0.1** (1 nodes) |'
+    parts = ort_profile.region_table('m0', nodes)
+    assert '| backbone: window attention | 0.50 | 42 % |' in parts and '| neck + Detect | 0.15 | 12 % |' in parts
+    assert '| NCHWc layout reorders | 0.05 | 4 % |' in parts and '| backbone: patch embedding | 0.10 | 8 % |' in parts
+
+
+def test_ort_profile_errors(capsys):
+    with pytest.raises(SystemExit, match=r"no model YAML for \['nonexistent'\]"):
+        ort_profile.main(['--models', 'nonexistent'])
+    with pytest.raises(SystemExit, match='--runs and --nc must be >= 1'):
+        ort_profile.main(['--runs', '0'])
+    with pytest.raises(SystemExit, match='leave nothing to do'):
+        ort_profile.main(['--no-timing', '--no-profile'])
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings('ignore::DeprecationWarning')
+def test_ort_profile_tiny(tmp_path, capsys):
+    """yolov5n and M0 at 64 px, one profiled run each, the graph before the export form, the wall-clock table."""
+    assert ort_profile.main(['--models', 'yolov5n', 'yolov5-efficientvit', '--imgsz', '64', '--runs', '1',
+                             '--before', '--out', str(tmp_path)]) == 0
+    md = (tmp_path / 'ort_profile.md').read_text()
+    assert '| op type | yolov5n: ms (share, nodes) | yolov5-efficientvit (before): ms' in md
+    assert '| Conv |' in md and 'Load average' in md and 'instruction sets: ' in md
+    assert '| backbone: window attention |' in md
+    assert '| model | ORT ms | ORT spinning ms | eager ms |' in md and '| yolov5-efficientvit | ' in md
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -280,3 +371,64 @@ def test_coco_scan_tiny(tmp_path, capsys):
     assert (tmp_path / 'annotations.cache').is_file()
     assert coco_scan.main(['--annotations', '50', '--images', '5']) == 0
     assert '| 50 | 5 |' in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# formats.py and int8_variants.py
+# ----------------------------------------------------------------------------------------------------------------
+def test_formats_table_ratios_and_absent_rows():
+    from benchmarks import formats
+
+    rows = [{'key': 'pytorch', 'label': 'PyTorch', 'size': 7.2, 'map50': 0.5, 'map': 0.3, 'ms': 40.0},
+            {'key': 'onnx-int8', 'label': 'ONNX INT8', 'size': 2.1, 'map50': 0.49, 'map': 0.295, 'ms': 20.0},
+            {'key': 'openvino', 'label': 'OpenVINO', 'absent': 'not installed (openvino)'},
+            {'key': 'onnx', 'label': 'ONNX', 'size': 7.1, 'map50': 0.5, 'map': 0.3, 'ms': 'error: RuntimeError'}]
+    lines = formats.format_table(rows).splitlines()
+    assert lines[0] == '| Format | Size (MB) | mAP50 | mAP50-95 | ms/img b1 | vs PyTorch |'
+    assert lines[2] == '| PyTorch | 7.2 | 0.500 | 0.300 | 40.0 | 1.00× |'
+    assert lines[3] == '| ONNX INT8 | 2.1 | 0.490 | 0.295 | 20.0 | 0.50× |'
+    assert lines[4] == '| OpenVINO | - | - | - | not installed (openvino) | - |'
+    assert lines[5] == '| ONNX | 7.1 | 0.500 | 0.300 | error: RuntimeError | - |'
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings('ignore::FutureWarning')
+def test_formats_smoke(tmp_path):
+    """Every format at 64 px on a tiny dataset: one row each, a Markdown copy in the run directory."""
+    from benchmarks import formats
+    from tests.commands.test_export import make_checkpoint, make_model
+    from tests.helpers import write_dataset
+
+    pt = make_checkpoint(make_model('yolov5n.yaml'), tmp_path / 'w' / 'model.pt')
+    data = write_dataset(tmp_path / 'ds', n_train=4, n_val=2, nc=2, imgsz=64)
+    fmts = [f for f in formats.FORMATS if not f.startswith('openvino')]  # OpenVINO in-process: tests/test_openvino.py
+    opt = formats.parse_opt(['--weights', str(pt), '--data', str(data), '--img', '64', '--runs', '2', '--warmup',
+                             '1', '--project', str(tmp_path / 'runs'), '--name', 'f', '--formats', *fmts])
+    save_dir = formats.run(opt)
+    text = (save_dir / 'formats.md').read_text()
+    rows = [line for line in text.splitlines() if line.startswith('| ') and not line.startswith('| Format')]
+    assert [r.split(' | ')[0][2:] for r in rows] == [formats.LABELS[f] for f in fmts]
+    assert rows[0].endswith('| 1.00× |') and 'CPU:' in text and 'Command:' in text
+    for r in rows:
+        cells = r.split(' | ')
+        assert cells[4] != 'not timed' and not cells[4].startswith('error'), r
+        if 'not installed' not in r:
+            assert 0.0 <= float(cells[3]) <= 1.0 and float(cells[1]) > 0
+    assert (save_dir / 'model-int8.onnx').is_file() and (save_dir / 'model.torchscript').is_file()
+
+
+@pytest.mark.slow
+def test_int8_variants_accuracy_only(tmp_path):
+    from benchmarks import int8_variants
+    from tests.commands.test_export import make_checkpoint, make_model
+    from tests.helpers import write_dataset
+
+    pt = make_checkpoint(make_model('yolov5n.yaml'), tmp_path / 'w' / 'model.pt')
+    data = write_dataset(tmp_path / 'ds', n_train=4, n_val=2, nc=2, imgsz=64)
+    opt = int8_variants.parse_opt(['--weights', str(pt), '--data', str(data), '--img', '64', '--runs', '0',
+                                   '--formats', 'qdq', '--keep', 'none', 'softmax', '--project',
+                                   str(tmp_path / 'runs'), '--name', 'v'])
+    text = (int8_variants.run(opt) / 'int8_variants.md').read_text()
+    names = [line.split(' | ')[0][2:] for line in text.splitlines() if line.startswith('| ') and '---' not in line]
+    assert names == ['Variant', 'ONNX FP32', 'qdq-pc', 'qdq-pt', 'qdq-pc+softmax', 'qdq-pt+softmax']
+    assert 'not timed' in text

@@ -1,10 +1,11 @@
 """One inference interface over every weight format detect.py and val.py accept.
 
 ``.pt`` (this project's checkpoints and official YOLOv5 v6.x/v7.0 files, through
-utils.checkpoint.model.load_model, fused), ``.torchscript`` and ``.onnx`` (onnxruntime) all give
-``forward(im) -> pred (B, N, 5+nc)`` plus ``stride``, ``names`` and ``fp16``. Exported files carry ``stride`` and
-``names`` as metadata (see export.py); both are checked (stride in 1..MAX_STRIDE, exactly nc bounded string names)
-before use.
+utils.checkpoint.model.load_model, fused),
+``.torchscript``, ``.onnx`` (onnxruntime; FP32 or INT8) and ``<name>_openvino_model/`` (or its ``.xml``; OpenVINO
+FP32 or INT8, optional package) all give ``forward(im) -> pred (B, N, 5+nc)`` plus ``stride``, ``names``
+and ``fp16``. Exported files carry ``stride`` and ``names`` as metadata (see export.py); both are checked (stride in
+1..MAX_STRIDE, exactly nc bounded string names) before use.
 
 ``.pt`` and ``.onnx`` are data. A ``.torchscript`` file is a program: its code runs while it loads (a scripted
 ``__setstate__`` can write any file), so it is refused unless the caller passes ``trust_weights=True``
@@ -25,7 +26,12 @@ from utils.checkpoint.format import CheckpointError
 from utils.core.logging import LOGGER
 from utils.core.safety import MAX_NAMES_TEXT, UnsafeFileError, check_names, check_onnx_file, check_stride
 
-FORMATS = {'.pt': 'pt', '.torchscript': 'jit', '.onnx': 'onnx'}
+FORMATS = {'.pt': 'pt', '.torchscript': 'jit', '.onnx': 'onnx', '.xml': 'openvino', '_openvino_model': 'openvino'}
+
+
+def weights_format(w: Path) -> str | None:
+    """'pt', 'jit', 'onnx' or 'openvino' (a ``*_openvino_model`` directory or an ``.xml`` IR), from the name."""
+    return FORMATS.get('_openvino_model' if w.name.endswith('_openvino_model') else w.suffix.lower())
 
 
 def _one_line(e: BaseException) -> str:
@@ -75,17 +81,17 @@ class DetectBackend(nn.Module):
         if missing:
             raise BackendError(f'{missing[0]} does not exist')
         self.ensemble = paths if len(paths) > 1 else []
-        self.format = FORMATS.get(w.suffix.lower())
+        self.format = weights_format(w)
         if self.format is None:
             raise BackendError(f'{w}: unsupported model format {w.suffix!r}; supported: {", ".join(FORMATS)}')
-        if not w.is_file():
+        if not (w.is_file() or (self.format == 'openvino' and w.is_dir())):
             raise BackendError(f'{w} does not exist')
         if self.format == 'jit' and not trust_weights:
             raise BackendError(f'{w}: refused: a .torchscript file is a program whose code runs while it loads, not '
                                'weights; load it only from a source you trust, with --trust-weights')
         self.device = torch.device(device)
         self.fp16 = bool(fp16) and self.device.type == 'cuda'
-        self.pt, self.jit, self.onnx = (self.format == f for f in ('pt', 'jit', 'onnx'))
+        self.pt, self.jit, self.onnx, self.openvino = (self.format == f for f in ('pt', 'jit', 'onnx', 'openvino'))
         self.weights, self.stride, self.names, self.min_size = w, 32, None, 0
         self.nc: int | None = None  # classes the model predicts, when its files say so
         try:
@@ -157,15 +163,30 @@ class DetectBackend(nn.Module):
             self.names = parse_names(meta['names'], f'{w} metadata', self.nc)
         self.min_size = int(meta.get('min_size', 0))  # --dynamic window-attention exports: smallest exact side
 
+    def _load_openvino(self, w: Path, fuse: bool) -> None:
+        from utils.core.optional import MissingPackageError
+        from utils.inference.openvino_runner import OpenVINORunner
+
+        try:
+            self.ov = OpenVINORunner(w)
+        except MissingPackageError as e:
+            raise BackendError(f'{w}: {e}') from None
+        self.input_shape, out, meta = self.ov.input_shape, self.ov.output_shape, self.ov.metadata
+        self.nc = out[-1] - 5 if out and isinstance(out[-1], int) and out[-1] > 5 else None
+        if 'stride' in meta:
+            self.stride = check_stride(meta['stride'], f'{self.ov.xml} metadata')
+        if 'names' in meta:
+            self.names = parse_names(meta['names'], f'{self.ov.xml} metadata', self.nc)
+
     @property
     def dynamic(self) -> bool:
         """True when the model takes any input size (.pt, ONNX exported with --dynamic): rectangular inference."""
-        return self.pt or (self.onnx and self.static_shape is None)
+        return self.pt or ((self.onnx or self.openvino) and self.static_shape is None)
 
     @property
     def static_shape(self) -> tuple[int, int] | None:
         """(h, w) an exported model was fixed to, or None when it takes any size (.pt, dynamic ONNX)."""
-        if self.onnx and all(isinstance(d, int) for d in self.input_shape[2:]):
+        if (self.onnx or self.openvino) and all(isinstance(d, int) for d in self.input_shape[2:]):
             return tuple(self.input_shape[2:])
         return None
 
@@ -179,6 +200,8 @@ class DetectBackend(nn.Module):
             y = self.model(im, augment=augment) if augment else self.model(im)
         elif self.jit:
             y = self.model(im)
+        elif self.openvino:
+            y = torch.from_numpy(np.asarray(self.ov(im.cpu().numpy()))).to(self.device)
         else:
             if self.min_size and max(im.shape[2:]) < self.min_size:
                 raise BackendError(f'{self.weights} is exact for inputs with a side of at least {self.min_size} px '
