@@ -6,6 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import pytest
@@ -260,3 +261,15 @@ def test_quantize_refuses_low_opset(tmp_path):
     with pytest.raises(ValueError, match='opset >= 13'):
         int8_onnx.quantize_onnx(f, calib=None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ['m.onnx']
+
+
+def test_calibration_split_from_a_coco_or_voc_mapping(tmp_path):
+    """A COCO JSON / VOC XML split calibrates on its images folder; a mapping without one is one clear line."""
+    from utils.export.calibration import CalibrationError, split_files
+
+    (tmp_path / 'im').mkdir()
+    cv2.imwrite(str(tmp_path / 'im' / 'a.jpg'), np.zeros((8, 8, 3), np.uint8))
+    files, _ = split_files({'train': {'coco': str(tmp_path / 'x.json'), 'images': str(tmp_path / 'im')}}, 'train')
+    assert files == [tmp_path / 'im' / 'a.jpg']
+    with pytest.raises(CalibrationError, match='no images folder given'):
+        split_files({'train': {'voc': True}}, 'train')

@@ -29,9 +29,11 @@ class CalibrationError(ConfigError):
 def split_files(data: dict, split: str) -> tuple[list[Path], str]:
     """Image files of ``data[split]`` (its dirs and .txt lists), sorted; and a text naming where they came from."""
     value = data.get(split)
-    paths = [] if value is None else [value] if isinstance(value, str) else list(value)
+    entries = [] if value is None else [value] if isinstance(value, (str, dict)) else list(value)
+    # a COCO JSON / VOC XML split (a mapping) calibrates on its images folder: labels are not needed here
+    paths = [str(e.get('images') or '') if isinstance(e, dict) else str(e) for e in entries]
     where = f'{data.get("yaml_file", "dataset")} {split} split ({", ".join(paths) or "not set"})'
-    missing = [p for p in paths if not Path(p).exists()]
+    missing = [p or "(no images folder given)" for p in paths if not p or not Path(p).exists()]
     if not paths or missing:
         raise CalibrationError(f'calibration set {where} is missing' + (f': {missing[0]} does not exist'
                                                                         if missing else ''))
