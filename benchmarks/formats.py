@@ -107,6 +107,16 @@ def runner(fmt: str, path: Path, threads: int) -> Callable[[np.ndarray], object]
     return OpenVINORunner(path, threads=threads)
 
 
+def _decoded(file):
+    """The image through the project's one reader, None when it cannot be read."""
+    from utils.data.images import read_image
+
+    try:
+        return read_image(file)
+    except ValueError:
+        return None
+
+
 def sample_image(data: str, imgsz: int) -> np.ndarray:
     """The first val image, letterboxed to (1, 3, imgsz, imgsz) float32 as the exports take it."""
     from utils.data.config import check_dataset
@@ -214,12 +224,3 @@ def main(opt: argparse.Namespace) -> None:
 if __name__ == '__main__':
     main(parse_opt())
 
-
-def _decoded(file):
-    """The image through the project's one reader, None when it cannot be read."""
-    from utils.data.images import read_image
-
-    try:
-        return read_image(file)
-    except ValueError:
-        return None
