@@ -107,23 +107,14 @@ def runner(fmt: str, path: Path, threads: int) -> Callable[[np.ndarray], object]
     return OpenVINORunner(path, threads=threads)
 
 
-def _decoded(file):
-    """The image through the project's one reader, None when it cannot be read."""
-    from utils.data.images import read_image
-
-    try:
-        return read_image(file)
-    except ValueError:
-        return None
-
-
 def sample_image(data: str, imgsz: int) -> np.ndarray:
     """The first val image, letterboxed to (1, 3, imgsz, imgsz) float32 as the exports take it."""
     from utils.data.config import check_dataset
+    from utils.data.images import read_image_or_none
     from utils.export.calibration import prepare, split_files
 
     files, where = split_files(check_dataset(data), 'val')
-    im = next((x for x in map(_decoded, files) if x is not None), None)
+    im = next((x for x in map(read_image_or_none, files) if x is not None), None)
     if im is None:
         raise FileNotFoundError(f'{where}: no readable image to time with')
     return prepare(im, (imgsz, imgsz), 32)

@@ -42,3 +42,11 @@ def read_image(path: str | Path) -> np.ndarray:
     if im is None:
         raise ValueError('unreadable or corrupt image')
     return im
+
+
+def read_image_or_none(path: str | Path) -> np.ndarray | None:
+    """``read_image``, or None when the file cannot be read (for callers that skip bad images quietly)."""
+    try:
+        return read_image(path)
+    except ValueError:
+        return None

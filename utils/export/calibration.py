@@ -16,7 +16,7 @@ import numpy as np
 from utils.core.logging import LOGGER
 from utils.data.augmentations import letterbox
 from utils.data.config import ConfigError, check_dataset, image_files_in
-from utils.data.images import read_image
+from utils.data.images import read_image_or_none
 
 CALIB_IMAGES = 300  # ORT and NNCF both recommend a few hundred; NNCF's own default subset is 300
 MIN_IMAGES = 20  # fewer readable images than this: a warning (the ranges will be noisy), not an error
@@ -70,7 +70,8 @@ class CalibrationSet:
             raise CalibrationError(f'calibration set: {e}') from None
         files, where = split_files(data, split)
         chosen = spread(files, n)
-        self.files = [f for f in chosen if _decoded(f) is not None]  # decode once: the header check alone is not enough
+        # decode once: the header check alone is not enough
+        self.files = [f for f in chosen if read_image_or_none(f) is not None]
         if not self.files:
             raise CalibrationError(f'calibration set {where}: none of its {len(chosen)} images could be read '
                                    '(all corrupt or unsupported)')
@@ -87,14 +88,6 @@ class CalibrationSet:
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for f in self.files:
-            im = _decoded(f)
+            im = read_image_or_none(f)
             if im is not None:  # changed since the scan: skip rather than fail half-way through
                 yield prepare(im, self.imgsz, self.stride)
-
-
-def _decoded(file: Path) -> np.ndarray | None:
-    """The image through the project's one reader (header checked before decoding), None when it cannot be read."""
-    try:
-        return read_image(file)
-    except ValueError:
-        return None
