@@ -45,20 +45,36 @@ def size_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in files) / 1e6
 
 
+def failure(e: BaseException) -> str:
+    """One table cell for a format that failed: the error's type and the first line of its message, shortened."""
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ''
+    msg = msg if len(msg) <= 100 else msg[:97] + '...'
+    return f'failed: {type(e).__name__}' + (f': {msg}' if msg else '')
+
+
 def export_all(pt: Path, data: str, imgsz: int, formats: list[str]) -> dict[str, Path | str]:
-    """Each format's file exported from ``pt`` (next to it), or the one-line reason it is absent."""
+    """Each format's file exported from ``pt`` (next to it), or the one-line reason it is absent (a format that
+    fails to export is a row saying so, not the end of the table)."""
     import export
     from utils.core.optional import MissingPackageError, require
 
     out: dict[str, Path | str] = {'pytorch': pt}
+
+    def attempt(keys: tuple[str, ...], make: Callable[[], list[Path]]) -> None:
+        try:
+            files = make()
+            out.update(zip(keys, files[-len(keys):]))
+        except (Exception, SystemExit) as e:  # SystemExit: export.py's own one-line exits
+            LOGGER.warning(f'formats: {", ".join(LABELS[k] for k in keys)}: {failure(e)}')
+            out.update(dict.fromkeys(keys, failure(e)))
+
     if 'torchscript' in formats:
-        out['torchscript'] = export.run(weights=pt, imgsz=[imgsz], include=['torchscript'])[0]
-    if {'onnx', 'onnx-int8'} & set(formats):
-        files = export.run(weights=pt, imgsz=[imgsz], include=['onnx'], opset=13, data=data,
-                           int8='onnx-int8' in formats)
-        out['onnx'] = files[0]
-        if 'onnx-int8' in formats:
-            out['onnx-int8'] = files[1]
+        attempt(('torchscript',), lambda: export.run(weights=pt, imgsz=[imgsz], include=['torchscript']))
+    if 'onnx-int8' in formats:  # one export writes both files (the INT8 graph is quantized from the FP32 one)
+        attempt(('onnx', 'onnx-int8'), lambda: export.run(weights=pt, imgsz=[imgsz], include=['onnx'], opset=13,
+                                                          data=data, int8=True))
+    if 'onnx' in formats and not isinstance(out.get('onnx'), Path):
+        attempt(('onnx',), lambda: export.run(weights=pt, imgsz=[imgsz], include=['onnx'], opset=13)[:1])
     for fmt, int8 in (('openvino', False), ('openvino-int8', True)):
         if fmt not in formats:
             continue
@@ -67,7 +83,8 @@ def export_all(pt: Path, data: str, imgsz: int, formats: list[str]) -> dict[str,
         except MissingPackageError as e:
             out[fmt] = f'not installed ({str(e).split(" package")[0].split("the ")[-1]})'
             continue
-        out[fmt] = export.run(weights=pt, imgsz=[imgsz], include=['openvino'], opset=13, data=data, int8=int8)[-1]
+        attempt((fmt,), lambda int8=int8: export.run(weights=pt, imgsz=[imgsz], include=['openvino'], opset=13,
+                                                     data=data, int8=int8))
     return {k: out[k] for k in formats if k in out}
 
 
@@ -176,7 +193,13 @@ def run(opt: argparse.Namespace) -> Path:
         if not isinstance(path, Path):
             rows.append({**row, 'absent': path})
             continue
-        row['map50'], row['map'] = validate(path, opt.data, opt.img, save_dir / 'val', fmt)
+        try:
+            row['map50'], row['map'] = validate(path, opt.data, opt.img, save_dir / 'val', fmt)
+        except (Exception, SystemExit) as e:  # e.g. a runtime that cannot compile this model on this CPU
+            LOGGER.warning(f'formats: {LABELS[fmt]}: validation {failure(e)}')
+            rows.append({**row, 'absent': f'validation {failure(e)}'})
+            present.pop(fmt)
+            continue
         rows.append({**row, 'size': size_mb(path)})
     threads = opt.threads or timing.physical_cores()
     if opt.runs:

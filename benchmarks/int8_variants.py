@@ -33,8 +33,9 @@ from benchmarks.formats import sample_image, size_mb, time_all, validate  # noqa
 from utils.core.logging import LOGGER, increment_path  # noqa: E402
 
 
-def variants(keeps: list[str], formats: list[str], granularity: list[str]) -> list:
-    """Int8Config for every (format, per-channel?, keep) combination asked for."""
+def variants(keeps: list[str], formats: list[str], granularity: list[str],
+             methods: tuple[str, ...] = ('minmax',)) -> list:
+    """Int8Config for every (format, per-channel?, keep, calibration method) combination asked for."""
     from utils.export.int8_onnx import Int8Config
 
     out = []
@@ -42,7 +43,8 @@ def variants(keeps: list[str], formats: list[str], granularity: list[str]) -> li
         groups = tuple(k for k in keep.split(',') if k and k != 'none')
         for fmt in formats:
             for g in granularity:
-                out.append(Int8Config(fmt=fmt, per_channel=g == 'per-channel', keep_fp32=groups))
+                out += [Int8Config(fmt=fmt, per_channel=g == 'per-channel', keep_fp32=groups, method=m)
+                        for m in methods]
     return out
 
 
@@ -94,7 +96,7 @@ def run(opt: argparse.Namespace) -> Path:
     fp32 = export.run(weights=pt, imgsz=[opt.img], include=['onnx'], opset=13)[0]
     calib = CalibrationSet(opt.data, (opt.img, opt.img), n=opt.calib_images)
     files = {'ONNX FP32': fp32}
-    for cfg in variants(opt.keep, opt.formats, opt.granularity):
+    for cfg in variants(opt.keep, opt.formats, opt.granularity, opt.methods):
         files[cfg.tag] = quantize_onnx(fp32, calib, cfg, out=save_dir / f'{pt.stem}-{cfg.tag}.onnx')
     val_data = self_labelled(fp32, opt.data, opt.img, save_dir, opt.self_labels) if opt.self_labels else opt.data
     rows = []
@@ -130,6 +132,8 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
                    choices=['per-channel', 'per-tensor'])
     p.add_argument('--keep', nargs='+', default=['softmax'],
                    help="FP32 groups per variant set: 'none', 'softmax', 'softmax,attn_matmul', 'head_conv', ...")
+    p.add_argument('--methods', nargs='+', default=['minmax'], choices=['minmax', 'entropy', 'percentile'],
+                   help='calibration methods (ranges from min/max, KL entropy, or the 99.999th percentile)')
     p.add_argument('--calib-images', type=int, default=300, help='calibration images (train split)')
     p.add_argument('--self-labels', type=float, default=0.0, metavar='CONF',
                    help="validate against the FP32 file's own detections at this confidence (0: the real labels)")

@@ -33,14 +33,20 @@ ROOT = Path(__file__).resolve().parents[1]
 PHASES = ('data', 'forward', 'loss', 'backward', 'optimizer', 'ema')
 
 
-def profile_in_this_process(train_argv: list[str], steps: int, warmup: int) -> dict:
-    """Run train.py's one-epoch training in the checkout on ``sys.path[0]`` with its loop replaced by timed steps."""
-    for name in ('utils.engine.trainer', 'utils.trainer'):  # where this checkout's version keeps its Trainer
+def find_trainer() -> type:
+    """The Trainer class of the checkout on ``sys.path[0]``, wherever its version keeps it (also used by
+    train_throughput.py's child process, which loads this file by path)."""
+    for name in ('utils.engine.trainer', 'utils.trainer'):
         try:
-            trainer_cls = importlib.import_module(name).Trainer
-            break
+            return importlib.import_module(name).Trainer
         except ImportError:
             continue
+    raise ImportError('no Trainer in utils.engine.trainer or utils.trainer')
+
+
+def profile_in_this_process(train_argv: list[str], steps: int, warmup: int) -> dict:
+    """Run train.py's one-epoch training in the checkout on ``sys.path[0]`` with its loop replaced by timed steps."""
+    trainer_cls = find_trainer()
     result = {}
 
     def timed_epoch(self, epoch):

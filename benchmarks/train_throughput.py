@@ -28,15 +28,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Runs inside the checkout being measured (its own train.py and Trainer, wherever its version keeps them).
 CHILD = r'''
-import json, sys, time, importlib
+import json, sys, time, importlib.util
 sys.path.insert(0, '.')
 kwargs = json.loads(sys.argv[1])
-for name in ('utils.engine.trainer', 'utils.trainer'):
-    try:
-        Trainer = importlib.import_module(name).Trainer
-        break
-    except ImportError:
-        continue
+spec = importlib.util.spec_from_file_location('train_profile', sys.argv[2])
+train_profile = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(train_profile)
+Trainer = train_profile.find_trainer()
 seconds = []
 plain = Trainer.train_one_epoch
 def timed(self, epoch):
@@ -73,7 +71,9 @@ def train_kwargs(extra: list[str], project: str) -> dict:
 
 def one_run(repo: Path, kwargs: dict) -> float:
     """Images per second of one epoch's training loop in a fresh process inside ``repo``."""
-    out = subprocess.run([sys.executable, '-c', CHILD, json.dumps(kwargs)], cwd=repo, capture_output=True, text=True)
+    helper = Path(__file__).resolve().with_name('train_profile.py')  # find_trainer(), loaded by path in the child
+    out = subprocess.run([sys.executable, '-c', CHILD, json.dumps(kwargs), str(helper)], cwd=repo,
+                         capture_output=True, text=True)
     lines = [x for x in out.stdout.splitlines() if x.startswith('THROUGHPUT ')]
     if out.returncode or not lines:
         raise RuntimeError(f'{repo}: run failed (exit {out.returncode}): {out.stderr.strip()[-800:]}')

@@ -86,6 +86,30 @@ def test_openvino_int8(tmp_path, cfg):
     assert np.corrcoef(y32[0, :, 4].numpy(), y8[0, :, 4].numpy())[0, 1] > 0.9
 
 
+@needs_nncf
+def test_nncf_ignores_decode_head_and_w_at_x_matmuls(ov_fp32, monkeypatch):
+    """The ignored scope NNCF gets: the ONNX INT8 export's FP32 nodes plus every W @ x MatMul (EfficientViT's k and v:
+    quantized, OpenVINO 2026.4's CPU plugin refused to compile the trained quick-start M0)."""
+    import nncf
+    import onnx
+    import openvino as ov
+
+    from utils.export import openvino as ov_export
+    from utils.export.int8_onnx import Int8Config, constant_first_matmuls, fp32_nodes, head_convs
+
+    seen = {}
+    monkeypatch.setattr(nncf, 'quantize', lambda model, data, **kw: seen.update(kw) or model)
+    graph = onnx.load(str(ov_fp32['onnx']))
+    keep = Int8Config().keep_fp32
+    calib = type('Calib', (list,), {'where': 'no images'})()
+    ov_export._nncf_quantize(ov.convert_model(str(ov_fp32['onnx'])), ov_fp32['onnx'], calib, keep)
+    names = set(seen['ignored_scope'].names)
+    wx = constant_first_matmuls(graph)
+    assert names <= set(fp32_nodes(graph, keep)) | set(wx)  # those the IR still has (its constants are folded)
+    assert set(wx) | set(head_convs(graph)) <= names
+    assert len(wx) == (0 if ov_fp32['pt'].parent.name.startswith('ov_yolov5n') else 48)
+
+
 def test_missing_openvino_is_one_line(tmp_path, monkeypatch):
     """Without the packages: export.py names the package and writes nothing; DetectBackend says so too."""
     real = importlib.util.find_spec

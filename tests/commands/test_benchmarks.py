@@ -351,6 +351,17 @@ def test_train_throughput_kwargs_and_profile_report():
     assert 'Throughput: **100.0 images/s** (batch 12, median step).' in text
 
 
+def test_train_throughput_child_times_one_tiny_epoch(tmp_path):
+    """One run as the benchmark makes it: a fresh process in a checkout (this one), its Trainer found by the
+    profile's helper loaded by path, one epoch of 4 images."""
+    from tests.helpers import write_dataset
+
+    data = write_dataset(tmp_path / 'd', n_train=4, n_val=2, nc=2, imgsz=64)
+    kw = train_throughput.train_kwargs(['--data', str(data), '--cfg', 'models/yolov5n.yaml', '--img', '64',
+                                        '--batch-size', '2', '--workers', '0'], str(tmp_path / 'p'))
+    assert train_throughput.one_run(train_throughput.ROOT, kw) > 0
+
+
 def test_train_profile_times_every_phase_of_a_tiny_run(tmp_path):
     """The profile's child mode on this checkout: one tiny epoch, every phase timed, positive numbers."""
     from tests.helpers import write_dataset
@@ -389,6 +400,37 @@ def test_formats_table_ratios_and_absent_rows():
     assert lines[3] == '| ONNX INT8 | 2.1 | 0.490 | 0.295 | 20.0 | 0.50× |'
     assert lines[4] == '| OpenVINO | - | - | - | not installed (openvino) | - |'
     assert lines[5] == '| ONNX | 7.1 | 0.500 | 0.300 | error: RuntimeError | - |'
+
+
+def test_formats_failed_format_is_a_row_not_the_end(tmp_path, monkeypatch):
+    """An export or a validation that fails becomes that format's row (one line); the other formats still run."""
+    import export
+    from benchmarks import formats
+
+    def fake_export(weights, imgsz, include, int8=False, **kw):
+        if int8:
+            raise RuntimeError("Check 'any_of(scale.size(), OC, 1U)' failed at dnnl_postops_composer.cpp:526\nmore")
+        f = Path(weights).with_suffix({'torchscript': '.torchscript', 'onnx': '.onnx'}[include[0]])
+        f.write_bytes(b'x')
+        return [f]
+
+    def fake_validate(path, *args):
+        if path.suffix == '.torchscript':
+            raise RuntimeError('cannot load')
+        return 0.5, 0.25
+
+    monkeypatch.setattr(export, 'run', fake_export)
+    monkeypatch.setattr(formats, 'validate', fake_validate)
+    pt = tmp_path / 'model.pt'
+    pt.write_bytes(b'x' * 1000)
+    opt = formats.parse_opt(['--weights', str(pt), '--data', 'd.yaml', '--runs', '0', '--project', str(tmp_path),
+                             '--formats', 'pytorch', 'torchscript', 'onnx', 'onnx-int8'])
+    rows = [r for r in (formats.run(opt) / 'formats.md').read_text().splitlines() if r.startswith('| ')][1:]
+    assert rows == ['| PyTorch | 0.0 | 0.500 | 0.250 | not timed | - |',
+                    '| TorchScript | - | - | - | validation failed: RuntimeError: cannot load | - |',
+                    '| ONNX | 0.0 | 0.500 | 0.250 | not timed | - |',
+                    "| ONNX INT8 | - | - | - | failed: RuntimeError: Check 'any_of(scale.size(), OC, 1U)' failed at "
+                    'dnnl_postops_composer.cpp:526 | - |']
 
 
 @pytest.mark.slow

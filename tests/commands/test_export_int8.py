@@ -20,7 +20,14 @@ from tests.helpers import write_dataset
 from utils.export import int8_onnx
 from utils.export.calibration import CalibrationError, CalibrationSet, spread
 from utils.export.files import atomic_output
-from utils.export.int8_onnx import Int8Config, attention_nodes, decode_nodes, fp32_nodes, head_convs
+from utils.export.int8_onnx import (
+    Int8Config,
+    attention_nodes,
+    constant_first_matmuls,
+    decode_nodes,
+    fp32_nodes,
+    head_convs,
+)
 from utils.inference.backend import DetectBackend
 
 CFGS = ['yolov5n.yaml', 'yolov5-efficientvit.yaml']
@@ -128,6 +135,9 @@ def test_fp32_node_groups():
         assert len(soft) == softmax, cfg
         assert len(attention_nodes(m, ('attn_matmul',))) == 2 * softmax  # q.k and v.attn per head and window set
         assert set(fp32_nodes(m, ('head_conv',))) == set(decode) | set(head_convs(m))
+        # k and v of each head as W @ x (what OpenVINO's CPU plugin cannot compile quantized): 2 per Softmax
+        wx = constant_first_matmuls(m)
+        assert len(wx) == 2 * softmax and not set(wx) & set(attention_nodes(m, ('attn_matmul',))), cfg
 
 
 def _onnx(model: torch.nn.Module):
@@ -153,7 +163,8 @@ def _onnx(model: torch.nn.Module):
 
 
 def test_int8_config_is_checked():
-    assert Int8Config().tag == 'qdq-pc+softmax'
+    assert Int8Config().tag == 'qdq-pc+softmax+head_conv'
+    assert Int8Config(method='percentile').tag == 'qdq-pc+softmax+head_conv@percentile'
     assert Int8Config(fmt='qoperator', per_channel=False, keep_fp32=()).tag == 'qoperator-pt'
     for bad in ({'fmt': 'int4'}, {'method': 'mse'}, {'keep_fp32': ('layernorm',)}):
         with pytest.raises(ValueError):

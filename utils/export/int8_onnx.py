@@ -11,7 +11,10 @@ What stays FP32, by node name (``nodes_to_exclude``):
 - in EfficientViT's attention, the groups named in ``Int8Config.keep_fp32``: ``softmax`` (the Softmax and the
   bias Add that feeds it: logits whose range one 8-bit scale cannot hold) and ``attn_matmul`` (the two MatMuls
   with no constant operand, q.k and v.attn). Which of them must stay FP32 is a measured choice
-  (benchmarks/int8_variants.py); a CNN such as yolov5n has neither.
+  (benchmarks/int8_variants.py); a CNN such as yolov5n has neither;
+- ``head_conv``: the Detect head's three 1x1 output Convs (in the default). Their outputs mix box offsets with
+  objectness and class logits in one tensor; quantized, trained yolov5n lost 8.1 mAP50-95 points at 640 px on the
+  embedded dataset, 0.6 with them in FP32 (README, "INT8").
 
 Weights are signed INT8 (per output channel or per tensor), activations unsigned INT8 (U8S8, the pair ORT's x86
 kernels run with VNNI/AMX), QDQ or QOperator format. Per-channel needs opset >= 13 (the axis of QuantizeLinear).
@@ -39,7 +42,7 @@ class Int8Config:
 
     fmt: str = 'qdq'
     per_channel: bool = True
-    keep_fp32: tuple[str, ...] = ('softmax',)
+    keep_fp32: tuple[str, ...] = ('softmax', 'head_conv')  # measured: benchmarks/int8_variants.py, README
     calib_images: int = CALIB_IMAGES
     calib_split: str = 'train'
     method: str = 'minmax'
@@ -56,8 +59,10 @@ class Int8Config:
 
     @property
     def tag(self) -> str:
-        """A short name: 'qdq-pc', 'qoperator-pt', plus '+<group>' for each FP32 group beyond the decode."""
-        return '-'.join([self.fmt, 'pc' if self.per_channel else 'pt']) + ''.join(f'+{k}' for k in self.keep_fp32)
+        """A short name: 'qdq-pc', 'qoperator-pt', plus '+<group>' for each FP32 group beyond the decode and
+        '@<method>' for a calibration other than min/max."""
+        return ('-'.join([self.fmt, 'pc' if self.per_channel else 'pt']) + ''.join(f'+{k}' for k in self.keep_fp32)
+                + ('' if self.method == 'minmax' else f'@{self.method}'))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -108,6 +113,14 @@ def attention_nodes(model, groups: tuple[str, ...]) -> list[str]:
         if 'attn_matmul' in groups and n.op_type == 'MatMul' and not any(i in consts for i in n.input):
             out.append(n.name)
     return out
+
+
+def constant_first_matmuls(model) -> list[str]:
+    """MatMuls whose FIRST operand is a constant (EfficientViT's export form computes k and v as W @ x in the window
+    layout). OpenVINO 2026.4's CPU plugin cannot compile them quantized per channel (its post-op composer expects the
+    scales along the output channels of x @ W: "Check 'any_of(scale.size(), OC, 1U)' failed")."""
+    consts = _constants(model.graph)
+    return [n.name for n in model.graph.node if n.op_type == 'MatMul' and n.input and n.input[0] in consts]
 
 
 def fp32_nodes(model, keep: tuple[str, ...]) -> list[str]:

@@ -4,7 +4,9 @@ Written as YOLOv5 writes it: ``<name>_openvino_model/`` (``<name>_int8_openvino_
 ``<name>.xml`` (the graph), ``<name>.bin`` (the weights) and ``<name>.yaml`` (stride, names, imgsz). The IR is
 converted from the FP32 ONNX export (``ov.convert_model``), so it is the same graph ONNX Runtime runs. INT8 keeps
 the same nodes in FP32 as the ONNX INT8 export (utils.export.int8_onnx.fp32_nodes: the Detect decode and the
-attention groups), passed to NNCF as an ignored scope by node name.
+attention groups) plus the MatMuls whose constant is their first operand (utils.export.int8_onnx.
+constant_first_matmuls: OpenVINO's CPU plugin cannot compile those quantized), passed to NNCF as an ignored scope by
+node name.
 
 ``openvino`` and ``nncf`` are optional (requirements-openvino.txt); without them the export and the runner stop with
 one line naming the package.
@@ -33,24 +35,20 @@ def _nncf_quantize(model, onnx_file: Path, calib: CalibrationSet, keep: tuple[st
     import nncf
     import onnx
 
-    from utils.export.int8_onnx import attention_nodes, fp32_nodes
+    from utils.export.int8_onnx import constant_first_matmuls, fp32_nodes
 
     graph = onnx.load(str(onnx_file))
     present = {op.get_friendly_name() for op in model.get_ordered_ops()}
-    names = [n for n in fp32_nodes(graph, keep) if n in present]
-    # NNCF 3.4's fast bias correction reshapes the bias of a MatMul whose constant is its FIRST operand (EfficientViT's
-    # per-head v = W_v @ x + b_v) along the wrong axis and fails; models with attention quantize without it
-    attention = bool(attention_nodes(graph, ('softmax',)))
-    advanced = nncf.AdvancedQuantizationParameters(disable_bias_correction=attention)
-    LOGGER.info(f'NNCF: {len(names)} nodes in the ignored scope, bias correction {"off" if attention else "on"}, '
-                f'calibrating on {len(calib)} images of {calib.where}...')
+    # W @ x MatMuls (EfficientViT's k and v) stay FP32: quantized, OpenVINO's CPU plugin cannot compile them
+    names = [n for n in dict.fromkeys(fp32_nodes(graph, keep) + constant_first_matmuls(graph)) if n in present]
+    LOGGER.info(f'NNCF: {len(names)} nodes in the ignored scope, calibrating on {len(calib)} images of '
+                f'{calib.where}...')
     log = logging.getLogger('nncf')
     level = log.level
     log.setLevel(logging.WARNING)  # NNCF logs one INFO line per node it leaves unquantized
     try:
         return nncf.quantize(model, nncf.Dataset(calib), preset=nncf.QuantizationPreset.MIXED,
-                             subset_size=len(calib), ignored_scope=nncf.IgnoredScope(names=names, validate=False),
-                             advanced_parameters=advanced)
+                             subset_size=len(calib), ignored_scope=nncf.IgnoredScope(names=names, validate=False))
     finally:
         log.setLevel(level)
 
