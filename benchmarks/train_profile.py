@@ -67,8 +67,6 @@ def profile_in_this_process(train_argv: list[str], steps: int, warmup: int) -> d
 
 def timed_steps(trainer, steps: int, warmup: int) -> dict[str, list[float]]:
     """Run warmup + steps training steps the way Trainer.train_one_epoch does, timing each phase (seconds)."""
-    import torch
-
     times: dict[str, list[float]] = defaultdict(list)
     model = trainer.train_model
     model.train()
@@ -81,7 +79,10 @@ def timed_steps(trainer, steps: int, warmup: int) -> dict[str, list[float]]:
         except StopIteration:
             it = iter(trainer.train_loader)
             imgs, targets, _, _ = next(it)
-        imgs = (imgs.to(trainer.device).float() / 255).contiguous(memory_format=trainer.memory_format)
+        if hasattr(trainer, 'prepare_images'):  # the checkout's own conversion, where it has one
+            imgs = trainer.prepare_images(imgs)
+        else:
+            imgs = (imgs.to(trainer.device).float() / 255).contiguous(memory_format=trainer.memory_format)
         marks.append(clock())
         pred = model(imgs)
         marks.append(clock())
@@ -89,11 +90,13 @@ def timed_steps(trainer, steps: int, warmup: int) -> dict[str, list[float]]:
         marks.append(clock())
         loss.backward()
         marks.append(clock())
-        torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), max_norm=10.0)
-        trainer.optimizer.step()
-        trainer.optimizer.zero_grad()
+        ema, trainer.ema = trainer.ema, None  # the checkout's own step (clip, step, zero_grad), EMA timed apart
+        try:
+            trainer.optimizer_step()
+        finally:
+            trainer.ema = ema
         marks.append(clock())
-        trainer.ema.update(trainer.model)
+        ema.update(trainer.model)
         marks.append(clock())
         if i >= warmup:
             for name, a, b in zip(PHASES, marks, marks[1:]):

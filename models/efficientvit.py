@@ -216,6 +216,12 @@ class CascadedGroupAttention(nn.Module):
         return F.linear(torch.cat(outs, dim=-1).relu_(), proj.weight.flatten(1), proj.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last):
+            return self.forward_channels_last(x)
+        return self.forward_nchw(x)
+
+    def forward_nchw(self, x: torch.Tensor) -> torch.Tensor:
+        """The plain form (the official code's arithmetic), on (B, C, H, W) maps."""
         B, C, H, W = x.shape
         bias = self.window_bias(H, W)
         splits = x.chunk(self.num_heads, dim=1)
@@ -230,6 +236,26 @@ class CascadedGroupAttention(nn.Module):
             feat = (v.flatten(2) @ attn.transpose(-2, -1)).view(B, self.d, H, W)
             outs.append(feat)
         return self.proj(torch.cat(outs, dim=1))
+
+    def forward_channels_last(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward`` on a channels-last map (training): a channels-last (B, C, H, W) tensor is (B, H*W, C) tokens
+        in memory, so q, k, v and each head's output are viewed as tokens, not copied; only q is copied, for its
+        depthwise conv. Same function as ``forward`` (gradients checked in float64 by the tests)."""
+        B, C, H, W = x.shape
+        N, kd, d = H * W, self.key_dim, self.d
+        bias = self.window_bias(H, W)
+        splits = x.permute(0, 2, 3, 1).reshape(B, N, C).split(d, dim=-1)
+        outs, feat = [], splits[0]
+        for i, (qkv, dw) in enumerate(zip(self.qkvs, self.dws)):
+            if i > 0:
+                feat = feat + splits[i]
+            y = qkv(feat.reshape(B, H, W, d).permute(0, 3, 1, 2))
+            q, k, v = y.permute(0, 2, 3, 1).reshape(B, N, 2 * kd + d).split([kd, kd, d], dim=-1)
+            q = dw(y[:, :kd].contiguous(memory_format=torch.channels_last)).permute(0, 2, 3, 1).reshape(B, N, kd)
+            attn = ((q @ k.transpose(1, 2)) * self.scale + bias[i]).softmax(dim=-1)
+            feat = attn @ v
+            outs.append(feat)
+        return self.proj(torch.cat(outs, dim=-1).view(B, H, W, C).permute(0, 3, 1, 2))
 
 
 class LocalWindowAttention(nn.Module):
@@ -263,6 +289,8 @@ class LocalWindowAttention(nn.Module):
         if H <= r and W <= r:
             return self.attn(x)
         pad_b, pad_r = (r - H % r) % r, (r - W % r) % r
+        memory_format = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else \
+            torch.contiguous_format  # hand the result back in the layout it came in
         x = x.permute(0, 2, 3, 1)
         if pad_b or pad_r:
             x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
@@ -273,7 +301,7 @@ class LocalWindowAttention(nn.Module):
         x = x.permute(0, 2, 3, 1).reshape(B, nH, nW, r, r, C).transpose(2, 3).reshape(B, pH, pW, C)
         if pad_b or pad_r:
             x = x[:, :H, :W]
-        return x.permute(0, 3, 1, 2).contiguous()
+        return x.permute(0, 3, 1, 2).contiguous(memory_format=memory_format)
 
 
 class EfficientViTBlock(nn.Module):

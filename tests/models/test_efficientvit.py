@@ -537,6 +537,7 @@ def _detector_grads(monkeypatch, plain: bool) -> tuple[list[torch.Tensor], dict]
     if plain:
         monkeypatch.setattr(ev.ConvNorm, 'forward', _plain_convnorm_forward)
         monkeypatch.setattr(Conv, 'forward', _plain_conv_forward)
+        monkeypatch.setattr(ev.CascadedGroupAttention, 'forward_channels_last', ev.CascadedGroupAttention.forward_nchw)
     torch.manual_seed(0)
     model = DetectionModel('models/yolov5-efficientvit.yaml', nc=3, verbose=False).double()
     model = model.to(memory_format=torch.channels_last).train()
@@ -549,8 +550,9 @@ def _detector_grads(monkeypatch, plain: bool) -> tuple[list[torch.Tensor], dict]
 
 
 def test_training_path_gradients_equal_the_plain_path_in_float64(monkeypatch):
-    """The training-speed changes (BN gradients handed back channels-last, NCHW BN for <= 8 channels) compute the
-    same function and the same gradients as plain conv -> BN, on the whole EfficientViT-M0 detector."""
+    """The training-speed changes (BN gradients handed back channels-last, NCHW BN for <= 8 channels, attention on
+    channels-last maps as token views) compute the same function and the same gradients as plain conv -> BN and the
+    plain attention, on the whole EfficientViT-M0 detector."""
     fast, fast_stats = _detector_grads(monkeypatch, plain=False)
     plain, plain_stats = _detector_grads(monkeypatch, plain=True)
     assert len(fast) == len(plain) > 200

@@ -56,14 +56,16 @@ def build_optimizer(model: nn.Module, name: str = 'SGD', lr: float = 0.01, momen
     ``skip_decay``: the model's ``no_weight_decay()`` names. SGD uses Nesterov momentum; Adam/AdamW use
     ``betas=(momentum, 0.999)``. Frozen parameters stay in the groups (as YOLOv5); they never receive a gradient,
     and torch's optimizers leave a parameter without a gradient untouched (no decay, no momentum step).
+    ``foreach=True`` on every device (torch picks it only on CUDA): one fused call per group instead of one per
+    parameter, the same arithmetic (bit-identical, tested), half the optimizer time on the CPU.
     """
     decay_p, no_decay_p, bias_p = split_params(model, skip_decay)
     if name == 'SGD':
-        optimizer = torch.optim.SGD(bias_p, lr=lr, momentum=momentum, nesterov=True)
+        optimizer = torch.optim.SGD(bias_p, lr=lr, momentum=momentum, nesterov=True, foreach=True)
     elif name == 'Adam':
-        optimizer = torch.optim.Adam(bias_p, lr=lr, betas=(momentum, 0.999))
+        optimizer = torch.optim.Adam(bias_p, lr=lr, betas=(momentum, 0.999), foreach=True)
     elif name == 'AdamW':
-        optimizer = torch.optim.AdamW(bias_p, lr=lr, betas=(momentum, 0.999), weight_decay=0.0)
+        optimizer = torch.optim.AdamW(bias_p, lr=lr, betas=(momentum, 0.999), weight_decay=0.0, foreach=True)
     else:
         raise ValueError(f'optimizer {name!r} not supported; choose one of {", ".join(OPTIMIZERS)}')
     optimizer.add_param_group({'params': decay_p, 'weight_decay': decay})

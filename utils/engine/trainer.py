@@ -247,7 +247,7 @@ class Trainer:
         self.optimizer.zero_grad()
         for i, (imgs, targets, paths, _) in pbar:
             ni = i + self.nb * epoch
-            imgs = (imgs.to(self.device, non_blocking=True).float() / 255).contiguous(memory_format=self.memory_format)
+            imgs = self.prepare_images(imgs)
             if ni <= self.nw:
                 self.accumulate = optim.warmup(self.optimizer, ni, self.nw, epoch, self.lf, self.hyp,
                                                self.batch_size, self.nbs)
@@ -290,10 +290,16 @@ class Trainer:
             imgs = F.interpolate(imgs, size=ns, mode='bilinear', align_corners=False)
         return imgs
 
+    def prepare_images(self, imgs: torch.Tensor) -> torch.Tensor:
+        """uint8 batch -> float in [0, 1] on the device, in the model's memory format: the layout changes on uint8
+        (a quarter of the bytes), then one float conversion keeps it (the same values as converting first)."""
+        imgs = imgs.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        return imgs.float().div_(255)
+
     def optimizer_step(self) -> None:
         """unscale -> clip grad norm 10 -> step -> update scaler -> zero grad -> EMA update."""
         self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=MAX_GRAD_NORM)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=MAX_GRAD_NORM, foreach=True)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad()
