@@ -232,6 +232,22 @@ def run(models: list[str], imgsz: int = 640, nc: int = 6, runs: int = 20, thread
     return '\n'.join(lines) + '\n'
 
 
+def profile_files(files: list[Path], imgsz: int = 640, runs: int = 20, threads: int = 0, top: int = 14,
+                  command: str = '') -> str:
+    """Kernel time by op type of existing ONNX files (e.g. an FP32 export next to its INT8 file); Markdown."""
+    threads = threads or timing.physical_cores()
+    with tempfile.TemporaryDirectory() as d:
+        graphs = {Path(f).name: profile(Path(f), imgsz, threads, runs, Path(d)) for f in files}
+    s = speed.system_info(threads)
+    return '\n'.join([
+        '# ONNX Runtime profile of existing files', '',
+        f"`{command or 'benchmarks.ort_profile.profile_files()'}` — {s['date']}. {s['cpu']}, instruction sets: "
+        f"{s['isa']}; {threads} thread(s); onnxruntime {s['onnxruntime']}; {imgsz}x{imgsz}, batch 1.", '',
+        op_table(graphs, top), '',
+        f"Each node's ORT kernel time (profiling on, intra-op spinning off), median over {runs} runs after one "
+        'warm-up, summed by op type.']) + '\n'
+
+
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--models', nargs='+', default=['yolov5n', 'yolov5-efficientvit'], help='model names or YAMLs')
@@ -244,6 +260,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--no-profile', action='store_true', help='wall-clock table only')
     p.add_argument('--top', type=int, default=14, help='op types listed')
     p.add_argument('--note', default='', help='a sentence for the header (e.g. how loaded the machine was)')
+    p.add_argument('--files', nargs='+', default=None, help='profile these ONNX files instead of --models')
     p.add_argument('--out', default='', help='directory for ort_profile.md (default: print only)')
     return p.parse_args(argv)
 
@@ -254,6 +271,17 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit('ort_profile.py: --runs and --nc must be >= 1 and --imgsz >= 32')
     if opt.no_timing and opt.no_profile:
         sys.exit('ort_profile.py: --no-timing and --no-profile leave nothing to do')
+    if opt.files:
+        missing = [f for f in opt.files if not Path(f).is_file()]
+        if missing:
+            sys.exit(f'ort_profile.py: no such ONNX file {missing[0]}')
+        md = profile_files([Path(f) for f in opt.files], opt.imgsz, opt.runs, opt.threads, opt.top,
+                           'python benchmarks/ort_profile.py ' + ' '.join(sys.argv[1:] if argv is None else argv))
+        print(md)
+        if opt.out:
+            Path(opt.out).mkdir(parents=True, exist_ok=True)
+            (Path(opt.out) / 'ort_profile_files.md').write_text(md)
+        return 0
     missing = [m for m in opt.models if not speed.model_path(m).is_file()]
     if missing:
         sys.exit(f'ort_profile.py: no model YAML for {missing}')

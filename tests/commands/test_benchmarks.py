@@ -208,6 +208,23 @@ def test_ort_profile_errors(capsys):
         ort_profile.main(['--runs', '0'])
     with pytest.raises(SystemExit, match='leave nothing to do'):
         ort_profile.main(['--no-timing', '--no-profile'])
+    with pytest.raises(SystemExit, match='no such ONNX file nope.onnx'):
+        ort_profile.main(['--files', 'nope.onnx'])
+
+
+@pytest.mark.filterwarnings('ignore::DeprecationWarning')
+def test_ort_profile_of_existing_files(tmp_path):
+    """--files: op-type kernel times of ONNX files given as they are (e.g. FP32 next to INT8), one column each."""
+    import export
+    from tests.commands.test_export import make_checkpoint, make_model
+
+    f = export.run(weights=make_checkpoint(make_model('yolov5n.yaml'), tmp_path / 'm.pt'), imgsz=[64],
+                   include=['onnx'])[0]
+    g = tmp_path / 'copy.onnx'
+    g.write_bytes(f.read_bytes())
+    assert ort_profile.main(['--files', str(f), str(g), '--imgsz', '64', '--runs', '1', '--out', str(tmp_path)]) == 0
+    md = (tmp_path / 'ort_profile_files.md').read_text()
+    assert '| op type | m.onnx: ms (share, nodes) | copy.onnx: ms (share, nodes) |' in md and '| Conv |' in md
 
 
 @pytest.mark.slow

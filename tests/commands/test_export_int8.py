@@ -80,7 +80,9 @@ def test_int8_file_layout_and_metadata(int8_model):
     meta = {p.key: p.value for p in q.metadata_props}
     assert meta['int8'] == Int8Config().tag and int(meta['stride']) == 32
     ops = [n.op_type for n in q.graph.node]
-    assert ops.count('QuantizeLinear') > 10 and ops.count('DequantizeLinear') > 10
+    assert Int8Config().fmt == 'qoperator'  # the default writes QLinear* kernels, not QuantizeLinear/Dequantize pairs
+    assert sum(op.startswith('QLinear') for op in ops) > 10 and ops.count('QLinearConv') >= 20
+    assert 0 < ops.count('QuantizeLinear') < ops.count('QLinearConv')  # only where FP32 parts hand back to INT8
     assert int8_model['int8'].stat().st_size < 0.5 * int8_model['onnx'].stat().st_size  # INT8 weights
 
 
@@ -163,8 +165,8 @@ def _onnx(model: torch.nn.Module):
 
 
 def test_int8_config_is_checked():
-    assert Int8Config().tag == 'qdq-pc+softmax+head_conv'
-    assert Int8Config(method='percentile').tag == 'qdq-pc+softmax+head_conv@percentile'
+    assert Int8Config().tag == 'qoperator-pt+softmax+head_conv'
+    assert Int8Config(fmt='qdq', per_channel=True, method='percentile').tag == 'qdq-pc+softmax+head_conv@percentile'
     assert Int8Config(fmt='qoperator', per_channel=False, keep_fp32=()).tag == 'qoperator-pt'
     for bad in ({'fmt': 'int4'}, {'method': 'mse'}, {'keep_fp32': ('layernorm',)}):
         with pytest.raises(ValueError):

@@ -152,6 +152,29 @@ def test_hyp_nbs_sets_images_per_optimizer_step(data, tmp_path, nbs, steps):
     assert yaml.safe_load((save_dir / 'hyp.yaml').read_text()).get('nbs') == nbs
 
 
+def test_diverged_training_stops_with_one_line(data, tmp_path, monkeypatch):
+    """A loss that is no longer finite ends training with one line naming epoch, batch and losses and what to do
+    (YOLOv5 trains on with NaN rows); nothing past that batch runs."""
+    from utils.ops.loss import ComputeLoss
+
+    plain, calls = ComputeLoss.__call__, []
+
+    def nan_on_call(self, p, targets, n=2):
+        loss, items = plain(self, p, targets)
+        calls.append(1)
+        return (loss * float('nan'), items * float('nan')) if len(calls) == n else (loss, items)
+
+    monkeypatch.setattr(ComputeLoss, '__call__', nan_on_call)
+    with pytest.raises(TrainError, match=r'^epoch 0, batch 1: training diverged \(box nan, obj nan, cls nan loss\); '
+                                         r'no epoch finished, nothing was saved\. Lower lr0 \(now 0\.01\)'):
+        tiny_run(data, tmp_path, noplots=True, noval=True)
+    assert len(calls) == 2
+    calls.clear()  # 3 batches per epoch: NaN on the 5th call is epoch 1, batch 1, after epoch 0 was saved
+    monkeypatch.setattr(ComputeLoss, '__call__', lambda self, p, t: nan_on_call(self, p, t, 5))
+    with pytest.raises(TrainError, match=r'^epoch 1, batch 1: .*weights/last\.pt holds the last finished epoch\.'):
+        tiny_run(data, tmp_path / 'second', noplots=True, noval=True, epochs=2)
+
+
 def test_cpu_training_runs_channels_last(finished_run):
     """The trainer converts model and images to channels-last on CPU; the saved weights keep that layout."""
     from utils.core.torch_utils import training_memory_format

@@ -256,6 +256,8 @@ class Trainer:
             with torch.autocast(self.device.type, enabled=self.amp):
                 loss, loss_items = self.compute_loss(model(imgs), targets.to(self.device))
                 loss = loss * (self.info.world_size if self.info.ddp else 1) * (4 if self.options.quad else 1)
+            if not self.amp and not bool(torch.isfinite(loss_items).all()):  # AMP: the scaler skips inf steps
+                raise TrainError(self.diverged_message(epoch, i, loss_items))
             self.scaler.scale(loss).backward()
             if ni - self.last_opt_step >= self.accumulate:
                 self.optimizer_step()
@@ -289,6 +291,14 @@ class Trainer:
             ns = [math.ceil(x * sf / self.gs) * self.gs for x in imgs.shape[2:]]
             imgs = F.interpolate(imgs, size=ns, mode='bilinear', align_corners=False)
         return imgs
+
+    def diverged_message(self, epoch: int, batch: int, loss_items: torch.Tensor) -> str:
+        """One line for a loss that is no longer finite (YOLOv5 trains on, writing NaN rows and empty weights)."""
+        box, obj, cls = (f'{float(x):.4g}' for x in loss_items)
+        last = self.save_dir / 'weights/last.pt'
+        kept = f'{last} holds the last finished epoch' if last.is_file() else 'no epoch finished, nothing was saved'
+        return (f'epoch {epoch}, batch {batch}: training diverged (box {box}, obj {obj}, cls {cls} loss); {kept}. '
+                f'Lower lr0 (now {self.hyp["lr0"]:g}) in a copy of the --hyp file')
 
     def prepare_images(self, imgs: torch.Tensor) -> torch.Tensor:
         """uint8 batch -> float in [0, 1] on the device, in the model's memory format: the layout changes on uint8
