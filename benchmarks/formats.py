@@ -212,29 +212,45 @@ def run(opt: argparse.Namespace) -> Path:
     return save_dir
 
 
-def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def model_parser(doc: str) -> argparse.ArgumentParser:
+    """The options every per-model export benchmark takes first: --weights, --data, --img."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--weights', required=True, help='a .pt checkpoint')
     p.add_argument('--data', default=str(ROOT / 'data/shapes.yaml'), help='dataset.yaml: val split and calibration')
     p.add_argument('--img', '--imgsz', type=int, default=640, help='square inference size (pixels)')
-    p.add_argument('--formats', nargs='+', default=list(FORMATS), choices=FORMATS, help='formats to include')
-    p.add_argument('--runs', type=int, default=20, help='timed runs per format (0: accuracy only)')
-    p.add_argument('--warmup', type=int, default=3, help='untimed runs per format first')
-    p.add_argument('--threads', type=int, default=0, help='threads for every runtime (0: the physical cores)')
+    return p
+
+
+def add_timing_and_run_dir(p: argparse.ArgumentParser, what: str, threads_help: str, name: str) -> None:
+    """--runs/--warmup/--threads (timing of each ``what``) and --project/--name/--exist-ok (the run directory)."""
+    p.add_argument('--runs', type=int, default=20, help=f'timed runs per {what} (0: accuracy only)')
+    p.add_argument('--warmup', type=int, default=3, help=f'untimed runs per {what} first')
+    p.add_argument('--threads', type=int, default=0, help=f'{threads_help} (0: the physical cores)')
     p.add_argument('--project', default=str(ROOT / 'runs/benchmarks'), help='save to project/name')
-    p.add_argument('--name', default='formats', help='save to project/name')
+    p.add_argument('--name', default=name, help='save to project/name')
     p.add_argument('--exist-ok', action='store_true', help='existing project/name ok, do not increment')
+
+
+def run_with_one_line_errors(script: str, run_fn: Callable[[argparse.Namespace], Path],
+                             opt: argparse.Namespace) -> None:
+    """``run_fn(opt)``, with export and user errors printed as one line naming ``script``."""
+    from export import ExportError
+    from utils.cli import one_line_errors
+
+    with one_line_errors(script, own=(ExportError,)):
+        run_fn(opt)
+
+
+def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
+    p = model_parser(__doc__)
+    p.add_argument('--formats', nargs='+', default=list(FORMATS), choices=FORMATS, help='formats to include')
+    add_timing_and_run_dir(p, 'format', 'threads for every runtime', 'formats')
     return p.parse_args(argv)
 
 
 def main(opt: argparse.Namespace) -> None:
-    from export import ExportError
-    from utils.cli import one_line_errors
-
-    with one_line_errors('formats.py', own=(ExportError,)):
-        run(opt)
+    run_with_one_line_errors('formats.py', run, opt)
 
 
 if __name__ == '__main__':
     main(parse_opt())
-

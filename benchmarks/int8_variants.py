@@ -29,7 +29,15 @@ if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # entry point: make the repository importable when run as a script
 
 from benchmarks import timing  # noqa: E402
-from benchmarks.formats import sample_image, size_mb, time_all, validate  # noqa: E402
+from benchmarks.formats import (  # noqa: E402
+    add_timing_and_run_dir,
+    model_parser,
+    run_with_one_line_errors,
+    sample_image,
+    size_mb,
+    time_all,
+    validate,
+)
 from utils.core.logging import LOGGER, increment_path  # noqa: E402
 
 
@@ -123,10 +131,7 @@ def run(opt: argparse.Namespace) -> Path:
 
 
 def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--weights', required=True, help='a .pt checkpoint')
-    p.add_argument('--data', default=str(ROOT / 'data/shapes.yaml'), help='dataset.yaml: val split and calibration')
-    p.add_argument('--img', '--imgsz', type=int, default=640, help='square inference size (pixels)')
+    p = model_parser(__doc__)
     p.add_argument('--formats', nargs='+', default=['qdq', 'qoperator'], choices=['qdq', 'qoperator'])
     p.add_argument('--granularity', nargs='+', default=['per-channel', 'per-tensor'],
                    choices=['per-channel', 'per-tensor'])
@@ -137,21 +142,12 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--calib-images', type=int, default=300, help='calibration images (train split)')
     p.add_argument('--self-labels', type=float, default=0.0, metavar='CONF',
                    help="validate against the FP32 file's own detections at this confidence (0: the real labels)")
-    p.add_argument('--runs', type=int, default=20, help='timed runs per variant (0: accuracy only)')
-    p.add_argument('--warmup', type=int, default=3, help='untimed runs per variant first')
-    p.add_argument('--threads', type=int, default=0, help='ORT intra-op threads (0: the physical cores)')
-    p.add_argument('--project', default=str(ROOT / 'runs/benchmarks'), help='save to project/name')
-    p.add_argument('--name', default='int8', help='save to project/name')
-    p.add_argument('--exist-ok', action='store_true', help='existing project/name ok, do not increment')
+    add_timing_and_run_dir(p, 'variant', 'ORT intra-op threads', 'int8')
     return p.parse_args(argv)
 
 
 def main(opt: argparse.Namespace) -> None:
-    from export import ExportError
-    from utils.cli import one_line_errors
-
-    with one_line_errors('int8_variants.py', own=(ExportError,)):
-        run(opt)
+    run_with_one_line_errors('int8_variants.py', run, opt)
 
 
 if __name__ == '__main__':

@@ -56,8 +56,9 @@ def build_optimizer(model: nn.Module, name: str = 'SGD', lr: float = 0.01, momen
     ``skip_decay``: the model's ``no_weight_decay()`` names. SGD uses Nesterov momentum; Adam/AdamW use
     ``betas=(momentum, 0.999)``. Frozen parameters stay in the groups (as YOLOv5); they never receive a gradient,
     and torch's optimizers leave a parameter without a gradient untouched (no decay, no momentum step).
-    ``foreach=True`` on every device (torch picks it only on CUDA): one fused call per group instead of one per
-    parameter, the same arithmetic (bit-identical, tested), half the optimizer time on the CPU.
+    ``foreach=True`` on every device (torch picks it only on CUDA): one call per group instead of one per parameter,
+    the same arithmetic (bit-identical, tested); on the CPU torch's foreach is a per-tensor loop in C++, so it saves
+    only the Python overhead (M0 quick start: 17.5 -> 14.9 ms per step).
     """
     decay_p, no_decay_p, bias_p = split_params(model, skip_decay)
     if name == 'SGD':
