@@ -5,8 +5,9 @@ The checkpoint is copied into the run directory and exported there to every form
 (the fused .pt), TorchScript, ONNX, ONNX INT8, OpenVINO FP32 and INT8 (when ``openvino``/``nncf`` are installed;
 otherwise their rows say so). Each file is validated by val.py's ``run`` on the dataset's val split at ``--img``
 (batch 1, square images, as every exported format runs) and timed at batch 1 on one letterboxed val image with
-benchmarks/timing.py's method: all runtimes in this process on the same threads (the physical cores), ONNX Runtime
-spinning off, ``PAUSE_S`` of sleep before every run, the formats interleaved run by run, medians. The ratio column
+benchmarks/timing.py's method: every format in its own worker process (runtimes in one process slow each other
+down), all on the same threads (the physical cores), ONNX Runtime spinning off, ``PAUSE_S`` of sleep before every
+run, the formats interleaved run by run, medians. The ratio column
 divides by PyTorch's median from the same run: compare ratios, not milliseconds across runs or machines. The table
 is printed and written as ``formats.md`` (with the CPU and its instruction sets) in the run directory.
 
@@ -20,6 +21,7 @@ import argparse
 import shutil
 import statistics
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -97,8 +99,8 @@ def validate(path: Path, data: str, imgsz: int, project: Path, name: str) -> tup
     return float(r[2]), float(r[3])
 
 
-def runner(fmt: str, path: Path, threads: int) -> Callable[[np.ndarray], object]:
-    """A batch-1 callable for timing ``path`` in ``fmt`` on ``threads`` threads (ORT: spinning off)."""
+def runner(fmt: str, path: Path, threads: int, spinning: bool = False) -> Callable[[np.ndarray], object]:
+    """A batch-1 callable for timing ``path`` in ``fmt`` on ``threads`` threads (ORT: spinning only if asked)."""
     if fmt == 'pytorch':
         from utils.checkpoint.model import load_model
 
@@ -116,7 +118,7 @@ def runner(fmt: str, path: Path, threads: int) -> Callable[[np.ndarray], object]
                 return model(torch.from_numpy(x))
         return run_ts
     if fmt.startswith('onnx'):
-        sess = timing.ort_session(path, threads)
+        sess = timing.ort_session(path, threads, spinning)
         name = sess.get_inputs()[0].name
         return lambda x: sess.run(None, {name: x})
     from utils.inference.openvino_runner import OpenVINORunner
@@ -139,19 +141,17 @@ def sample_image(data: str, imgsz: int) -> np.ndarray:
 
 def time_all(files: dict[str, Path], im: np.ndarray, threads: int, runs: int, warmup: int,
              kinds: dict[str, str] | None = None) -> dict[str, float | str]:
-    """Median ms per entry of ``files`` (or an error text), interleaved run by run; ``kinds`` maps an entry to its
-    format when the key is not one (default: the key)."""
-    torch.set_num_threads(threads)
-    tasks, errors = {}, {}
-    for fmt, path in files.items():
-        try:
-            f = runner((kinds or {}).get(fmt, fmt), path, threads)
-            tasks[fmt] = (lambda f=f: f(im))
-        except Exception as e:  # one runtime that cannot load must not stop the table
-            errors[fmt] = f'error: {type(e).__name__}'
-    res = timing.interleaved(tasks, runs=runs, warmup=warmup)
-    out = {k: statistics.median(v) if isinstance(v, list) and v else str(v) for k, v in res.items()}
-    return {k: out.get(k, errors.get(k, '-')) for k in files}
+    """Median ms per entry of ``files`` (or an error text), each file in its own worker process
+    (benchmarks/format_worker.py), interleaved run by run; ``kinds`` maps an entry to its format when the key is not
+    one (default: the key)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        image = Path(tmp) / 'image.npy'
+        np.save(image, im)
+        worker = str(Path(__file__).with_name('format_worker.py'))
+        commands = {k: [sys.executable, worker, (kinds or {}).get(k, k), str(path), str(threads), str(image)]
+                    for k, path in files.items()}
+        res = timing.interleaved_processes(commands, runs=runs, warmup=warmup)
+    return {k: statistics.median(v) if isinstance(v, list) and v else str(v or '-') for k, v in res.items()}
 
 
 def format_table(rows: list[dict], base: str = 'pytorch') -> str:
@@ -172,8 +172,9 @@ def format_table(rows: list[dict], base: str = 'pytorch') -> str:
 def header(opt: argparse.Namespace, threads: int) -> str:
     """What was measured, on what, by which command."""
     isa = timing.cpu_isa()
-    how = (f'{threads} threads (ORT spinning off, {int(timing.PAUSE_S * 1000)} ms pauses, medians of {opt.runs} '
-           'interleaved runs)' if opt.runs else 'not timed')
+    how = (f'{threads} threads, one process per format (ORT spinning off, {int(timing.PAUSE_S * 1000)} ms pauses, '
+           f'medians of {opt.runs} interleaved turns, each the last of {timing.INFERENCE_PER_TURN} back-to-back runs)'
+           if opt.runs else 'not timed')
     return (f'Model `{Path(opt.weights).name}` on `{opt.data}` at {opt.img}×{opt.img}, batch 1, {how}.\n'
             f'CPU: {timing.cpu_name()} ({isa}); load average at the end {timing.loadavg()}.\n'
             f'Command: `python benchmarks/formats.py {" ".join(sys.argv[1:])}`\n')

@@ -4,8 +4,9 @@ utils.export.int8_onnx.Int8Config's default (the fastest variant at equal accura
 Variants: QDQ and QOperator formats x per-channel and per-tensor weights, each with the FP32 groups of ``--keep``
 (``none``, ``softmax``, ``softmax,attn_matmul``, ...; the Detect decode is always FP32), all calibrated on the same
 images. Every file is validated on the val split (batch 1, as val.py runs .onnx files) and, unless ``--runs 0``,
-timed at batch 1 with benchmarks/timing.py's method (same threads, spinning off, pauses, interleaved, medians) next
-to the FP32 ONNX file; ratios are to the FP32 file in the same run. Writes ``int8_variants.md`` in the run dir.
+timed at batch 1 with benchmarks/timing.py's method (one worker process per file, same threads, spinning off, pauses,
+interleaved, medians) next to the FP32 ONNX file; ratios are to the FP32 file in the same run. Writes
+``int8_variants.md`` in the run dir.
 
 ``--self-labels CONF`` validates instead against the FP32 file's own detections (confidence >= CONF) on the val
 images: an agreement score (FP32 scores ~1 on it) that isolates what quantization changes, usable with weights
@@ -119,8 +120,8 @@ def run(opt: argparse.Namespace) -> Path:
         for r in rows:
             r['ms'] = times[r['name']]
     against = f" against the FP32 file's detections at conf >= {opt.self_labels}" if opt.self_labels else ''
-    how = (f'{threads} threads (ORT spinning off, medians of {opt.runs} interleaved runs)' if opt.runs
-           else 'not timed')
+    how = (f'{threads} threads, one process per file (ORT spinning off, medians of {opt.runs} interleaved turns, '
+           f'each the last of {timing.INFERENCE_PER_TURN} back-to-back runs)' if opt.runs else 'not timed')
     text = (f'Model `{Path(opt.weights).name}` on `{opt.data}`{against} at {opt.img}×{opt.img}, {len(calib)} '
             f'calibration images, batch 1, {how}.\n'
             f'CPU: {timing.cpu_name()} ({timing.cpu_isa()}); load average at the end {timing.loadavg()}.\n'

@@ -10,8 +10,8 @@ as trained ones are), save it as a checkpoint in train.py's format, export it wi
 gets, at export.py's default opset), run it ``--runs`` times in an ORT session with profiling on, take each node's
 median kernel time over the runs and sum them by op type. ``--before`` adds the graph export.py wrote before
 EfficientViT had an export form (the fused fast path traced as is). Unless ``--no-timing``: wall-clock medians of
-ORT (spinning off, and on as ORT's default) and of PyTorch eager (fused), interleaved in one process by the method of
-benchmarks/timing.py, with ratios to the first model. Writes ``ort_profile.md`` into ``--out`` when given.
+ORT (spinning off, and on as ORT's default) and of PyTorch eager (fused), each in its own process, interleaved by the
+method of benchmarks/timing.py, with ratios to the first model. Writes ``ort_profile.md`` into ``--out`` when given.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,10 +147,11 @@ def region_table(label: str, nodes: dict[str, tuple[str, float]]) -> str:
     return '\n'.join([f'| {label}: part | ms | share |', '|---|---:|---:|', *rows])
 
 
-def wall_table(tasks: dict[str, dict], runs: int, base: str) -> str:
-    """Markdown: per model the wall-clock medians of its runtimes, timed interleaved; ratios to ``base``."""
-    flat = {(m, r): fn for m, rt in tasks.items() for r, fn in rt.items()}
-    res = timing.interleaved({f'{m}|{r}': fn for (m, r), fn in flat.items()}, runs, warmup=2)
+def wall_table(tasks: dict[str, dict[str, list[str]]], runs: int, base: str) -> str:
+    """Markdown: per model the wall-clock medians of its runtimes (worker commands), each in its own process,
+    interleaved in warm turns (benchmarks/timing.py); ratios to ``base``."""
+    flat = {f'{m}|{r}': argv for m, rt in tasks.items() for r, argv in rt.items()}
+    res = timing.interleaved_processes(flat, runs, warmup=2)
     cols = list(next(iter(tasks.values())))
     med = {k: statistics.median(v) if isinstance(v, list) else None for k, v in res.items()}
     lines = ['| model | ' + ' | '.join(f'{c} ms' for c in cols) + ' |', '|---|' + '---:|' * len(cols)]
@@ -168,16 +170,12 @@ def _has_efficientvit(model: torch.nn.Module) -> bool:
     return any(isinstance(m, EfficientViT) for m in model.modules())
 
 
-def _runtimes(f: Path, model: torch.nn.Module, imgsz: int, threads: int) -> dict:
-    """The timed tasks of one model: its ONNX graph in ORT (spinning off, on) and its fused eager forward."""
-    x = torch.rand(1, 3, imgsz, imgsz)
-    feed = {'images': x.numpy()}
-    off, on = timing.ort_session(f, threads), timing.ort_session(f, threads, spinning=True)
-
-    def eager() -> None:
-        with torch.inference_mode():
-            model(x)
-    return {'ORT': lambda: off.run(None, feed), 'ORT spinning': lambda: on.run(None, feed), 'eager': eager}
+def _runtimes(f: Path, ckpt: Path, image: Path, threads: int) -> dict[str, list[str]]:
+    """The timing workers of one model: its ONNX graph in ORT (spinning off, on) and its fused eager forward."""
+    worker = [sys.executable, str(Path(__file__).with_name('format_worker.py'))]
+    return {'ORT': [*worker, 'onnx', str(f), str(threads), str(image)],
+            'ORT spinning': [*worker, 'onnx', str(f), str(threads), str(image), 'spinning'],
+            'eager': [*worker, 'pytorch', str(ckpt), str(threads), str(image)]}
 
 
 def run(models: list[str], imgsz: int = 640, nc: int = 6, runs: int = 20, threads: int = 0, before: bool = False,
@@ -191,6 +189,8 @@ def run(models: list[str], imgsz: int = 640, nc: int = 6, runs: int = 20, thread
     graphs, regions, tasks = {}, [], {}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
+        image = tmp / 'image.npy'
+        np.save(image, np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32))
         for name in models:
             label = speed.model_label(name)
             ckpt = build_checkpoint(name, nc, tmp / f'{label}.pt')
@@ -205,7 +205,7 @@ def run(models: list[str], imgsz: int = 640, nc: int = 6, runs: int = 20, thread
             if prof and _has_efficientvit(model):
                 regions.append(region_table(label, graphs[label]))
             if wall:
-                tasks[label] = _runtimes(f, model, imgsz, threads)
+                tasks[label] = _runtimes(f, ckpt, image, threads)
         timed = wall_table(tasks, runs, speed.model_label(models[0])) if tasks else ''
     s = speed.system_info(threads)
     lines = [
@@ -225,8 +225,9 @@ def run(models: list[str], imgsz: int = 640, nc: int = 6, runs: int = 20, thread
         lines += ['', '## EfficientViT by part of the model', '', *[r + '\n' for r in regions]]
     if timed:
         lines += ['', '## Wall clock', '', timed, '',
-                  f'Medians of {runs} runs, every model and runtime interleaved in one process, '
-                  f'{timing.PAUSE_S * 1000:.0f} ms pause before each run (benchmarks/timing.py); ratios to the first '
+                  f'Medians of {runs} turns, every model and runtime in its own process, interleaved, '
+                  f'{timing.PAUSE_S * 1000:.0f} ms pause before each turn, a turn timing the last of '
+                  f'{timing.INFERENCE_PER_TURN} back-to-back runs (benchmarks/timing.py); ratios to the first '
                   'model in the same column. "ORT": intra-op spinning off (the benchmark method); "ORT spinning": '
                   "ORT's default, what a single-runtime deployment gets; eager: the fused PyTorch model."]
     return '\n'.join(lines) + '\n'

@@ -75,14 +75,6 @@ def short_label(name: str) -> str:
     return stem.removeprefix('yolov5-')
 
 
-def interleaved(tasks: dict[str, Callable[[], None]], runs: int, warmup: int = 1,
-                sync: Callable[[], None] | None = None, pause: float = timing.PAUSE_S) -> dict[str, list[float] | str]:
-    """Time every task once per round, rounds alternating direction, ``pause`` s of sleep before each run; return ms
-    samples per task or an error text. Interleaving spreads slow drifts of machine load over all tasks instead of over
-    the last ones measured."""
-    return timing.interleaved(tasks, runs, warmup, sync, pause, on_error=short_error)
-
-
 def median(cell: list[float] | str | None) -> float | None:
     """Median of the samples, or None for an error/absent cell."""
     return statistics.median(cell) if isinstance(cell, list) and cell else None
@@ -227,7 +219,8 @@ def safe_name(name: str) -> str:
 
 
 def bench(models: dict, make: Callable[[str, torch.nn.Module], Callable[[], None]], runs: int, warmup: int,
-          sync: Callable[[], None] | None = None, pause: float = timing.PAUSE_S) -> dict[str, list[float] | str]:
+          sync: Callable[[], None] | None = None, pause: float = timing.PAUSE_S,
+          per_turn: int = timing.INFERENCE_PER_TURN) -> dict[str, list[float] | str]:
     """Set up one task per usable model (a failing setup becomes that model's error), then time them interleaved."""
     cells: dict[str, list[float] | str] = {}
     tasks = {}
@@ -239,7 +232,7 @@ def bench(models: dict, make: Callable[[str, torch.nn.Module], Callable[[], None
             tasks[name] = make(name, m)
         except Exception as e:
             cells[name] = short_error(e)
-    cells.update(interleaved(tasks, runs, warmup, sync, pause))
+    cells.update(timing.interleaved(tasks, runs, warmup, sync, pause, short_error, per_turn=per_turn))
     return {name: cells[name] for name in models}
 
 
@@ -303,7 +296,7 @@ def stage_train(models: dict, batch: int, imgsz: int, runs: int, warmup: int, pa
     hyp = load_hyp()
     print(f'training step batch {batch} ...', flush=True)
     return {f'train_b{batch}': bench(models, lambda _n, m: train_task(m, batch, imgsz, hyp), runs, warmup,
-                                     pause=pause)}
+                                     pause=pause, per_turn=1)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -420,8 +413,9 @@ def format_invocation(inv: dict) -> str:
     if cols is None or any(k.startswith('train') for k in cols):
         runs.append(f"train: median of {inv['train_runs']} step(s)")
     if 'pause_ms' in inv:
-        how = (f"{inv['pause_ms']:g} ms pause before each run, ORT spinning "
-               f"{'on' if inv.get('ort_spinning') else 'off'}")
+        spin, turn = 'on' if inv.get('ort_spinning') else 'off', inv.get('per_turn', 1)
+        how = (f"{inv['pause_ms']:g} ms pause before each run, ORT spinning {spin}"
+               + (f', inference: the last of {turn} back-to-back runs' if turn > 1 else ''))
     else:  # invocations before benchmarks/timing.py
         how = 'no pause, ORT threads spinning (its default; contention between runtimes)'
     return (f"- `{inv['command']}` — {s['date']}, {s['threads']} thread(s), {', '.join(runs)} after {inv['warmup']} "
@@ -441,8 +435,9 @@ def format_report(rep: dict) -> str:
         *[f'{i}. ' + format_invocation(inv)[2:] for i, inv in enumerate(rep['invocations'], 1)], '',
         format_table(rep), '',
         f"Input {rep['imgsz']}x{rep['imgsz']}, random data. Each cell: median of the timed runs after warm-up, "
-        'models interleaved run by run, one process, a pause before every run so that no runtime\'s idle threads '
-        'still hold the cores when the next task starts. PyTorch columns: BN-fused fp32 model under '
+        'models interleaved run by run, one process, a pause before every turn so that no runtime\'s idle threads '
+        'still hold the cores when the next task starts; an inference turn times the last of back-to-back runs '
+        '(caches warm, as in a video stream). PyTorch columns: BN-fused fp32 model under '
         'torch.inference_mode, ms per batch. ORT: the same fused model exported by export.py (default opset; '
         'EfficientViT in its export form, slimmed; decoded output, no NMS), CPUExecutionProvider, graph '
         'optimisation level ALL, intra-op threads = the thread count above, 1 inter-op thread, spinning as stated '
@@ -530,7 +525,8 @@ def run(models: list[str] | None = None, imgsz: int = 640, runs: int = 20, warmu
     columns = plan_columns(list(batch_sizes), list(gpu_batch_sizes), onnx, train, train_batch)
     inv = {'command': command or 'benchmarks.speed.run()', 'runs': runs, 'warmup': warmup,
            'train_runs': train_runs, 'system': system_info(torch.get_num_threads()), 'pause_ms': pause_ms,
-           'ort_spinning': ort_spinning, 'columns': [c['key'] for c in columns if not c['key'].startswith('gpu')]}
+           'ort_spinning': ort_spinning, 'per_turn': timing.INFERENCE_PER_TURN,
+           'columns': [c['key'] for c in columns if not c['key'].startswith('gpu')]}
     built, info = build_models(names, imgsz)
     cells: dict = {}
 

@@ -1,21 +1,28 @@
 """How the benchmarks time things: the machine they ran on and ONNX Runtime sessions that do not fight PyTorch.
 
-Method (benchmarks/README.md): every runtime in one process, the tasks interleaved run by run (a change of load hits
-them all alike), ``PAUSE_S`` of sleep before every run, and both runtimes on the same number of threads, the
-physical cores this process may use. ONNX Runtime gets one intra-op pool of that size, one inter-op thread and, by
-default, no spinning: an idle ORT pool otherwise busy-waits for the next parallel op and steals the cores of the
-next task (PyTorch, or another ORT session: every session owns its pool). The pause lets torch's OpenMP workers and
-any spinning ORT workers go to sleep before the next task starts.
+Method (benchmarks/README.md): the tasks interleaved run by run (a change of load hits them all alike), ``PAUSE_S``
+of sleep before every run, every runtime on the same number of threads (the physical cores this process may use).
+Tasks of one runtime share a process (``interleaved``); tasks of different runtimes each get a worker process
+(``interleaved_processes``), because torch's and ORT's thread pools slow each other down in one process. ONNX
+Runtime gets one intra-op pool of that size, one inter-op thread and, by default, no spinning: an idle ORT pool
+otherwise busy-waits for the next parallel op and steals the cores of the next task. The pause lets torch's OpenMP
+workers and any spinning ORT workers go to sleep before the next task starts.
 """
 from __future__ import annotations
 
 import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 PAUSE_S = 0.05  # sleep before every run (warm-up and timed)
+# Runs per turn when timing inference: the first re-warms the caches the previous task evicted and is not kept (one run
+# per turn timed yolov5n in ORT at 23.0 ms next to M0, 18.9 ms warm; back to back, as a video stream runs, is warm).
+INFERENCE_PER_TURN = 2
 
 # /proc/cpuinfo flags worth naming in a report, in this order: (label, any of these flags)
 ISA_FLAGS = (('AVX2', ('avx2',)), ('FMA', ('fma',)), ('AVX-512', ('avx512f',)),
@@ -96,12 +103,15 @@ def ort_session(path: str | Path, threads: int, spinning: bool = False, profile:
     return ort.InferenceSession(str(path), so, providers=['CPUExecutionProvider'])
 
 
-def interleaved(tasks: dict[str, Callable[[], None]], runs: int, warmup: int = 1,
+def interleaved(tasks: dict[str, Callable[[], object]], runs: int, warmup: int = 1,
                 sync: Callable[[], None] | None = None, pause: float = PAUSE_S,
-                on_error: Callable[[BaseException], str] = lambda e: f'error: {type(e).__name__}: {e}'
-                ) -> dict[str, list[float] | str]:
-    """Time every task once per round, rounds alternating direction, ``pause`` seconds of sleep before each run;
-    return ms samples per task (warm-up rounds dropped) or, for a task that raised, ``on_error(exception)``."""
+                on_error: Callable[[BaseException], str] = lambda e: f'error: {type(e).__name__}: {e}',
+                self_timed: bool = False, per_turn: int = 1) -> dict[str, list[float] | str]:
+    """Give every task one turn per round, rounds alternating direction, ``pause`` seconds of sleep before each turn;
+    return ms samples per task (warm-up rounds dropped) or, for a task that raised, ``on_error(exception)``.
+    A turn runs the task ``per_turn`` times back to back and keeps the last time: with 2, every timed run finds
+    its weights in the caches, as a deployed model running frame after frame does, instead of the previous task's.
+    ``self_timed``: each task returns its own milliseconds (a worker process's, without the pipe round trip)."""
     out: dict[str, list[float] | str] = {k: [] for k in tasks}
     live = list(tasks)
     for r in range(warmup + runs):
@@ -109,11 +119,12 @@ def interleaved(tasks: dict[str, Callable[[], None]], runs: int, warmup: int = 1
             if pause:
                 time.sleep(pause)
             try:
-                t0 = time.perf_counter()
-                tasks[name]()
-                if sync is not None:
-                    sync()
-                dt = (time.perf_counter() - t0) * 1000
+                for _ in range(per_turn):
+                    t0 = time.perf_counter()
+                    ms = tasks[name]()
+                    if sync is not None:
+                        sync()
+                    dt = ms if self_timed else (time.perf_counter() - t0) * 1000
             except Exception as e:  # one failing task must not stop the others
                 out[name] = on_error(e)
                 continue
@@ -121,3 +132,111 @@ def interleaved(tasks: dict[str, Callable[[], None]], runs: int, warmup: int = 1
                 out[name].append(dt)
         live = [k for k in live if isinstance(out[k], list)]
     return out
+
+
+# One process per runtime. In one process, torch's OpenMP pool and ORT's or OpenVINO's pools disturb each other even
+# with spinning off and the pause (measured on the 2-core Xeon, yolov5n at 640: PyTorch 35.6 ms alone in its table,
+# 50.3 ms next to ORT). A worker process owns one runtime; the parent tells it when to run, so the runs are still
+# interleaved across workers but no two runtimes share a process.
+
+def serve(make_task: Callable[[], Callable[[], object]], inp=None, out=None) -> None:
+    """The worker side of ``interleaved_processes``: build the task (``make_task()``: load the model), answer 'ready'
+    (or 'error: ...' when it cannot load), then read 'run' lines, run the task once per line and answer with its
+    milliseconds (or 'error: ...'); stop at 'quit' or end of input. The worker's stdout carries only the protocol:
+    anything else printed goes to stderr."""
+    if out is None:
+        out = os.fdopen(os.dup(1), 'w')
+        os.dup2(2, 1)  # prints of the model loader or the runtime (even from C++) go to stderr from here on
+        sys.stdout = sys.stderr
+    inp = sys.stdin if inp is None else inp
+
+    def error(e: BaseException) -> str:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ''
+        return f'error: {type(e).__name__}' + (f': {msg[:100]}' if msg else '')
+
+    try:
+        task = make_task()
+    except Exception as e:  # the parent shows this line as the task's cell
+        print(error(e), file=out, flush=True)
+        return
+    print('ready', file=out, flush=True)
+    for line in inp:
+        if line.strip() != 'run':
+            break
+        try:
+            t0 = time.perf_counter()
+            task()
+            print(f'{(time.perf_counter() - t0) * 1000:.6f}', file=out, flush=True)
+        except Exception as e:
+            print(error(e), file=out, flush=True)
+
+
+class Worker:
+    """A worker process started by ``argv`` (it calls ``serve``); its stderr goes to a temporary file, whose last
+    line names the reason when the worker dies."""
+
+    def __init__(self, argv: list[str]):
+        self.log = tempfile.TemporaryFile(mode='w+')
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        self.error = self._answer('ready')
+
+    def _answer(self, expect: str) -> str | None:
+        """None when the worker answered ``expect``; else an error text."""
+        line = self.proc.stdout.readline().strip()
+        if not line:
+            return f'error: {self._exit_reason()}'
+        if line.startswith('error'):
+            return line
+        return None if line == expect else f'error: unexpected worker answer {line!r}'
+
+    def _exit_reason(self) -> str:
+        """'worker exited (last line of its stderr)', once the worker has ended."""
+        self.proc.wait()
+        self.log.seek(0)
+        tail = [x for x in self.log.read().splitlines() if x.strip()]
+        return f'worker exited ({tail[-1].strip() if tail else f"code {self.proc.returncode}"})'
+
+    def run(self) -> float:
+        """One timed run in the worker; its milliseconds. RuntimeError (the reason) when the run failed."""
+        self.proc.stdin.write('run\n')
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline().strip()
+        try:
+            return float(line)
+        except ValueError:
+            raise RuntimeError(line.removeprefix('error: ') if line else self._exit_reason()) from None
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write('quit\n')
+                self.proc.stdin.flush()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+
+def interleaved_processes(commands: dict[str, list[str]], runs: int, warmup: int = 1, pause: float = PAUSE_S,
+                          per_turn: int = INFERENCE_PER_TURN) -> dict[str, list[float] | str]:
+    """``interleaved`` with every task in its own worker process (``commands[name]``: the argv of a program that
+    calls ``serve``). The workers start one after another (each loads its model alone), then take turns (``per_turn``
+    runs, the last kept) with ``pause`` before each, rounds alternating direction; a worker that fails to start or
+    run gives its error text instead of samples."""
+    workers, errors = {}, {}
+    try:
+        for name, argv in commands.items():
+            w = Worker(argv)
+            workers[name] = w
+            if w.error:
+                errors[name] = w.error
+        tasks = {k: w.run for k, w in workers.items() if k not in errors}
+        res = interleaved(tasks, runs=runs, warmup=warmup, pause=pause, on_error=lambda e: f'error: {e}',
+                          self_timed=True, per_turn=per_turn)
+    finally:
+        for w in workers.values():
+            w.close()
+    return {k: errors.get(k, res.get(k)) for k in commands}

@@ -32,7 +32,7 @@ def test_interleaved_counts_runs_and_isolates_a_failure():
         calls.append('bad')
         raise RuntimeError('boom')
 
-    res = speed.interleaved({'a': ok, 'b': bad}, runs=3, warmup=2, pause=0)
+    res = timing.interleaved({'a': ok, 'b': bad}, runs=3, warmup=2, pause=0, on_error=speed.short_error)
     assert len(res['a']) == 3 and all(t >= 0 for t in res['a'])  # warm-up runs are not kept
     assert res['b'] == 'error: RuntimeError: boom'
     assert calls.count('ok') == 5 and calls.count('bad') == 1  # a failed task is not retried
@@ -158,11 +158,75 @@ def test_cpu_isa_names_the_vector_sets():
 def test_interleaved_pauses_before_every_run(monkeypatch):
     sleeps = []
     monkeypatch.setattr(timing.time, 'sleep', sleeps.append)
-    res = speed.interleaved({'a': lambda: None, 'b': lambda: None}, runs=2, warmup=1, pause=0.05)
+    res = timing.interleaved({'a': lambda: None, 'b': lambda: None}, runs=2, warmup=1, pause=0.05)
     assert sleeps == [0.05] * 6 and len(res['a']) == len(res['b']) == 2
     sleeps.clear()
-    speed.interleaved({'a': lambda: None}, runs=2, warmup=0, pause=0)
+    timing.interleaved({'a': lambda: None}, runs=2, warmup=0, pause=0)
     assert sleeps == []
+
+
+def test_interleaved_keeps_the_last_run_of_each_turn(monkeypatch):
+    """per_turn=2: each turn runs the task twice back to back and keeps the second time (the warm one)."""
+    clock = iter(range(0, 10_000, 1))  # perf_counter ticks 1 s per call
+    monkeypatch.setattr(timing.time, 'perf_counter', lambda: next(clock))
+    calls = []
+    res = timing.interleaved({'a': lambda: calls.append('a'), 'b': lambda: calls.append('b')}, runs=2, warmup=1,
+                             pause=0, per_turn=2)
+    assert calls == ['a', 'a', 'b', 'b', 'b', 'b', 'a', 'a', 'a', 'a', 'b', 'b']  # rounds alternate direction
+    assert res == {'a': [1000.0, 1000.0], 'b': [1000.0, 1000.0]}
+
+
+def test_serve_protocol():
+    """The worker answers 'ready', one number per 'run' (or the task's error), stops at 'quit'; a task that cannot
+    be built answers its error instead of 'ready'."""
+    import io
+
+    n = iter([None, ValueError('bad frame')])
+
+    def task():
+        e = next(n)
+        if e:
+            raise e
+
+    out = io.StringIO()
+    timing.serve(lambda: task, inp=io.StringIO('run\nrun\nquit\nrun\n'), out=out)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == 'ready' and float(lines[1]) >= 0 and lines[2] == 'error: ValueError: bad frame'
+    assert len(lines) == 3  # nothing after quit
+
+    def cannot_load():
+        raise FileNotFoundError('model.onnx: no such file')
+
+    out = io.StringIO()
+    timing.serve(cannot_load, inp=io.StringIO('run\n'), out=out)
+    assert out.getvalue() == 'error: FileNotFoundError: model.onnx: no such file\n'
+
+
+def test_interleaved_processes_times_each_task_in_its_own_process(tmp_path):
+    """Two workers report their own pids' work; a worker that cannot load or that dies is that task's error text,
+    the others are still timed."""
+    import sys
+
+    worker = tmp_path / 'w.py'
+    worker.write_text(
+        'import sys, time\n'
+        f'sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})\n'
+        'from benchmarks import timing\n'
+        'kind = sys.argv[1]\n'
+        'def make():\n'
+        '    if kind == "noload":\n'
+        '        raise RuntimeError("cannot load")\n'
+        '    if kind == "die":\n'
+        '        return lambda: sys.exit("worker died here")\n'
+        '    print("noise on stdout")  # must not break the protocol\n'
+        '    return lambda: time.sleep(0.01)\n'
+        'timing.serve(make)\n')
+    cmds = {k: [sys.executable, str(worker), k] for k in ('ok', 'noload', 'die', 'ok2')}
+    cmds['ok2'][-1] = 'ok'
+    res = timing.interleaved_processes(cmds, runs=3, warmup=1, pause=0)
+    assert len(res['ok']) == len(res['ok2']) == 3 and all(t >= 10 for t in res['ok'] + res['ok2'])
+    assert res['noload'] == 'error: RuntimeError: cannot load'
+    assert res['die'].startswith('error: worker exited') and 'worker died here' in res['die']
 
 
 def test_ort_session_options(tmp_path):

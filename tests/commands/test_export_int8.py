@@ -165,8 +165,9 @@ def _onnx(model: torch.nn.Module):
 
 
 def test_int8_config_is_checked():
-    assert Int8Config().tag == 'qoperator-pt+softmax+head_conv'
-    assert Int8Config(fmt='qdq', per_channel=True, method='percentile').tag == 'qdq-pc+softmax+head_conv@percentile'
+    assert Int8Config().tag == 'qoperator-pt+softmax+attn_matmul+head_conv'
+    assert (Int8Config(fmt='qdq', per_channel=True, method='percentile', keep_fp32=('softmax', 'head_conv')).tag
+            == 'qdq-pc+softmax+head_conv@percentile')
     assert Int8Config(fmt='qoperator', per_channel=False, keep_fp32=()).tag == 'qoperator-pt'
     for bad in ({'fmt': 'int4'}, {'method': 'mse'}, {'keep_fp32': ('layernorm',)}):
         with pytest.raises(ValueError):

@@ -10,7 +10,8 @@ What stays FP32, by node name (``nodes_to_exclude``):
   coordinates and [0, 1] confidences is the known cause of 0 mAP for quantized YOLO models;
 - in EfficientViT's attention, the groups named in ``Int8Config.keep_fp32``: ``softmax`` (the Softmax and the
   bias Add that feeds it: logits whose range one 8-bit scale cannot hold) and ``attn_matmul`` (the two MatMuls
-  with no constant operand, q.k and v.attn). Which of them must stay FP32 is a measured choice
+  with no constant operand, q.k and v.attn; both in the default: FP32 MatMuls absorb the transposes that
+  quantized ones need as separate nodes). Which of them stay FP32 is a measured choice
   (benchmarks/int8_variants.py); a CNN such as yolov5n has neither;
 - ``head_conv``: the Detect head's three 1x1 output Convs (in the default). Their outputs mix box offsets with
   objectness and class logits in one tensor; quantized, trained yolov5n lost 8.1 mAP50-95 points at 640 px on the
@@ -40,10 +41,11 @@ METHODS = ('minmax', 'entropy', 'percentile')
 class Int8Config:
     """How to quantize: format, weight granularity, what stays FP32 and how to calibrate."""
 
-    # measured (benchmarks/int8_variants.py, README): QOperator per-tensor is the fastest at equal accuracy
+    # measured (benchmarks/int8_variants.py, README): QOperator per-tensor is the fastest at equal accuracy; the
+    # attention MatMuls in FP32 saved M0 1.2 ms more (quantized, ORT needs explicit Transposes around them)
     fmt: str = 'qoperator'
     per_channel: bool = False
-    keep_fp32: tuple[str, ...] = ('softmax', 'head_conv')
+    keep_fp32: tuple[str, ...] = ('softmax', 'attn_matmul', 'head_conv')
     calib_images: int = CALIB_IMAGES
     calib_split: str = 'train'
     method: str = 'minmax'
