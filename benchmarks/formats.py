@@ -49,9 +49,7 @@ def size_mb(path: Path) -> float:
 
 def failure(e: BaseException) -> str:
     """One table cell for a format that failed: the error's type and the first line of its message, shortened."""
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else ''
-    msg = msg if len(msg) <= 100 else msg[:97] + '...'
-    return f'failed: {type(e).__name__}' + (f': {msg}' if msg else '')
+    return f'failed: {timing.reason(e)}'
 
 
 def export_all(pt: Path, data: str, imgsz: int, formats: list[str]) -> dict[str, Path | str]:

@@ -134,10 +134,18 @@ def interleaved(tasks: dict[str, Callable[[], object]], runs: int, warmup: int =
     return out
 
 
-# One process per runtime. In one process, torch's OpenMP pool and ORT's or OpenVINO's pools disturb each other even
-# with spinning off and the pause (measured on the 2-core Xeon, yolov5n at 640: PyTorch 35.6 ms alone in its table,
-# 50.3 ms next to ORT). A worker process owns one runtime; the parent tells it when to run, so the runs are still
-# interleaved across workers but no two runtimes share a process.
+# One process per runtime. In one process, torch and ORT (or OpenVINO) slowed each other even with spinning off and
+# the pause (2-core Xeon, yolov5n at 640: PyTorch 35.6 ms in a six-format table, 50.3 ms interleaved with ORT alone;
+# with OMP_WAIT_POLICY=PASSIVE 68.0 ms); which shared resource (thread pools, allocator) was not isolated. A worker
+# process owns one runtime; the parent tells it when to run, so the runs are still interleaved across workers but no
+# two runtimes share a process. What remains between processes, the caches, is what INFERENCE_PER_TURN handles.
+
+def reason(e: BaseException, n: int = 100) -> str:
+    """'Type: first line of the message' (shortened to ``n`` characters): one table cell or protocol line."""
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ''
+    msg = msg if len(msg) <= n else msg[:n - 3] + '...'
+    return type(e).__name__ + (f': {msg}' if msg else '')
+
 
 def serve(make_task: Callable[[], Callable[[], object]], inp=None, out=None) -> None:
     """The worker side of ``interleaved_processes``: build the task (``make_task()``: load the model), answer 'ready'
@@ -150,14 +158,10 @@ def serve(make_task: Callable[[], Callable[[], object]], inp=None, out=None) -> 
         sys.stdout = sys.stderr
     inp = sys.stdin if inp is None else inp
 
-    def error(e: BaseException) -> str:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ''
-        return f'error: {type(e).__name__}' + (f': {msg[:100]}' if msg else '')
-
     try:
         task = make_task()
     except Exception as e:  # the parent shows this line as the task's cell
-        print(error(e), file=out, flush=True)
+        print(f'error: {reason(e)}', file=out, flush=True)
         return
     print('ready', file=out, flush=True)
     for line in inp:
@@ -168,7 +172,7 @@ def serve(make_task: Callable[[], Callable[[], object]], inp=None, out=None) -> 
             task()
             print(f'{(time.perf_counter() - t0) * 1000:.6f}', file=out, flush=True)
         except Exception as e:
-            print(error(e), file=out, flush=True)
+            print(f'error: {reason(e)}', file=out, flush=True)
 
 
 class Worker:
