@@ -276,6 +276,34 @@ def test_ort_profile_errors(capsys):
         ort_profile.main(['--files', 'nope.onnx'])
 
 
+def test_attention_ops_graphs_agree_and_are_timed():
+    """The standard-op and the MultiHeadAttention graphs compute the same attention (checked inside run(), which
+    raises otherwise); both are timed."""
+    pytest.importorskip('onnxruntime')
+    from benchmarks import attention_ops
+
+    ms = attention_ops.run(windows=3, tokens=4, dim=2, heads=2, runs=1, threads=1)
+    assert set(ms) == {'standard ops', 'MultiHeadAttention'} and all(v > 0 for v in ms.values())
+
+
+def test_attention_ops_standard_graph_is_softmax_attention():
+    """The standard graph against numpy: out = v @ softmax(q^T k + bias)^T per window."""
+    ort = pytest.importorskip('onnxruntime')
+    import numpy as np
+
+    from benchmarks import attention_ops
+
+    rng = np.random.default_rng(1)
+    bias = rng.standard_normal((4, 4)).astype(np.float32)
+    q, k, v = (rng.standard_normal((3, 2, 4)).astype(np.float32) for _ in range(3))
+    sess = ort.InferenceSession(attention_ops.standard_graph(3, 4, 2, 1, bias).SerializeToString())
+    logits = q.transpose(0, 2, 1) @ k + bias
+    attn = np.exp(logits - logits.max(-1, keepdims=True))
+    attn /= attn.sum(-1, keepdims=True)
+    np.testing.assert_allclose(sess.run(None, {'q0': q, 'k0': k, 'v0': v})[0], v @ attn.transpose(0, 2, 1),
+                               rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.filterwarnings('ignore::DeprecationWarning')
 def test_ort_profile_of_existing_files(tmp_path):
     """--files: op-type kernel times of ONNX files given as they are (e.g. FP32 next to INT8), one column each."""
