@@ -140,6 +140,7 @@ def interleaved(tasks: dict[str, Callable[[], object]], runs: int, warmup: int =
 # process owns one runtime; the parent tells it when to run, so the runs are still interleaved across workers but no
 # two runtimes share a process. What remains between processes, the caches, is what INFERENCE_PER_TURN handles.
 
+
 def reason(e: BaseException, n: int = 100) -> str:
     """'Type: first line of the message' (shortened to ``n`` characters): one table cell or protocol line."""
     msg = str(e).strip().splitlines()[0] if str(e).strip() else ''
@@ -202,8 +203,11 @@ class Worker:
 
     def run(self) -> float:
         """One timed run in the worker; its milliseconds. RuntimeError (the reason) when the run failed."""
-        self.proc.stdin.write('run\n')
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write('run\n')
+            self.proc.stdin.flush()
+        except OSError:  # the worker has died since its last answer
+            raise RuntimeError(self._exit_reason()) from None
         line = self.proc.stdout.readline().strip()
         try:
             return float(line)
@@ -211,6 +215,7 @@ class Worker:
             raise RuntimeError(line.removeprefix('error: ') if line else self._exit_reason()) from None
 
     def close(self) -> None:
+        """Ask the worker to quit (killed after 30 s) and drop its log."""
         if self.proc.poll() is None:
             try:
                 self.proc.stdin.write('quit\n')
