@@ -62,8 +62,8 @@ def contrib_graph(windows: int, tokens: int, dim: int, heads: int, bias: np.ndar
     return helper.make_model(graph, opset_imports=opsets)
 
 
-def run(windows: int = 144, tokens: int = 49, dim: int = 16, heads: int = 4, runs: int = 30, threads: int = 0,
-        tmp: Path | None = None) -> dict[str, float]:
+def run(windows: int = 144, tokens: int = 49, dim: int = 16, heads: int = 4, runs: int = 30,
+        threads: int = 0) -> dict[str, float]:
     """Median ms of each graph (after checking both give the same outputs)."""
     import tempfile
 
@@ -73,10 +73,9 @@ def run(windows: int = 144, tokens: int = 49, dim: int = 16, heads: int = 4, run
     feed = {f'{n}{i}': rng.standard_normal((windows, dim, tokens)).astype(np.float32) for i in range(heads)
             for n in 'qkv'}
     with tempfile.TemporaryDirectory() as d:
-        d = Path(tmp or d)
         sessions = {}
         for name, build in (('standard ops', standard_graph), ('MultiHeadAttention', contrib_graph)):
-            f = d / f'{name.split()[0].lower()}.onnx'
+            f = Path(d) / f'{name.split()[0].lower()}.onnx'
             f.write_bytes(build(windows, tokens, dim, heads, bias).SerializeToString())
             sessions[name] = timing.ort_session(f, threads)
     tok = {k: v.transpose(0, 2, 1).copy() for k, v in feed.items()}  # (windows, tokens, dim) for the contrib op

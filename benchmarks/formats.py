@@ -137,6 +137,12 @@ def sample_image(data: str, imgsz: int) -> np.ndarray:
     return prepare(im, (imgsz, imgsz), 32)
 
 
+def worker_command(fmt: str, path: Path, threads: int, image: Path, spinning: bool = False) -> list[str]:
+    """The argv of a timing worker (benchmarks/format_worker.py) running ``path`` in ``fmt`` on the saved ``image``."""
+    worker = str(Path(__file__).with_name('format_worker.py'))
+    return [sys.executable, worker, fmt, str(path), str(threads), str(image)] + (['spinning'] if spinning else [])
+
+
 def time_all(files: dict[str, Path], im: np.ndarray, threads: int, runs: int, warmup: int,
              kinds: dict[str, str] | None = None) -> dict[str, float | str]:
     """Median ms per entry of ``files`` (or an error text), each file in its own worker process
@@ -145,9 +151,7 @@ def time_all(files: dict[str, Path], im: np.ndarray, threads: int, runs: int, wa
     with tempfile.TemporaryDirectory() as tmp:
         image = Path(tmp) / 'image.npy'
         np.save(image, im)
-        worker = str(Path(__file__).with_name('format_worker.py'))
-        commands = {k: [sys.executable, worker, (kinds or {}).get(k, k), str(path), str(threads), str(image)]
-                    for k, path in files.items()}
+        commands = {k: worker_command((kinds or {}).get(k, k), path, threads, image) for k, path in files.items()}
         res = timing.interleaved_processes(commands, runs=runs, warmup=warmup)
     return {k: statistics.median(v) if isinstance(v, list) and v else str(v or '-') for k, v in res.items()}
 

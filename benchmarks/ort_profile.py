@@ -33,6 +33,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import speed, timing  # noqa: E402
+from benchmarks.formats import worker_command  # noqa: E402
 
 ATTENTION = re.compile(r'stages\.\d/stages\.\d\.\d+/stages\.\d\.\d+\.2/')  # the mixer of a block in the export form
 
@@ -172,10 +173,9 @@ def _has_efficientvit(model: torch.nn.Module) -> bool:
 
 def _runtimes(f: Path, ckpt: Path, image: Path, threads: int) -> dict[str, list[str]]:
     """The timing workers of one model: its ONNX graph in ORT (spinning off, on) and its fused eager forward."""
-    worker = [sys.executable, str(Path(__file__).with_name('format_worker.py'))]
-    return {'ORT': [*worker, 'onnx', str(f), str(threads), str(image)],
-            'ORT spinning': [*worker, 'onnx', str(f), str(threads), str(image), 'spinning'],
-            'eager': [*worker, 'pytorch', str(ckpt), str(threads), str(image)]}
+    return {'ORT': worker_command('onnx', f, threads, image),
+            'ORT spinning': worker_command('onnx', f, threads, image, spinning=True),
+            'eager': worker_command('pytorch', ckpt, threads, image)}
 
 
 def run(models: list[str], imgsz: int = 640, nc: int = 6, runs: int = 20, threads: int = 0, before: bool = False,

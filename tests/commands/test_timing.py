@@ -76,8 +76,8 @@ def test_serve_protocol():
 
 
 def test_interleaved_processes_times_each_task_in_its_own_process(tmp_path):
-    """Two workers report their own pids' work; a worker that cannot load or that dies is that task's error text,
-    the others are still timed."""
+    """Two workers are timed (their own milliseconds, >= the 10 ms they sleep); a worker that cannot load or that
+    dies is that task's error text, the others are still timed."""
     import sys
 
     worker = tmp_path / 'w.py'
