@@ -47,10 +47,7 @@ from benchmarks.timing import cpu_isa, cpu_name, physical_cores  # noqa: E402, F
 # ----------------------------------------------------------------------------------------------------------------
 def short_error(e: BaseException, n: int = 60) -> str:
     """'error: <Type>: <first line>' cut to n characters, safe inside a Markdown table cell."""
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else ''
-    text = f'{type(e).__name__}: {msg}' if msg else type(e).__name__
-    text = text.replace('|', '/')
-    return 'error: ' + (text if len(text) <= n else text[:n - 3] + '...')
+    return 'error: ' + timing.shorten(timing.reason(e, None).replace('|', '/'), n)
 
 
 def model_path(name: str) -> Path:

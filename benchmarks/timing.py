@@ -141,10 +141,16 @@ def interleaved(tasks: dict[str, Callable[[], object]], runs: int, warmup: int =
 # two runtimes share a process. What remains between processes, the caches, is what INFERENCE_PER_TURN handles.
 
 
-def reason(e: BaseException, n: int = 100) -> str:
-    """'Type: first line of the message' (shortened to ``n`` characters): one table cell or protocol line."""
+def shorten(text: str, n: int) -> str:
+    """``text`` cut to ``n`` characters, the cut marked with '...'."""
+    return text if len(text) <= n else text[:n - 3] + '...'
+
+
+def reason(e: BaseException, n: int | None = 100) -> str:
+    """'Type: first line of the message' (the message shortened to ``n`` characters; None: whole): one table cell
+    or protocol line."""
     msg = str(e).strip().splitlines()[0] if str(e).strip() else ''
-    msg = msg if len(msg) <= n else msg[:n - 3] + '...'
+    msg = msg if n is None else shorten(msg, n)
     return type(e).__name__ + (f': {msg}' if msg else '')
 
 

@@ -28,6 +28,14 @@ def test_cpu_isa_names_the_vector_sets():
     assert timing.cpu_isa('').startswith('unknown')
 
 
+def test_reason_is_the_type_and_the_first_line_shortened():
+    assert timing.reason(ValueError('bad\nmore')) == 'ValueError: bad'
+    r = timing.reason(ValueError('y' * 300))
+    assert r.startswith('ValueError: yy') and r.endswith('...') and len(r) == len('ValueError: ') + 100
+    assert timing.reason(ValueError('y' * 300), None) == 'ValueError: ' + 'y' * 300
+    assert timing.reason(KeyError()) == 'KeyError' and timing.shorten('abcdef', 5) == 'ab...'
+
+
 def test_interleaved_pauses_before_every_run(monkeypatch):
     sleeps = []
     monkeypatch.setattr(timing.time, 'sleep', sleeps.append)
