@@ -169,7 +169,9 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f'{cpu} ({os.cpu_count()} logical CPUs)'
+    from utils.core.precision import training_autocast_dtype
+    precision = 'float32' if training_autocast_dtype('cpu') is None else 'bf16 autocast (AMX)'
+    return f'{cpu} ({os.cpu_count()} logical CPUs; CPU training precision: {precision})'
 
 
 def budget(runs: dict[str, dict]) -> dict:

@@ -16,6 +16,7 @@ Arguments after ``--`` go to train.py. Run alone on an idle machine: figures are
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -52,6 +53,7 @@ def profile_in_this_process(train_argv: list[str], steps: int, warmup: int) -> d
     def timed_epoch(self, epoch):
         result['times'] = timed_steps(self, steps, warmup)
         result['batch'] = self.batch_size
+        result['precision'] = str(getattr(self, 'autocast_dtype', None) or 'float32').replace('torch.', '')
         self.mloss, self.lr = __import__('torch').zeros(3), [0.0] * 3
 
     plain, trainer_cls.train_one_epoch = trainer_cls.train_one_epoch, timed_epoch
@@ -84,9 +86,10 @@ def timed_steps(trainer, steps: int, warmup: int) -> dict[str, list[float]]:
         else:
             imgs = (imgs.to(trainer.device).float() / 255).contiguous(memory_format=trainer.memory_format)
         marks.append(clock())
-        pred = model(imgs)
+        pred = trainer.predict(model, imgs) if hasattr(trainer, 'predict') else model(imgs)  # its own precision
         marks.append(clock())
-        loss, _ = trainer.compute_loss(pred, targets.to(trainer.device))
+        with trainer.autocast() if hasattr(trainer, 'autocast') else contextlib.nullcontext():
+            loss, _ = trainer.compute_loss(pred, targets.to(trainer.device))
         marks.append(clock())
         loss.backward()
         marks.append(clock())
@@ -117,7 +120,7 @@ def report(result: dict, title: str, cmd: str) -> str:
     lines = [f'### {title}', '',
              f'`{cmd}` — {platform.processor() or platform.machine()}, '
              f'{len(os.sched_getaffinity(0))} cores available, torch {torch.__version__} ({cpu}), '
-             f'{torch.get_num_threads()} threads, {len(steps)} timed steps', '',
+             f'{torch.get_num_threads()} threads, {result.get("precision", "float32")}, {len(steps)} timed steps', '',
              '| phase | ms/step (median) | share |', '|---|---:|---:|']
     lines += [f'| {k} | {med[k]:.1f} | {med[k] / total:.0%} |' for k in PHASES]
     lines += [f'| **step** | **{step:.1f}** | |', '', f'Throughput: **{batch / step * 1e3:.1f} images/s** '

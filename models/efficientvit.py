@@ -33,6 +33,7 @@ from models.efficientvit_weights import (  # noqa: F401  (public names, importab
     timm_to_cream_key,
 )
 from models.registry import register_module
+from utils.core.precision import conv_float32_under_cpu_autocast
 from utils.core.sizes import round_to_nearest_multiple
 from utils.core.torch_utils import channels_last_grad
 
@@ -57,8 +58,9 @@ class ConvNorm(nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """conv -> BN. In training on channels-last maps, BN's gradient is handed back channels-last, and BN over
         few channels (<= 8: the first patch-embedding layer) runs in NCHW, where PyTorch's CPU kernel is 2x faster
-        (forward and backward compute the same function; ``tests/models/test_efficientvit.py`` checks gradients)."""
-        y = self.c(x)
+        (forward and backward compute the same function; ``tests/models/test_efficientvit.py`` checks gradients).
+        Under CPU bf16 autocast, depthwise convs whose bf16 backward is slow run in float32 (utils/core/precision)."""
+        y = conv_float32_under_cpu_autocast(self.c, x)
         if not (self.training and y.requires_grad and y.is_contiguous(memory_format=torch.channels_last)):
             return self.bn(y)
         if y.shape[1] <= 8 and not y.is_contiguous():

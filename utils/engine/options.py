@@ -78,6 +78,7 @@ class TrainOptions:
     freeze: tuple[int, ...] = (0,)
     save_period: int = -1
     seed: int = 0
+    no_amp: bool = False
     local_rank: int = -1
     entity: str | None = None
     upload_dataset: bool | str = False

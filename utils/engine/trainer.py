@@ -22,6 +22,8 @@ from models.yolo import Model, without_pretrained
 from utils.checkpoint.format import FORMAT, FORMAT_VERSION, load_checkpoint, save_checkpoint
 from utils.checkpoint.model import load_model, model_from_checkpoint, strip_optimizer, transfer_weights
 from utils.core.logging import LOGGER, TQDM_BAR_FORMAT, colorstr
+from utils.core.precision import describe as describe_precision
+from utils.core.precision import training_autocast_dtype
 from utils.core.sizes import check_img_size
 from utils.core.torch_utils import de_parallel, init_seeds, training_memory_format
 from utils.data.coco import is_coco
@@ -59,7 +61,9 @@ class Trainer:
         self.last, self.best = self.wdir / 'last.pt', self.wdir / 'best.pt'
         self.epochs, self.start_epoch = opt.epochs, 0
         self.plots = not opt.noplots and not opt.evolve
-        self.amp = device.type == 'cuda'  # YOLOv5's check_amp is False on CPU/MPS
+        # fp16 AMP on CUDA (YOLOv5), bf16 autocast on CPUs with AMX (ours), float32 otherwise or with --no-amp
+        self.autocast_dtype = training_autocast_dtype(device, enabled=not options.no_amp)
+        self.amp = self.autocast_dtype == torch.float16  # CUDA AMP: GradScaler and half-precision validation
         self.memory_format = training_memory_format(device)  # channels-last on CPU (measured faster)
         self.best_fitness = 0.0
         self.results, self.maps = NOT_EVALUATED, None  # kept under --noval until the final epoch
@@ -111,6 +115,7 @@ class Trainer:
         self.nb = len(self.train_loader)
         self.nw = optim.warmup_iterations(self.hyp['warmup_epochs'], self.nb)
         if main:
+            LOGGER.info(describe_precision(self.autocast_dtype, self.device))
             LOGGER.info(f'Image sizes {self.imgsz} train, {self.imgsz} val\n'
                         f'Using {self.train_loader.num_workers} dataloader workers\n'
                         f"Logging results to {colorstr('bold', str(self.save_dir))}\n"
@@ -253,8 +258,9 @@ class Trainer:
                                                self.batch_size, self.nbs)
             if self.options.multi_scale:
                 imgs = self._multi_scale(imgs)
-            with torch.autocast(self.device.type, enabled=self.amp):
-                loss, loss_items = self.compute_loss(model(imgs), targets.to(self.device))
+            pred = self.predict(model, imgs)
+            with self.autocast():
+                loss, loss_items = self.compute_loss(pred, targets.to(self.device))
                 loss = loss * (self.info.world_size if self.info.ddp else 1) * (4 if self.options.quad else 1)
             if not self.amp and not bool(torch.isfinite(loss_items).all()):  # AMP: the scaler skips inf steps
                 raise TrainError(self.diverged_message(epoch, i, loss_items))
@@ -305,6 +311,19 @@ class Trainer:
         (a quarter of the bytes), then one float conversion keeps it (the same values as converting first)."""
         imgs = imgs.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         return imgs.float().div_(255)
+
+    def autocast(self) -> torch.autocast:
+        """The training step's autocast (``self.autocast_dtype``; disabled in float32)."""
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+
+    def predict(self, model: torch.nn.Module, imgs: torch.Tensor) -> list[torch.Tensor]:
+        """The forward pass under the step's autocast. Under bf16 the predictions come back as float32, so the loss
+        (sigmoids, IoUs, BCE) is computed in float32; CUDA keeps YOLOv5's fp16 AMP as it is."""
+        with self.autocast():
+            pred = model(imgs)
+        if self.autocast_dtype == torch.bfloat16:
+            pred = [p.float() for p in pred]
+        return pred
 
     def optimizer_step(self) -> None:
         """unscale -> clip grad norm 10 -> step -> update scaler -> zero grad -> EMA update."""
