@@ -307,11 +307,14 @@ def test_official_yolov5_pt_fine_tunes_its_own_architecture(data, tmp_path, log_
 @pytest.mark.slow
 def test_many_flags_in_one_run(data, finished_run, tmp_path, log_lines):
     """--weights (our best.pt) --cfg --cos-lr --image-weights --multi-scale --save-period 1 --freeze 10
-    --optimizer AdamW --label-smoothing --single-cls --cache ram, two epochs: each flag leaves a trace we can check."""
+    --optimizer AdamW --label-smoothing --single-cls --cache ram --no-amp, two epochs: each flag leaves a trace we
+    can check (--no-amp also keeps a float32 run end to end in the suite on CPUs with AMX, which train in bf16)."""
     best = finished_run / 'weights/best.pt'
     save_dir = tiny_run(data, tmp_path, epochs=2, cos_lr=True, image_weights=True, multi_scale=True, save_period=1,
                         freeze=[10], optimizer='AdamW', label_smoothing=0.1, single_cls=True, cache='ram',
-                        noplots=True, noautoanchor=True, noval=True, weights=str(best))
+                        noplots=True, noautoanchor=True, noval=True, weights=str(best), no_amp=True)
+    assert 'AMP: off, training in float32 on cpu' in log_lines
+    assert yaml.safe_load((save_dir / 'opt.yaml').read_text())['no_amp'] is True
     n = len(torch.load(best, weights_only=True)['model'])  # all but Detect's 3 output convs (nc 3 -> 1) and,
     assert f'Transferred {n - 7}/{n} items from {best}' in log_lines  # --cfg given, the anchors (YOLOv5's rule)
     assert any(line.startswith('optimizer: AdamW(lr=0.01) with parameter groups 57 weight(decay=0.0), 60 weight('
