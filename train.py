@@ -55,7 +55,8 @@ def parse_opt(known: bool = False, args: list[str] | None = None) -> argparse.Na
     p.add_argument('--noplots', action='store_true', help='save no plot files')
     p.add_argument('--evolve', type=int, nargs='?', const=300, help='evolve hyperparameters for x generations')
     p.add_argument('--bucket', type=str, default='', help='gsutil bucket (unused: no uploads)')
-    p.add_argument('--cache', type=str, nargs='?', const='ram', help='image --cache ram/disk')
+    p.add_argument('--cache', type=str, nargs='?', const='ram',
+                   help="image --cache ram/disk (off: no cache, overriding the dataset's train_defaults)")
     p.add_argument('--image-weights', action='store_true', help='use weighted image selection for training')
     p.add_argument('--device', default='', help='cuda device, i.e. 0 or 0,1,2,3 or cpu')
     p.add_argument('--multi-scale', action='store_true', help='vary img-size +/- 50%%')

@@ -278,3 +278,14 @@ def test_polygon_labels_cached_filtered_and_pasted(tmp_path):
     for i in range(3):
         img, lab, _, _ = aug[i]
         assert img.shape == (3, 64, 64) and ((lab[:, 2:] >= 0) & (lab[:, 2:] <= 1)).all()
+
+
+def test_workers_get_single_threaded_opencv(ds, monkeypatch):
+    """OpenCV's pool is switched off in the parent before workers fork (they would oversubscribe the cores), and
+    only when there are workers: a loader without them leaves the process's OpenCV alone."""
+    calls = []
+    monkeypatch.setattr(cv2, 'setNumThreads', calls.append)
+    create_dataloader(ds, 64, 2, 32, workers=0)
+    assert calls == []
+    loader, _ = create_dataloader(ds, 64, 2, 32, workers=2)
+    assert loader.num_workers >= 1 and calls == [0]

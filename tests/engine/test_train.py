@@ -375,6 +375,23 @@ def test_dataset_train_defaults_fill_only_unset_flags(data, tmp_path, log_lines)
 def test_shapes_yaml_recommends_a_cpu_budget():
     rec = options.dataset_train_defaults('data/shapes.yaml')
     assert set(rec) <= set(options.YOLOV5_DEFAULTS) and rec['imgsz'] < 640 and rec['epochs'] < 100
+    assert rec['cache'] == 'ram'  # 600 small images: decoding them once takes the JPEG decode off every epoch
+
+
+def test_dataset_cache_recommendation_and_off(data, tmp_path, log_lines):
+    d = yaml.safe_load(Path(data).read_text())
+    d['train_defaults'] = {'cache': 'ram'}
+    rec = tmp_path / 'rec.yaml'
+    rec.write_text(yaml.safe_dump(d))
+    assert options.apply_train_defaults(train.parse_opt(args=['--data', str(rec)])).cache == 'ram'
+    assert any(f'using {rec} train_defaults: cache=ram' in x for x in log_lines)
+    assert options.apply_train_defaults(train.parse_opt(args=['--data', str(rec), '--cache', 'off'])).cache is None
+    assert options.apply_train_defaults(train.parse_opt(args=['--data', str(rec), '--cache', 'disk'])).cache == 'disk'
+    assert options.apply_train_defaults(train.parse_opt(args=['--data', str(data), '--cache', 'off'])).cache is None
+    d['train_defaults'] = {'cache': 'gpu'}
+    rec.write_text(yaml.safe_dump(d))
+    with pytest.raises(TrainError, match=r"train_defaults cache 'gpu' is not one of ram, disk, val, off"):
+        options.apply_train_defaults(train.parse_opt(args=['--data', str(rec)]))
 
 
 def test_run_rejects_unknown_option():

@@ -33,7 +33,8 @@ DEFAULT_PROJECT, EVOLVE_PROJECT = str(ROOT / 'runs/train'), str(ROOT / 'runs/evo
 OPTIMIZERS = ('SGD', 'Adam', 'AdamW')
 # YOLOv5 v7.0's defaults for the flags a dataset YAML may recommend other values for (its `train_defaults:` mapping).
 YOLOV5_DEFAULTS = {'epochs': 100, 'batch_size': 16, 'imgsz': 640, 'hyp': DEFAULT_HYP, 'patience': 100,
-                   'optimizer': 'SGD'}
+                   'optimizer': 'SGD', 'cache': None}
+CACHE_KINDS = ('ram', 'disk', 'val', 'off')  # --cache values; 'off' overrides a dataset's cache recommendation
 
 
 class TrainError(Exception):
@@ -168,6 +169,8 @@ def apply_train_defaults(args: argparse.Namespace) -> argparse.Namespace:
                     '(override with the flags)')
     for k in unset:
         setattr(ns, k, used.get(k, YOLOV5_DEFAULTS[k]))
+    if ns.cache == 'off':
+        ns.cache = None
     return ns
 
 
@@ -191,6 +194,8 @@ def dataset_train_defaults(data: str | Path | Mapping) -> dict:
         raise TrainError(f"{data}: train_defaults keys {bad} are not allowed; use {', '.join(YOLOV5_DEFAULTS)}")
     if rec.get('optimizer', 'SGD') not in OPTIMIZERS:
         raise TrainError(f"{data}: train_defaults optimizer {rec['optimizer']!r} is not one of {', '.join(OPTIMIZERS)}")
+    if rec.get('cache') is not None and rec['cache'] not in CACHE_KINDS:
+        raise TrainError(f"{data}: train_defaults cache {rec['cache']!r} is not one of {', '.join(CACHE_KINDS)}")
     return dict(rec)
 
 
