@@ -8,13 +8,15 @@ parallel node pays a thread wake-up; EfficientViT has 3-4x yolov5n's node count)
 
 - every 1x1 conv of the FFNs, PatchMerging and the attention projection is a Conv; residual depthwise convs carry
   the identity in their kernel centre; the FFN and attention residuals are Adds right after a Conv (fused by ORT);
-- window attention partitions the zero-padded map into (B*nH*nW, C, r*r) windows with one Reshape-Transpose-Reshape
-  each way and projects on the whole map after the windows are put back;
-- per head of the cascade (head i reads ``split_i + out_{i-1}``, so heads cannot be batched), k and v are MatMuls
-  in the window layout, with no layout change; only q goes through a (windows, kd, r, r) view for its 1x1 and
-  depthwise Convs. The k bias is dropped (it adds the same ``q . b_k`` to a whole row of logits, which softmax
-  ignores), the attention scale is folded into q's depthwise conv and the relative-position biases are gathered
-  once into (heads, N, N) constants.
+- window attention cuts the zero-padded, channels-last map into (B*nH*nW, r*r, C) token windows with one
+  Reshape-Transpose-Reshape each way (the NCHW <-> NHWC permutes fold into ORT's NCHWc reorders) and projects on
+  the whole map after the windows are put back;
+- per head of the cascade (head i reads ``split_i + out_{i-1}``, so heads cannot be batched), q, k and v are
+  ``tokens @ W`` MatMuls, activation first, which is also what INT8 quantizers need to run them without Transposes
+  (the previous form's ``W @ tokens`` on (windows, C, r*r) windows cost M0 60 Transposes quantized); q goes
+  channels-first only around its depthwise conv. The k bias is dropped (it adds the same ``q . b_k`` to a whole row
+  of logits, which softmax ignores), the attention scale is folded into q's depthwise conv and the relative-position
+  biases are gathered once into (heads, N, N) constants.
 
 Same function as the plain path, summed in another order (tests hold it within 1e-4 relative for M0-M5). It is built
 from a fused backbone (``fuse()`` or ``fuse(exact=True)``) and used for ONNX export only, via ``onnx_export_form``.
@@ -76,11 +78,15 @@ class PatchMergingForm(nn.Module):
 
 
 class WindowAttentionForm(nn.Module):
-    """``x + LocalWindowAttention(x)`` on windows, the projection on the whole map (ORT fuses the residual into it).
+    """``x + LocalWindowAttention(x)`` on token windows, the projection on the whole map (ORT fuses the residual).
 
-    Windows are (B*nH*nW, C, r*r). Per head, k and v are MatMuls on that layout (no layout change, no reshape); the
-    k bias is dropped: it adds ``q . b_k`` to a whole row of logits, which softmax ignores. Only q, which needs its
-    depthwise conv, goes through a (windows, kd, r, r) view.
+    Windows are (B*nH*nW, r*r, C) tokens, cut from the channels-last map: ORT folds the NCHW -> NHWC permute into
+    the preceding conv's NCHWc reorder, and the cut itself moves whole r*C rows, where cutting NCHW windows moved
+    r floats at a time. Per head, q, k and v are MatMuls ``tokens @ W`` (the activation first and the constant
+    second: one GEMM over all windows, and the form ORT's and OpenVINO's quantizers handle without Transposes);
+    the k bias is dropped (it adds ``q . b_k`` to a whole row of logits, which softmax ignores). q goes
+    channels-first only around its depthwise conv; ORT folds that permute pair into the conv's reorders (FP32)
+    or into its NHWC QLinearConv (INT8).
     """
 
     def __init__(self, lwa: LocalWindowAttention, dynamic: bool = False):
@@ -89,12 +95,13 @@ class WindowAttentionForm(nn.Module):
         self.window, self.dynamic = lwa.window, dynamic
         self.heads, self.kd, self.d = cga.num_heads, cga.key_dim, cga.d
         kd = self.kd
-        self.q = nn.ModuleList(_conv(c.weight[:kd], c.bias[:kd]) for c in cga.qkvs)
         self.dws = nn.ModuleList(_conv(dw.weight * cga.scale, dw.bias * cga.scale, groups=kd, padding=dw.padding[0])
                                  for dw in cga.dws)
-        for name, t in (('wk', [c.weight[kd:2 * kd, :, 0, 0] for c in cga.qkvs]),
-                        ('wv', [c.weight[2 * kd:, :, 0, 0] for c in cga.qkvs]),
-                        ('bv', [c.bias[2 * kd:, None] for c in cga.qkvs])):
+        for name, t in (('wq', [c.weight[:kd, :, 0, 0].t() for c in cga.qkvs]),
+                        ('bq', [c.bias[None, :kd] for c in cga.qkvs]),
+                        ('wk', [c.weight[kd:2 * kd, :, 0, 0].t() for c in cga.qkvs]),
+                        ('wv', [c.weight[2 * kd:, :, 0, 0].t() for c in cga.qkvs]),
+                        ('bv', [c.bias[None, 2 * kd:] for c in cga.qkvs])):
             self.register_buffer(name, torch.stack(t).detach().clone(), persistent=False)
         self.proj = cga.proj[1]
         r = self.window
@@ -102,31 +109,33 @@ class WindowAttentionForm(nn.Module):
         self._window_bias = cga.window_bias  # the whole-map branch gathers its own (h*w)^2 bias while traced
 
     def heads_forward(self, t: torch.Tensor, h: int, w: int, bias: torch.Tensor) -> torch.Tensor:
-        """Cascaded group attention on (windows, C, h*w) tokens, before the projection: (windows, C, h*w)."""
-        splits = t.split(self.d, dim=1)
+        """Cascaded group attention on (windows, h*w, C) tokens, before the projection: (windows, h*w, C)."""
+        splits = t.split(self.d, dim=2)
         outs = []
         for i in range(self.heads):
             feat = splits[i] if i == 0 else splits[i] + outs[-1]
-            q = self.dws[i](self.q[i](feat.reshape(-1, self.d, h, w))).flatten(2)
-            k, v = self.wk[i] @ feat, self.wv[i] @ feat + self.bv[i]
-            attn = (q.transpose(1, 2) @ k + bias[i]).softmax(dim=-1)
-            outs.append(v @ attn.transpose(1, 2))
-        return torch.cat(outs, dim=1)
+            q = (feat @ self.wq[i] + self.bq[i]).reshape(-1, h, w, self.kd).permute(0, 3, 1, 2)
+            q = self.dws[i](q).permute(0, 2, 3, 1).reshape(-1, h * w, self.kd)
+            k, v = feat @ self.wk[i], feat @ self.wv[i] + self.bv[i]
+            attn = (q @ k.transpose(1, 2) + bias[i]).softmax(dim=-1)
+            outs.append(attn @ v)
+        return torch.cat(outs, dim=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         r = self.window
+        t = x.permute(0, 2, 3, 1)  # (B, H, W, C)
         if H <= r and W <= r:
-            t = self.heads_forward(x.flatten(2), H, W, self._window_bias(H, W))
-            return x + self.proj(t.reshape(B, C, H, W).relu())
+            t = self.heads_forward(t.reshape(B, H * W, C), H, W, self._window_bias(H, W)).relu()
+            return x + self.proj(t.reshape(B, H, W, C).permute(0, 3, 1, 2))
         pad_b, pad_r = (r - H % r) % r, (r - W % r) % r
         crop = self.dynamic or pad_b or pad_r
-        t = F.pad(x, (0, pad_r, 0, pad_b)) if crop else x
+        t = F.pad(t, (0, 0, 0, pad_r, 0, pad_b)) if crop else t
         nH, nW = (H + pad_b) // r, (W + pad_r) // r
-        t = t.reshape(B, C, nH, r, nW, r).permute(0, 2, 4, 1, 3, 5).reshape(B * nH * nW, C, r * r)
-        t = self.heads_forward(t, r, r, self.bias)
-        t = t.reshape(B, nH, nW, C, r, r).permute(0, 3, 1, 4, 2, 5).reshape(B, C, nH * r, nW * r)
-        return x + self.proj((t[:, :, :H, :W] if crop else t).relu())
+        t = t.reshape(B * nH, r, nW, r * C).transpose(1, 2).reshape(B * nH * nW, r * r, C)
+        t = self.heads_forward(t, r, r, self.bias).relu()  # the projection's ReLU, on tokens (ORT fuses what follows)
+        t = t.reshape(B * nH, nW, r, r * C).transpose(1, 2).reshape(B, nH * r, nW * r, C)
+        return x + self.proj((t[:, :H, :W] if crop else t).permute(0, 3, 1, 2))
 
 
 def _form(m: nn.Module, dynamic: bool) -> nn.Module:

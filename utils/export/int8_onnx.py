@@ -119,9 +119,10 @@ def attention_nodes(model, groups: tuple[str, ...]) -> list[str]:
 
 
 def constant_first_matmuls(model) -> list[str]:
-    """MatMuls whose FIRST operand is a constant (EfficientViT's export form computes k and v as W @ x in the window
-    layout). OpenVINO 2026.4's CPU plugin cannot compile them quantized per channel (its post-op composer expects the
-    scales along the output channels of x @ W: "Check 'any_of(scale.size(), OC, 1U)' failed")."""
+    """MatMuls whose FIRST operand is a constant (W @ x). OpenVINO 2026.4's CPU plugin cannot compile them quantized
+    per channel (its post-op composer expects the scales along the output channels of x @ W: "Check
+    'any_of(scale.size(), OC, 1U)' failed"). EfficientViT's export form computed k and v that way until 2026-12-06;
+    it now computes q, k and v as x @ W, so this finds none there; kept for any graph that has them."""
     consts = _constants(model.graph)
     return [n.name for n in model.graph.node if n.op_type == 'MatMul' and n.input and n.input[0] in consts]
 
