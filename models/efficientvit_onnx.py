@@ -97,11 +97,12 @@ class WindowAttentionForm(nn.Module):
         kd = self.kd
         self.dws = nn.ModuleList(_conv(dw.weight * cga.scale, dw.bias * cga.scale, groups=kd, padding=dw.padding[0])
                                  for dw in cga.dws)
+        # 1-D biases: onnxslim makes ``x @ W + b`` a Gemm, and ORT's QDQ quantizer expects a Gemm's C to be 1-D
         for name, t in (('wq', [c.weight[:kd, :, 0, 0].t() for c in cga.qkvs]),
-                        ('bq', [c.bias[None, :kd] for c in cga.qkvs]),
+                        ('bq', [c.bias[:kd] for c in cga.qkvs]),
                         ('wk', [c.weight[kd:2 * kd, :, 0, 0].t() for c in cga.qkvs]),
                         ('wv', [c.weight[2 * kd:, :, 0, 0].t() for c in cga.qkvs]),
-                        ('bv', [c.bias[None, 2 * kd:] for c in cga.qkvs])):
+                        ('bv', [c.bias[2 * kd:] for c in cga.qkvs])):
             self.register_buffer(name, torch.stack(t).detach().clone(), persistent=False)
         self.proj = cga.proj[1]
         r = self.window

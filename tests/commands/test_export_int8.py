@@ -142,6 +142,23 @@ def test_fp32_node_groups():
         assert constant_first_matmuls(m) == [], cfg
 
 
+@pytest.mark.parametrize('fmt', int8_onnx.FORMATS)
+@pytest.mark.parametrize('per_channel', [False, True])
+def test_every_variant_quantizes_and_runs(int8_model, fmt, per_channel, tmp_path):
+    """QDQ and QOperator, per tensor and per channel (what benchmarks/int8_variants.py builds) quantize both models'
+    exports: EfficientViT's q and v are ``x @ W + b`` Gemms after onnxslim, and ORT's QDQ quantizer failed with a
+    numpy error on their 2-D biases (the form now stores them 1-D)."""
+    cfg = Int8Config(fmt=fmt, per_channel=per_channel)
+    calib = CalibrationSet(int8_model['data'], (IMGSZ, IMGSZ), stride=32, n=4)
+    f = int8_onnx.quantize_onnx(int8_model['onnx'], calib, cfg, out=tmp_path / f'{cfg.tag}.onnx')
+    ops = {n.op_type for n in onnx.load(str(f)).graph.node}
+    assert ('QuantizeLinear' in ops) and (('QLinearConv' in ops) == (fmt == 'qoperator'))
+    import onnxruntime as ort
+    s = ort.InferenceSession(str(f), providers=['CPUExecutionProvider'])
+    out = s.run(None, {s.get_inputs()[0].name: next(iter(calib))})[0]
+    assert out.shape[0] == 1 and np.isfinite(out).all()
+
+
 def _onnx(model: torch.nn.Module):
     """``model`` (fused, export mode) as an in-memory ONNX model at 64 px, opset 13 (as export.py writes it)."""
     import io
