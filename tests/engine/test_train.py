@@ -394,6 +394,14 @@ def test_dataset_cache_recommendation_and_off(data, tmp_path, log_lines):
         options.apply_train_defaults(train.parse_opt(args=['--data', str(rec)]))
 
 
+def test_training_says_where_results_are_once(data, tmp_path, log_lines):
+    """The final validation of best.pt plots into the run directory; the run ends with one 'Results saved' line
+    (the evaluator said it too, a second identical line, before the trainer's)."""
+    run = tiny_run(data, tmp_path, noautoanchor=True)
+    saved = [line for line in log_lines if line.startswith('Results saved to')]
+    assert len(saved) == 1 and str(run) in saved[0]
+
+
 def test_run_rejects_unknown_option():
     with pytest.raises(TypeError, match="unknown option 'epoch'"):
         train.run(epoch=3)

@@ -54,6 +54,7 @@ class EvalOptions:
     json_name: str = ''  # <json_name>_predictions.json
     ap_method: str = 'coco'  # 'coco' (pycocotools' integration) or 'interp' (YOLOv5's)
     prefix: str = ''  # in front of the table header, e.g. 'val: '
+    say_saved: bool = True  # end with 'Results saved to <dir>' when files were written (the trainer says it once)
 
     @property
     def writes_txt(self) -> bool:
@@ -213,7 +214,7 @@ class Evaluator:
             if coco is not None:
                 map_, map50 = coco
         losses = (self.loss.cpu() / max(self.batches, 1)).tolist()
-        if o.writes_txt or o.save_json or o.plots:
+        if o.say_saved and (o.writes_txt or o.save_json or o.plots):
             LOGGER.info(f'Results saved to {colorstr("bold", str(self.save_dir))}')
         return EvalResults(mp, mr, map50, map_, tuple(losses), self._per_class_maps(map_, per_class), times)
 

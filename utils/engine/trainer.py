@@ -358,7 +358,8 @@ class Trainer:
         validation of best.pt also plots and lists every class (NMS IoU 0.65 on COCO, as YOLOv5)."""
         options = EvalOptions(iou_thres=0.65 if final and is_coco(self.data) else 0.6,
                               single_cls=self.options.single_cls, half=self.amp, save_dir=self.save_dir,
-                              plots=final and self.plots, verbose=final, prefix=colorstr('val: '))
+                              plots=final and self.plots, verbose=final, prefix=colorstr('val: '),
+                              say_saved=False)  # the trainer's own last line says where results are
         evaluator = Evaluator(self.names, options, dataset=self.val_loader.dataset, compute_loss=self.compute_loss,
                               device=self.device)
         return validate(model, self.val_loader, evaluator)
