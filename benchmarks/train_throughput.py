@@ -3,7 +3,8 @@
 Each run is a fresh process that trains one epoch with train.py's options (``train.run(epochs=1, ...)``) and times
 only the epoch's training loop (``Trainer.train_one_epoch``: data, forward, loss, backward, optimizer, EMA; not the
 setup, validation or saving), so startup and validation do not dilute the ratio. Runs alternate A B A B ... and the
-table gives the median images/s of each checkout and the median of the per-pair ratios.
+table gives the median images/s of each checkout and the median of the per-pair ratios, with a distribution-free
+interval for that median (``timing.median_interval``: on a noisy host, how far apart two medians must be to differ).
 
 Usage:
     python benchmarks/train_throughput.py --baseline ../main-old --runs 3                        # the quick start
@@ -25,6 +26,10 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))  # entry point: make the repository importable when run as a script
+
+from benchmarks import timing  # noqa: E402
 
 # Runs inside the checkout being measured (its own train.py and Trainer, wherever its version keeps them).
 CHILD = r'''
@@ -100,8 +105,9 @@ def main(args: argparse.Namespace, extra: list[str]) -> str:
     for name in repos:
         lines.append(f'| {name} | {statistics.median(speeds[name]):.2f} | '
                      + ', '.join(f'{s:.2f}' for s in speeds[name]) + ' |')
-    lines += ['', f'Ratio this/baseline (median of pairs): **{statistics.median(ratios):.2f}x** '
-                  f'(pairs: {", ".join(f"{x:.2f}" for x in ratios)})', '']
+    lo, hi, cover = timing.median_interval(ratios)
+    lines += ['', f'Ratio this/baseline (median of pairs): **{statistics.median(ratios):.2f}x**, '
+                  f'{cover:.0%} interval {lo:.2f}-{hi:.2f} (pairs: {", ".join(f"{x:.2f}" for x in ratios)})', '']
     text = '\n'.join(lines)
     print(text)
     if args.out:

@@ -347,6 +347,21 @@ def test_train_throughput_kwargs_and_profile_report():
     assert 'Throughput: **100.0 images/s** (batch 12, median step).' in text
 
 
+def test_train_throughput_table_gives_pair_median_and_its_interval(tmp_path, monkeypatch):
+    """Runs alternate this checkout / baseline; the ratio is the median of the per-pair ratios with the sign-test
+    interval of that median (5 pairs: min..max, 94 %)."""
+    speeds = iter([12.0, 10.0, 11.0, 10.0, 30.0, 20.0, 13.0, 10.0, 9.0, 10.0])  # pairs 1.2, 1.1, 1.5, 1.3, 0.9
+    monkeypatch.setattr(train_throughput, 'one_run', lambda repo, kw: next(speeds))
+    out = tmp_path / 'tt.md'
+    args, extra = train_throughput.parse_opt(['--baseline', str(tmp_path), '--runs', '5', '--out', str(out)])
+    text = train_throughput.main(args, extra)
+    assert '| this checkout | 12.00 | 12.00, 11.00, 30.00, 13.00, 9.00 |' in text
+    assert '| baseline | 10.00 | 10.00, 10.00, 20.00, 10.00, 10.00 |' in text
+    assert ('Ratio this/baseline (median of pairs): **1.20x**, 94% interval 0.90-1.50 '
+            '(pairs: 1.20, 1.10, 1.50, 1.30, 0.90)') in text
+    assert out.read_text() == text + '\n'
+
+
 def test_train_throughput_child_times_one_tiny_epoch(tmp_path):
     """One run as the benchmark makes it: a fresh process in a checkout (this one), its Trainer found by the
     profile's helper loaded by path, one epoch of 4 images."""

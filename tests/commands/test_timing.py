@@ -144,3 +144,19 @@ def test_ort_session_options(tmp_path):
         assert (so.intra_op_num_threads, so.inter_op_num_threads) == (1, 1)
         assert so.get_session_config_entry('session.intra_op.allow_spinning') == want
         assert so.get_session_config_entry('session.inter_op.allow_spinning') == want
+
+
+def test_median_interval_is_the_sign_test_interval():
+    # 17 values: P(Binomial(17, 1/2) <= 4) = 3214 / 2**17, so the 5th smallest and 5th largest cover 95.1 %
+    lo, hi, cover = timing.median_interval([float(v) for v in range(17, 0, -1)])  # order does not matter
+    assert (lo, hi) == (5.0, 13.0) and cover == pytest.approx(1 - 2 * 3214 / 2 ** 17)
+    # asking less narrows it: 6th..12th cover 1 - 2 * 9402 / 2**17 = 85.7 %
+    lo, hi, cover = timing.median_interval(list(range(1, 18)), confidence=0.8)
+    assert (lo, hi) == (6, 12) and cover == pytest.approx(1 - 2 * 9402 / 2 ** 17)
+    # too few values for 90 %: (min, max) with the coverage it has
+    seven = [1.35, 1.17, 1.48, 1.20, 1.17, 1.44, 1.22]
+    assert timing.median_interval(seven) == (1.17, 1.48, pytest.approx(1 - 2 / 128))
+    assert timing.median_interval([1.0, 3.0, 2.0]) == (1.0, 3.0, pytest.approx(0.75))
+    assert timing.median_interval([2.0]) == (2.0, 2.0, 0.0)
+    with pytest.raises(ValueError, match='at least one'):
+        timing.median_interval([])
