@@ -70,25 +70,62 @@ def test_build_optimizer_group_order_and_hyper(name, cls):
         assert g[0]['betas'] == (0.937, 0.999)
 
 
-@pytest.mark.parametrize('name', ['SGD', 'Adam', 'AdamW'])
-def test_foreach_steps_equal_the_per_parameter_loop(name):
-    """build_optimizer asks for torch's foreach kernels on every device: every group uses them, and 5 steps (after
-    a foreach gradient clip) leave every parameter bit-identical to the per-parameter loop."""
-    nets = [Net(), Net()]
-    nets[1].load_state_dict(nets[0].state_dict())
-    opts = [optim.build_optimizer(n, name, lr=0.01, momentum=0.9, decay=0.01, skip_decay=SKIP) for n in nets]
-    assert all(g['foreach'] is True for g in opts[0].param_groups)
-    for g in opts[1].param_groups:
-        g['foreach'] = False
+def _five_clipped_steps(nets, opts, foreach_clip):
     gen = torch.Generator().manual_seed(0)
     for _ in range(5):
         grads = [torch.randn(p.shape, generator=gen) * 10 for p in nets[0].parameters()]
-        for net, opt, foreach in zip(nets, opts, (True, False)):
+        for net, opt, foreach in zip(nets, opts, foreach_clip):
             for p, g in zip(net.parameters(), grads):
                 p.grad = g.clone()
             torch.nn.utils.clip_grad_norm_(net.parameters(), max_norm=10.0, foreach=foreach)
             opt.step()
+
+
+def _twins(name):
+    nets = [Net(), Net()]
+    nets[1].load_state_dict(nets[0].state_dict())
+    return nets, [optim.build_optimizer(n, name, lr=0.01, momentum=0.9, decay=0.01, skip_decay=SKIP) for n in nets]
+
+
+@pytest.mark.parametrize('name', ['SGD', 'Adam', 'AdamW'])
+def test_cpu_groups_step_with_the_fused_kernel_within_an_ulp_of_the_loop(name):
+    """On the CPU every group uses torch's fused kernel; 5 steps (after a gradient clip) stay within ~1 ulp of the
+    per-parameter loop (fused sums in another order, so not bit for bit)."""
+    nets, opts = _twins(name)
+    assert all(g['fused'] is True and g['foreach'] is False for g in opts[0].param_groups)
+    for g in opts[1].param_groups:
+        g['fused'], g['foreach'] = None, False
+    _five_clipped_steps(nets, opts, (True, False))
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize('name', ['SGD', 'Adam', 'AdamW'])
+def test_foreach_steps_equal_the_per_parameter_loop(name):
+    """Off the CPU the groups use foreach, whose 5 steps (after a foreach clip) are bit-identical to the loop."""
+    nets, opts = _twins(name)
+    for g0, g1 in zip(opts[0].param_groups, opts[1].param_groups):
+        g0['fused'], g0['foreach'] = None, True  # what use_fast_step gives a CUDA group
+        g1['fused'], g1['foreach'] = None, False
+    _five_clipped_steps(nets, opts, (True, False))
     assert all(torch.equal(a, b) for a, b in zip(nets[0].parameters(), nets[1].parameters()))
+
+
+def test_use_fast_step_by_device_and_after_loading_saved_groups():
+    """Groups of parameters off the CPU get foreach; a state dict saved with other flags (an older checkpoint, or
+    another machine's) brings them back on load, and use_fast_step (which Trainer.restore calls) resets them."""
+    off_cpu = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2, device='meta'))], lr=0.1)
+    optim.use_fast_step(off_cpu)
+    assert (off_cpu.param_groups[0]['fused'], off_cpu.param_groups[0]['foreach']) == (None, True)
+    net = Net()
+    opt = optim.build_optimizer(net, 'AdamW', lr=0.01)
+    saved = opt.state_dict()
+    for g in saved['param_groups']:
+        g['fused'], g['foreach'] = None, True
+    opt.load_state_dict(saved)
+    assert all(g['foreach'] is True for g in opt.param_groups)
+    optim.use_fast_step(opt)
+    assert all(g['fused'] is True and g['foreach'] is False for g in opt.param_groups)
 
 
 def test_build_optimizer_unknown_name():

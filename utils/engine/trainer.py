@@ -201,6 +201,7 @@ class Trainer:
         if self.start_epoch <= 0:
             raise TrainError(f'{self.options.weights} training to {self.epochs} epochs is finished, nothing to resume')
         self.optimizer.load_state_dict(ckpt['optimizer'])
+        optim.use_fast_step(self.optimizer)  # the saved groups carry the saving machine's step kernel
         self.best_fitness = float(ckpt.get('best_fitness') or 0.0)
         state = ckpt.get('train_state') or {}
         if 'scheduler' in state:
