@@ -60,11 +60,11 @@ def build_optimizer(model: nn.Module, name: str = 'SGD', lr: float = 0.01, momen
     """
     decay_p, no_decay_p, bias_p = split_params(model, skip_decay)
     if name == 'SGD':
-        optimizer = torch.optim.SGD(bias_p, lr=lr, momentum=momentum, nesterov=True, foreach=True)
+        optimizer = torch.optim.SGD(bias_p, lr=lr, momentum=momentum, nesterov=True)
     elif name == 'Adam':
-        optimizer = torch.optim.Adam(bias_p, lr=lr, betas=(momentum, 0.999), foreach=True)
+        optimizer = torch.optim.Adam(bias_p, lr=lr, betas=(momentum, 0.999))
     elif name == 'AdamW':
-        optimizer = torch.optim.AdamW(bias_p, lr=lr, betas=(momentum, 0.999), weight_decay=0.0, foreach=True)
+        optimizer = torch.optim.AdamW(bias_p, lr=lr, betas=(momentum, 0.999), weight_decay=0.0)
     else:
         raise ValueError(f'optimizer {name!r} not supported; choose one of {", ".join(OPTIMIZERS)}')
     optimizer.add_param_group({'params': decay_p, 'weight_decay': decay})
