@@ -100,6 +100,11 @@ class Backbone(nn.Module):
         never decayed anyway, so list only what else must be spared (e.g. learned position tables)."""
         return set()
 
+    def input_size_note(self, height: int, width: int) -> str | None:
+        """One line the trainer shows about this input size (e.g. work it wastes on padding), or None; the base
+        class has nothing to say."""
+        return None
+
     def fuse(self, exact: bool = False) -> Backbone:
         """Prepare for inference (fold BatchNorms into convolutions, in place); returns self.
 

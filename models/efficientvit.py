@@ -15,6 +15,7 @@ File order (timm's anatomy): blocks, model, variant table, registered factories.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -419,6 +420,39 @@ class EfficientViT(Backbone):
     def stages(self) -> list[nn.Module]:
         """The four freezable parts, in order."""
         return [self.patch_embed, self.blocks1, self.blocks2, self.blocks3]
+
+    def attention_tokens(self, height: int, width: int) -> tuple[int, int]:
+        """(tokens of the attended maps, tokens window attention computes on) for one height x width image.
+
+        A map larger than one window is zero-padded to whole r x r windows (bottom and right), so the second number
+        exceeds the first unless every attended map side is a multiple of r or fits in one window: at 256 px M0's
+        maps 32/16/8 become 35/21/14 (1.56x the tokens), at 224 px (28/14/7) nothing is padded.
+        """
+        seen = computed = 0
+        for stride, stage in zip(self.strides, (self.blocks1, self.blocks2, self.blocks3)):
+            h, w = -(-height // stride), -(-width // stride)  # every stride-2 conv here gives ceil(n / 2)
+            for m in stage.modules():
+                if isinstance(m, LocalWindowAttention):
+                    r = m.window
+                    ph, pw = (h, w) if h <= r and w <= r else (-(-h // r) * r, -(-w // r) * r)
+                    seen, computed = seen + h * w, computed + ph * pw
+        return seen, computed
+
+    def padding_free_multiple(self) -> int:
+        """Input sides that are multiples of this (224 for 7x7 windows at strides 8/16/32) pad no attention map."""
+        return math.lcm(*(m.window * s for s, stage in zip(self.strides, (self.blocks1, self.blocks2, self.blocks3))
+                          for m in stage.modules() if isinstance(m, LocalWindowAttention)))
+
+    def input_size_note(self, height: int, width: int) -> str | None:
+        """Says how much window padding costs at this size when it adds a quarter or more to the attention's work
+        (at 640 px it adds 10 %, and the nearest padding-free size, 672, costs more everywhere else)."""
+        seen, computed = self.attention_tokens(height, width)
+        if computed < 1.25 * seen:
+            return None
+        k = self.padding_free_multiple()
+        return (f'EfficientViT at {height}x{width}: window attention computes on {computed / seen:.2f}x the tokens '
+                f'of its maps (padded to whole windows); image sides that are multiples of {k} px ({k}, {2 * k}, ...) '
+                f'pad none')
 
     def no_weight_decay(self) -> set[str]:
         """The attention-bias tables: learned positional terms, not weights to shrink (as the official recipe)."""

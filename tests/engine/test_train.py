@@ -45,12 +45,14 @@ def tiny_run(data: Path, project: Path, **kw) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize('cfg', ['models/yolov5-efficientvit.yaml', 'models/yolov5n.yaml'])
-def test_one_epoch_writes_every_output(data, finished_run, tmp_path, cfg):
+def test_one_epoch_writes_every_output(data, finished_run, tmp_path, cfg, log_lines):
     if cfg == 'models/yolov5n.yaml':
         save_dir = finished_run  # the shared run is exactly this one
     else:
         save_dir = tiny_run(data, tmp_path, cfg=cfg)
         assert save_dir == tmp_path / 'exp'
+        # 64 px: M0's 8x8 stride-8 map is padded to four 7x7 windows (the backbone's input_size_note)
+        assert 'EfficientViT at 64x64: window attention computes on 2.22x the tokens' in '\n'.join(log_lines)
     missing = [f for f in RUN_FILES if not (save_dir / f).is_file() or (save_dir / f).stat().st_size == 0]
     assert missing == []
 

@@ -121,6 +121,16 @@ def test_declared_outputs_equal_real_outputs(name, args, yaml_name):
 
 
 @pytest.mark.parametrize('name, args, yaml_name', CASES)
+def test_input_size_note_is_a_line_or_none(name, args, yaml_name):
+    """The trainer logs it as is: None or one line (EfficientViT at 256 px: its window padding)."""
+    bb = build(name, args)
+    for size in (224, 256, 640):
+        note = bb.input_size_note(size, size)
+        assert note is None or (isinstance(note, str) and note and '\n' not in note)
+    assert (bb.input_size_note(256, 256) is not None) == name.startswith('EfficientViT')
+
+
+@pytest.mark.parametrize('name, args, yaml_name', CASES)
 def test_stages_hold_every_parameter_once(name, args, yaml_name):
     bb = build(name, args)
     stages = bb.stages()

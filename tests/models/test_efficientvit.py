@@ -245,6 +245,35 @@ def test_large_map_pads_bottom_right_into_windows():
     assert torch.allclose(out[:, :, 7:, 7:], want_br[:, :, :2, :1], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize('v', ['m0', 'm5'])
+@pytest.mark.parametrize('hw', [(224, 224), (256, 256), (96, 160), (448, 320)])
+def test_attention_tokens_count_what_the_forward_attends(v, hw):
+    """The arithmetic of attention_tokens against the maps each window attention really receives and the windows
+    it really computes on (hooks on a train-mode forward)."""
+    bb = build(v).train()
+    seen, computed, hooks = [0], [0], []
+    for m in bb.modules():
+        if isinstance(m, ev.LocalWindowAttention):
+            hooks.append(m.register_forward_pre_hook(lambda _, a: seen.__setitem__(0, seen[0] + a[0][0, 0].numel())))
+            hooks.append(m.attn.register_forward_pre_hook(
+                lambda _, a: computed.__setitem__(0, computed[0] + a[0][:, 0].numel())))
+    bb(torch.randn(1, 3, *hw))
+    assert bb.attention_tokens(*hw) == (seen[0], computed[0])
+
+
+def test_attention_tokens_and_size_note_numbers():
+    """M0 at 256 px: maps 32/16/8 (1, 2, 3 blocks) padded to 35/21/14 -> 2695 tokens computed for 1728 seen."""
+    bb = build('m0')
+    assert bb.attention_tokens(256, 256) == (32 * 32 + 2 * 16 * 16 + 3 * 8 * 8, 35 * 35 + 2 * 21 * 21 + 3 * 14 * 14)
+    assert bb.attention_tokens(224, 224) == (28 * 28 + 2 * 14 * 14 + 3 * 7 * 7,) * 2
+    assert bb.padding_free_multiple() == 224
+    assert bb.input_size_note(256, 256) == ('EfficientViT at 256x256: window attention computes on 1.56x the tokens '
+                                            'of its maps (padded to whole windows); image sides that are multiples '
+                                            'of 224 px (224, 448, ...) pad none')
+    # 640 pads 10 % (80/40/20 -> 84/42/21), under the note's 25 %; 224 and 448 pad nothing
+    assert [bb.input_size_note(s, s) for s in (224, 448, 640)] == [None] * 3
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # frozen_stages
 # ---------------------------------------------------------------------------------------------------------------

@@ -116,6 +116,10 @@ class Trainer:
         self.nw = optim.warmup_iterations(self.hyp['warmup_epochs'], self.nb)
         if main:
             LOGGER.info(describe_precision(self.autocast_dtype, self.device))
+            backbone = self.model.model[0]
+            note = backbone.input_size_note(self.imgsz, self.imgsz) if isinstance(backbone, Backbone) else None
+            if note:
+                LOGGER.info(note)
             LOGGER.info(f'Image sizes {self.imgsz} train, {self.imgsz} val\n'
                         f'Using {self.train_loader.num_workers} dataloader workers\n'
                         f"Logging results to {colorstr('bold', str(self.save_dir))}\n"
