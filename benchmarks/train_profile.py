@@ -8,7 +8,7 @@ own Trainer, in its own process), e.g. a checkout of an older main for a before/
 step, share, images/s) to ``--out`` and prints it.
 
 Usage:
-    python benchmarks/train_profile.py                                   # quick start: M0, 256 px, batch 16
+    python benchmarks/train_profile.py                                   # quick start: M0, 224 px, batch 16
     python benchmarks/train_profile.py --baseline ../old-main --out benchmarks/results/train_profile.md
     python benchmarks/train_profile.py --baseline ../old-main -- --weights v5n.pt --img 320 --batch-size 16
 Arguments after ``--`` go to train.py. Run alone on an idle machine: figures are medians over the timed steps.

@@ -10,7 +10,9 @@ Usage:
     python benchmarks/train_throughput.py --baseline ../main-old --runs 3                        # the quick start
     python benchmarks/train_throughput.py --baseline ../main-old --runs 3 -- --cfg models/yolov5n.yaml \\
         --weights yolov5n-shapes.pt --img 320 --batch-size 16 --hyp data/hyps/hyp.scratch-low.yaml
-Arguments after ``--`` go to train.run (as ``--flag value`` pairs); both checkouts get the same ones.
+Arguments after ``--`` go to train.run (as ``--flag value`` pairs); both checkouts get the same ones, and the image
+and batch size default to this checkout's quick start for both (224 px, batch 16; the quick start trained at 256 px
+until 2026-12-06, when both checkouts defaulted to it: ``-- --img 256`` repeats those runs).
 Run alone on an idle machine.
 """
 from __future__ import annotations
@@ -30,6 +32,7 @@ if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # entry point: make the repository importable when run as a script
 
 from benchmarks import timing  # noqa: E402
+from utils.engine import options  # noqa: E402
 
 # Runs inside the checkout being measured (its own train.py and Trainer, wherever its version keeps them).
 CHILD = r'''
@@ -57,7 +60,8 @@ print('THROUGHPUT ' + json.dumps({'seconds': seconds[0], 'images': images[0]}))
 
 def train_kwargs(extra: list[str], project: str) -> dict:
     """``--flag value`` pairs (and bare ``--flag`` switches) -> train.run keyword arguments, plus one epoch,
-    no validation, no saving, no plots, into ``project``."""
+    no validation, no saving, no plots, into ``project``; image size and batch size default to this checkout's
+    (the data's ``train_defaults``) and are passed to both checkouts, so they train the same batches."""
     kwargs, i = {}, 0
     while i < len(extra):
         key = extra[i].lstrip('-').replace('-', '_')
@@ -71,6 +75,9 @@ def train_kwargs(extra: list[str], project: str) -> dict:
     kwargs.update(epochs=1, noval=True, nosave=True, noplots=True, project=project, name='run', exist_ok=True)
     if 'img' in kwargs:
         kwargs['imgsz'] = kwargs.pop('img')
+    rec = options.dataset_train_defaults(kwargs.get('data', options.DEFAULT_DATA))
+    for key in ('imgsz', 'batch_size'):  # this checkout's defaults, pinned: the other may default differently
+        kwargs.setdefault(key, rec.get(key, options.YOLOV5_DEFAULTS[key]))
     return kwargs
 
 
@@ -100,7 +107,8 @@ def main(args: argparse.Namespace, extra: list[str]) -> str:
     lines = [f'`python benchmarks/train_throughput.py --baseline {args.baseline} --runs {args.runs}'
              + (f' -- {" ".join(extra)}`' if extra else '`'),
              f'({platform.machine()}, {len(os.sched_getaffinity(0))} cores, torch {torch.__version__} '
-             f'({torch.backends.cpu.get_cpu_capability()}); one epoch of training loop per run, A B interleaved)', '',
+             f'({torch.backends.cpu.get_cpu_capability()}); one epoch of training loop per run, A B interleaved; '
+             f'both at {kwargs["imgsz"]} px, batch {kwargs["batch_size"]})', '',
              '| checkout | images/s (median) | runs |', '|---|---:|---|']
     for name in repos:
         lines.append(f'| {name} | {statistics.median(speeds[name]):.2f} | '

@@ -341,6 +341,9 @@ def test_train_throughput_kwargs_and_profile_report():
     kw = train_throughput.train_kwargs(['--weights', 'a.pt', '--img', '320', '--batch-size', '16', '--rect'], '/tmp/p')
     assert kw == {'weights': 'a.pt', 'imgsz': 320, 'batch_size': 16, 'rect': True, 'epochs': 1, 'noval': True,
                   'nosave': True, 'noplots': True, 'project': '/tmp/p', 'name': 'run', 'exist_ok': True}
+    # no size given: this checkout's quick-start size and batch, pinned for both checkouts
+    assert {k: v for k, v in train_throughput.train_kwargs([], '/tmp/p').items() if k in ('imgsz', 'batch_size')} \
+        == {'imgsz': 224, 'batch_size': 16}
     times = {k: [0.010, 0.030, 0.020] for k in train_profile.PHASES}  # 20 ms median per phase, 120 ms a step
     text = train_profile.report({'times': times, 'batch': 12}, 'demo', 'python x.py')
     assert '| data | 20.0 | 17% |' in text and '| **step** | **120.0** | |' in text
@@ -355,6 +358,7 @@ def test_train_throughput_table_gives_pair_median_and_its_interval(tmp_path, mon
     out = tmp_path / 'tt.md'
     args, extra = train_throughput.parse_opt(['--baseline', str(tmp_path), '--runs', '5', '--out', str(out)])
     text = train_throughput.main(args, extra)
+    assert 'A B interleaved; both at 224 px, batch 16)' in text
     assert '| this checkout | 12.00 | 12.00, 11.00, 30.00, 13.00, 9.00 |' in text
     assert '| baseline | 10.00 | 10.00, 10.00, 20.00, 10.00, 10.00 |' in text
     assert ('Ratio this/baseline (median of pairs): **1.20x**, 94% interval 0.90-1.50 '
