@@ -429,19 +429,20 @@ class EfficientViT(Backbone):
         maps 32/16/8 become 35/21/14 (1.56x the tokens), at 224 px (28/14/7) nothing is padded.
         """
         seen = computed = 0
-        for stride, stage in zip(self.strides, (self.blocks1, self.blocks2, self.blocks3)):
+        for stride, r in self._attention_windows():
             h, w = -(-height // stride), -(-width // stride)  # every stride-2 conv here gives ceil(n / 2)
-            for m in stage.modules():
-                if isinstance(m, LocalWindowAttention):
-                    r = m.window
-                    ph, pw = (h, w) if h <= r and w <= r else (-(-h // r) * r, -(-w // r) * r)
-                    seen, computed = seen + h * w, computed + ph * pw
+            ph, pw = (h, w) if h <= r and w <= r else (-(-h // r) * r, -(-w // r) * r)
+            seen, computed = seen + h * w, computed + ph * pw
         return seen, computed
 
     def padding_free_multiple(self) -> int:
         """Input sides that are multiples of this (224 for 7x7 windows at strides 8/16/32) pad no attention map."""
-        return math.lcm(*(m.window * s for s, stage in zip(self.strides, (self.blocks1, self.blocks2, self.blocks3))
-                          for m in stage.modules() if isinstance(m, LocalWindowAttention)))
+        return math.lcm(*(stride * r for stride, r in self._attention_windows()))
+
+    def _attention_windows(self) -> list[tuple[int, int]]:
+        """(stride of its map, window side) of every window attention, in forward order."""
+        return [(stride, m.window) for stride, stage in zip(self.strides, (self.blocks1, self.blocks2, self.blocks3))
+                for m in stage.modules() if isinstance(m, LocalWindowAttention)]
 
     def input_size_note(self, height: int, width: int) -> str | None:
         """Says how much window padding costs at this size when it adds a quarter or more to the attention's work
