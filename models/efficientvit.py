@@ -35,7 +35,7 @@ from models.efficientvit_weights import (  # noqa: F401  (public names, importab
 )
 from models.registry import register_module
 from utils.core.precision import conv_float32_under_cpu_autocast
-from utils.core.sizes import round_to_nearest_multiple
+from utils.core.sizes import round_to_nearest_multiple, round_up_to_multiple
 from utils.core.torch_utils import channels_last_grad
 
 __all__ = ['EfficientViT', 'EfficientViT_M0', 'EfficientViT_M1', 'EfficientViT_M2', 'EfficientViT_M3',
@@ -431,7 +431,7 @@ class EfficientViT(Backbone):
         seen = computed = 0
         for stride, r in self._attention_windows():
             h, w = -(-height // stride), -(-width // stride)  # every stride-2 conv here gives ceil(n / 2)
-            ph, pw = (h, w) if h <= r and w <= r else (-(-h // r) * r, -(-w // r) * r)
+            ph, pw = (h, w) if h <= r and w <= r else (round_up_to_multiple(h, r), round_up_to_multiple(w, r))
             seen, computed = seen + h * w, computed + ph * pw
         return seen, computed
 

@@ -251,12 +251,11 @@ def test_attention_tokens_count_what_the_forward_attends(v, hw):
     """The arithmetic of attention_tokens against the maps each window attention really receives and the windows
     it really computes on (hooks on a train-mode forward)."""
     bb = build(v).train()
-    seen, computed, hooks = [0], [0], []
+    seen, computed = [0], [0]
     for m in bb.modules():
         if isinstance(m, ev.LocalWindowAttention):
-            hooks.append(m.register_forward_pre_hook(lambda _, a: seen.__setitem__(0, seen[0] + a[0][0, 0].numel())))
-            hooks.append(m.attn.register_forward_pre_hook(
-                lambda _, a: computed.__setitem__(0, computed[0] + a[0][:, 0].numel())))
+            m.register_forward_pre_hook(lambda _, a: seen.__setitem__(0, seen[0] + a[0][0, 0].numel()))
+            m.attn.register_forward_pre_hook(lambda _, a: computed.__setitem__(0, computed[0] + a[0][:, 0].numel()))
     bb(torch.randn(1, 3, *hw))
     assert bb.attention_tokens(*hw) == (seen[0], computed[0])
 
