@@ -208,15 +208,37 @@ def test_ort_profile_of_existing_files(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings('ignore::DeprecationWarning')
-def test_ort_profile_tiny(tmp_path, capsys):
-    """yolov5n and M0 at 64 px, one profiled run each, the graph before the export form, the wall-clock table."""
+def test_ort_profile_tiny(tmp_path, monkeypatch):
+    """yolov5n and M0 at 64 px, one profiled run each, the graph before the export form, and the wall-clock table
+    built from the timing workers' samples. The workers themselves are stubbed here (six processes that each import
+    torch and ORT cost ~25 s; real workers run in test_formats_smoke and tests/commands/test_timing.py): the stub
+    checks each model gets ORT with spinning off and on and its eager checkpoint, and returns fixed times, so the
+    medians and ratios in the table are known."""
+    seen = {}
+    times = {'yolov5n|ORT': [40.0], 'yolov5n|ORT spinning': [30.0], 'yolov5n|eager': [80.0],
+             'yolov5-efficientvit|ORT': [60.0, 62.0, 58.0], 'yolov5-efficientvit|ORT spinning': [45.0],
+             'yolov5-efficientvit|eager': 'error: RuntimeError: worker died'}
+
+    def fake_workers(commands, runs, warmup=1, **kw):
+        seen.update(commands)
+        return {k: times[k] for k in commands}
+
+    monkeypatch.setattr(timing, 'interleaved_processes', fake_workers)
     assert ort_profile.main(['--models', 'yolov5n', 'yolov5-efficientvit', '--imgsz', '64', '--runs', '1',
                              '--before', '--out', str(tmp_path)]) == 0
     md = (tmp_path / 'ort_profile.md').read_text()
     assert '| op type | yolov5n: ms (share, nodes) | yolov5-efficientvit (before): ms' in md
     assert '| Conv |' in md and 'Load average' in md and 'instruction sets: ' in md
     assert '| backbone: window attention |' in md
-    assert '| model | ORT ms | ORT spinning ms | eager ms |' in md and '| yolov5-efficientvit | ' in md
+    assert sorted(seen) == sorted(times)
+    for name, argv in seen.items():
+        model, runtime = name.split('|')
+        assert argv[2:4] == (['pytorch', argv[3]] if runtime == 'eager' else ['onnx', argv[3]])
+        assert argv[3].endswith(f'{model}.pt' if runtime == 'eager' else f'{model}.onnx'), argv
+        assert (argv[-1] == 'spinning') == (runtime == 'ORT spinning')
+    assert '| model | ORT ms | ORT spinning ms | eager ms |' in md
+    assert '| yolov5n | 40.0 (1.00×) | 30.0 (1.00×) | 80.0 (1.00×) |' in md
+    assert '| yolov5-efficientvit | 60.0 (1.50×) | 45.0 (1.50×) | error |' in md
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -185,3 +185,40 @@ def test_save_one_box(tmp_path, log_lines):
     assert clipped.shape == (10, 10, 3)
     assert save_one_box([300, 300, 400, 400], im, file=tmp_path / 'x.jpg', gain=1.0, pad=0).size == 0
     assert not (tmp_path / 'x.jpg').exists() and any('empty crop' in m for m in log_lines)
+
+
+# viridis at 0 and 1 (matplotlib's table, BGR), written out so the test does not read the code's own lookup table
+VIRIDIS_LOW, VIRIDIS_HIGH = (84, 1, 68), (37, 231, 253)
+
+
+def test_feature_grid_scales_each_map_and_places_it_in_its_cell():
+    """Two 2x4 maps: a ramp 0..7 (its min and max take viridis' ends) and a constant map (all at viridis' low end, as
+    imshow draws it). Each cell is 300 px; the map fills 256 px of its longer side, centred, nearest-pixel enlarged
+    (64x), on white."""
+    from utils.viz.features import feature_grid
+
+    ramp = np.arange(8, dtype=np.float32).reshape(2, 4)
+    grid = feature_grid(np.stack([ramp, np.full((2, 4), 3.5, np.float32)]))
+    assert grid.shape == (300, 600, 3) and grid.dtype == np.uint8
+    top, left = (300 - 128) // 2, (300 - 256) // 2  # 86, 22
+    assert tuple(grid[0, 0]) == (255, 255, 255) and tuple(grid[top - 1, left]) == (255, 255, 255)
+    assert tuple(grid[top, left]) == VIRIDIS_LOW  # ramp[0, 0] = 0, the map's minimum
+    assert tuple(grid[top + 63, left + 63]) == VIRIDIS_LOW  # still inside the first 64x64 block
+    assert tuple(grid[top + 127, left + 255]) == VIRIDIS_HIGH  # ramp[1, 3] = 7, the maximum
+    assert tuple(grid[top + 128, left + 255]) == (255, 255, 255)  # below the map
+    assert (grid[top:top + 128, 300 + left:300 + left + 256] == VIRIDIS_LOW).all()  # the constant map
+    greens = [int(grid[top + 64 * (v // 4), left + 64 * (v % 4), 1]) for v in range(8)]  # ramp value v's block
+    assert greens == sorted(set(greens))  # viridis' green rises with the value: the blocks are in ramp order
+
+
+def test_feature_visualization_writes_the_grid_and_the_exact_maps(tmp_path):
+    """40 channels: the first 32 drawn (4 rows of 8 cells), all 40 saved as .npy; Detect and 1x1 maps are skipped."""
+    from utils.viz.features import feature_visualization
+
+    x = torch.randn(1, 40, 16, 20, generator=torch.Generator().manual_seed(0))
+    f = feature_visualization(x, 'models.common.Conv', 3, save_dir=tmp_path)
+    assert f == tmp_path / 'stage3_Conv_features.png'
+    assert read(f).shape == (4 * 300, 8 * 300, 3)
+    np.testing.assert_array_equal(np.load(f.with_suffix('.npy')), x[0].numpy())
+    assert feature_visualization(x, 'models.yolo.Detect', 4, save_dir=tmp_path) is None
+    assert feature_visualization(torch.zeros(1, 8, 1, 1), 'models.common.SPPF', 5, save_dir=tmp_path) is None
