@@ -222,3 +222,17 @@ def test_feature_visualization_writes_the_grid_and_the_exact_maps(tmp_path):
     np.testing.assert_array_equal(np.load(f.with_suffix('.npy')), x[0].numpy())
     assert feature_visualization(x, 'models.yolo.Detect', 4, save_dir=tmp_path) is None
     assert feature_visualization(torch.zeros(1, 8, 1, 1), 'models.common.SPPF', 5, save_dir=tmp_path) is None
+
+
+def test_feature_grid_draws_non_finite_pixels_white():
+    """A diverged layer's map: NaN and inf pixels white, the finite ones scaled among themselves; an all-NaN map
+    white; no warning, no garbage from casting NaN to uint8."""
+    from utils.viz.features import feature_grid
+
+    m = np.array([[0.0, np.nan], [np.inf, 2.0]], np.float32)
+    with np.errstate(all='raise'):
+        grid = feature_grid(np.stack([m, np.full((2, 2), np.nan, np.float32)]))
+    top = left = (300 - 256) // 2  # a square map fills 256 x 256, 128 px per pixel
+    assert tuple(grid[top, left]) == VIRIDIS_LOW and tuple(grid[top + 128, left + 128]) == VIRIDIS_HIGH
+    assert tuple(grid[top, left + 128]) == (255, 255, 255) and tuple(grid[top + 128, left]) == (255, 255, 255)
+    assert (grid[:, 300:] == 255).all()

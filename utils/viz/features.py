@@ -36,11 +36,23 @@ def feature_grid(maps: np.ndarray, cols: int = 8) -> np.ndarray:
     top, left = (PANEL - size[1]) // 2, (PANEL - size[0]) // 2
     lut, grid = _viridis(), np.full((rows * PANEL, cols * PANEL, 3), 255, np.uint8)
     for i, m in enumerate(maps.astype(np.float64)):
-        lo, span = m.min(), np.ptp(m)
-        level = np.zeros(m.shape, np.uint8) if not span > 0 else np.round((m - lo) / span * 255).astype(np.uint8)
         y, x = (i // cols) * PANEL + top, (i % cols) * PANEL + left
-        grid[y:y + size[1], x:x + size[0]] = cv2.resize(lut[level], size, interpolation=cv2.INTER_NEAREST)
+        grid[y:y + size[1], x:x + size[0]] = cv2.resize(_colour(m, lut), size, interpolation=cv2.INTER_NEAREST)
     return grid
+
+
+def _colour(m: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """One map -> BGR: scaled to its finite values' min..max (a constant map at the low end); NaN and inf pixels
+    white, as imshow leaves masked values (a diverged layer's map is drawn, not a crash or noise)."""
+    finite = np.isfinite(m)
+    level = np.zeros(m.shape, np.uint8)
+    if finite.any():
+        lo, hi = m[finite].min(), m[finite].max()
+        if hi > lo:
+            level[finite] = np.round((m[finite] - lo) / (hi - lo) * 255).astype(np.uint8)
+    bgr = lut[level]
+    bgr[~finite] = 255
+    return bgr
 
 
 def feature_visualization(x, module_type: str, stage: int, n: int = 32,
