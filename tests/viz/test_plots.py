@@ -236,3 +236,11 @@ def test_feature_grid_draws_non_finite_pixels_white():
     assert tuple(grid[top, left]) == VIRIDIS_LOW and tuple(grid[top + 128, left + 128]) == VIRIDIS_HIGH
     assert tuple(grid[top, left + 128]) == (255, 255, 255) and tuple(grid[top + 128, left]) == (255, 255, 255)
     assert (grid[:, 300:] == 255).all()
+
+
+def test_feature_visualization_unwritable_file_raises(tmp_path):
+    """OpenCV's imwrite returns False instead of raising; a map that could not be saved must not pass silently."""
+    from utils.viz.features import feature_visualization
+
+    with pytest.raises(OSError, match='could not write'):
+        feature_visualization(torch.ones(1, 2, 4, 4), 'Conv', 0, save_dir=tmp_path / 'missing')
