@@ -32,6 +32,7 @@ from utils.inference.backend import DetectBackend  # noqa: E402
 from utils.ops.postprocess import postprocess, write_label_lines  # noqa: E402
 from utils.viz.drawing import Annotator, colors, detection_summary, save_one_box  # noqa: E402
 from utils.viz.features import features_saved  # noqa: E402
+from utils.viz.imagefile import writable_name, write_image  # noqa: E402
 
 DEFAULT_SOURCE = ROOT / 'data/images'
 
@@ -55,26 +56,51 @@ def preprocess(im0: np.ndarray, imgsz: tuple[int, int], stride: int, auto: bool,
 
 
 class _VideoSink:
-    """One cv2.VideoWriter per output path (mp4v ``.mp4``), opened on the first frame of each video or stream."""
+    """One cv2.VideoWriter per output path (mp4v ``.mp4``), opened on the first frame of each video or stream. A
+    writer OpenCV cannot open (no encoder, directory not writable) is one warning; that video's frames are dropped."""
 
     def __init__(self):
-        self.writers: dict[str, cv2.VideoWriter] = {}
+        self.writers: dict[str, cv2.VideoWriter | None] = {}
 
-    def write(self, save_path: Path, im: np.ndarray, fps: float) -> None:
+    def write(self, save_path: Path, im: np.ndarray, fps: float) -> bool:
+        """False once, on the first frame of a video whose file could not be opened."""
         key = str(save_path.with_suffix('.mp4'))
         if key not in self.writers:
             h, w = im.shape[:2]
-            self.writers[key] = cv2.VideoWriter(key, cv2.VideoWriter_fourcc(*'mp4v'), fps or 30.0, (w, h))
-        self.writers[key].write(im)
+            writer = cv2.VideoWriter(key, cv2.VideoWriter_fourcc(*'mp4v'), fps or 30.0, (w, h))
+            self.writers[key] = writer if writer.isOpened() else None
+            if self.writers[key] is None:
+                LOGGER.warning(f'WARNING ⚠️ could not open {key} for writing (OpenCV VideoWriter); frames not saved')
+                return False
+        if self.writers[key] is not None:
+            self.writers[key].write(im)
+        return True
 
     def close(self) -> None:
         for w in self.writers.values():
-            w.release()
+            if w is not None:
+                w.release()
         self.writers = {}
 
 
-def _handle_detections(frame: Frame, det: torch.Tensor, names: dict, save_dir: Path, opt: dict) -> np.ndarray:
-    """Write labels and crops, draw boxes; returns the annotated image.
+def _save_frame(frame: Frame, im0: np.ndarray, save_dir: Path, sink: _VideoSink) -> bool:
+    """The annotated image (under the source's name; ``.jpg`` for formats OpenCV reads but cannot write, such as
+    ``.dng`` and ``.mpo``) or the next frame of the annotated video. False, with a warning, when nothing was written."""
+    save_path = inside(save_dir, save_dir / path_component(Path(frame.path).name))
+    if frame.kind != 'image':
+        return sink.write(save_path, im0, frame.meta.get('fps', 30.0))
+    try:
+        write_image(writable_name(save_path), im0)
+        return True
+    except OSError as e:
+        LOGGER.warning(f'WARNING ⚠️ {e}')
+        return False
+
+
+def _handle_detections(frame: Frame, det: torch.Tensor, names: dict, save_dir: Path,
+                       opt: dict) -> tuple[np.ndarray, int]:
+    """Write labels and crops, draw boxes; returns the annotated image and the number of crops that could not be
+    written (each one a warning; the others are still written).
 
     Class and file names become one path component each (``path_component``) and every file is checked to lie
     inside ``save_dir``: a class named ``../../x`` from weights or a YAML writes ``crops/.._.._x/``, not ``../../x``."""
@@ -84,6 +110,7 @@ def _handle_detections(frame: Frame, det: torch.Tensor, names: dict, save_dir: P
     if opt['save_txt']:  # YOLOv5 writes them from the last detection to the first
         write_label_lines(save_dir / 'labels' / f'{stem}.txt', det.flip(0), im0.shape[:2], opt['save_conf'])
     annotator = Annotator(im0, line_width=opt['line_thickness'], example=str(names))
+    unwritten = 0
     for *xyxy, conf, cls in reversed(det.tolist()):
         c = int(cls)
         if opt['save_img'] or opt['save_crop'] or opt['view_img']:
@@ -91,8 +118,12 @@ def _handle_detections(frame: Frame, det: torch.Tensor, names: dict, save_dir: P
             annotator.box_label(xyxy, label, color=colors(c, True))
         if opt['save_crop']:
             crop = inside(save_dir, save_dir / 'crops' / path_component(names[c]) / f'{path_component(p.stem)}.jpg')
-            save_one_box(torch.tensor(xyxy), imc, file=crop, BGR=True)
-    return annotator.result()
+            try:
+                save_one_box(torch.tensor(xyxy), imc, file=crop, BGR=True)
+            except OSError as e:
+                LOGGER.warning(f'WARNING ⚠️ {e}')
+                unwritten += 1
+    return annotator.result(), unwritten
 
 
 def _show(window: str, im: np.ndarray, state: dict) -> None:
@@ -141,6 +172,7 @@ def run(weights: str | Path | list = 'yolov5s.pt', source: str | Path = DEFAULT_
     opt = dict(save_txt=save_txt, save_conf=save_conf, save_crop=save_crop, save_img=save_img, view_img=view_img,
                line_thickness=line_thickness, hide_labels=hide_labels, hide_conf=hide_conf)
     dt, seen, sink, display = (Timer(device), Timer(device), Timer(device)), 0, _VideoSink(), {}
+    unwritten = 0  # images, videos and crops that could not be written (each one warned about)
     try:
         for frame in dataset:
             with dt[0]:
@@ -159,15 +191,12 @@ def run(weights: str | Path | list = 'yolov5s.pt', source: str | Path = DEFAULT_
             seen += 1
             det[:, :4] = det[:, :4].round()
             s = f'{frame.describe()} %gx%g ' % im.shape[2:] + detection_summary(det, names)
-            im0 = _handle_detections(frame, det.cpu(), names, save_dir, opt)
+            im0, n = _handle_detections(frame, det.cpu(), names, save_dir, opt)
+            unwritten += n
             if view_img:
                 _show(str(frame.path), im0, display)
             if save_img:
-                save_path = inside(save_dir, save_dir / path_component(Path(frame.path).name))
-                if frame.kind == 'image':
-                    cv2.imwrite(str(save_path), im0)
-                else:
-                    sink.write(save_path, im0, frame.meta.get('fps', 30.0))
+                unwritten += not _save_frame(frame, im0, save_dir, sink)
             LOGGER.info(f"{s}{'' if len(det) else '(no detections), '}{(dt[1].t - t) * 1e3:.1f}ms")
     finally:
         sink.close()
@@ -180,6 +209,8 @@ def run(weights: str | Path | list = 'yolov5s.pt', source: str | Path = DEFAULT_
         n = len(list(save_dir.glob('labels/*.txt')))
         s = f"\n{n} label{'s' * (n != 1)} saved to {save_dir / 'labels'}" if save_txt else ''
         LOGGER.info(f"Results saved to {colorstr('bold', str(save_dir))}{s}")
+    if unwritten:
+        LOGGER.warning(f"WARNING ⚠️ {unwritten} file{'s' * (unwritten != 1)} could not be written, see the warnings")
     if update:
         from utils.checkpoint.model import strip_optimizer
 

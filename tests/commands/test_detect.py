@@ -142,6 +142,33 @@ def test_bad_sources(weights, source, tmp_path, log_text):
         run_detect(weights, bad, tmp_path)
 
 
+def test_unwritable_outputs_warn_and_the_rest_is_saved(weights, source, tmp_path, log_text, monkeypatch):
+    """An image OpenCV cannot write and a video it cannot open are one warning each and a count at the end; the
+    other outputs are saved, and a .mpo source (readable, not writable by OpenCV) is saved as .jpg."""
+    from utils.viz import imagefile
+
+    (source / 'im2.mpo').write_bytes((source / 'im0.jpg').read_bytes())  # an MPO file starts as a JPEG
+    real = imagefile.cv2.imwrite
+    monkeypatch.setattr(imagefile.cv2, 'imwrite', lambda f, *a: False if f.endswith('im1.jpg') else real(f, *a))
+
+    class ClosedWriter:  # what cv2.VideoWriter gives for an encoder or directory it cannot use
+        def __init__(self, *a):
+            pass
+
+        def isOpened(self):
+            return False
+
+    monkeypatch.setattr(detect.cv2, 'VideoWriter', ClosedWriter)
+    run = run_detect(weights, source, tmp_path)
+    assert sorted(p.name for p in run.iterdir()) == ['im0.jpg', 'im2.jpg']
+    assert np.array_equal(cv2.imread(str(run / 'im2.jpg')).shape, (64, 64, 3))
+    warnings = [x for x in log_text.getvalue().splitlines() if 'WARNING' in x]
+    assert warnings == [f'WARNING ⚠️ could not write {run / "im1.jpg"} (OpenCV imwrite failed: disk full or not '
+                        'writable?)',
+                        f'WARNING ⚠️ could not open {run / "clip.mp4"} for writing (OpenCV VideoWriter); frames not '
+                        'saved',
+                        'WARNING ⚠️ 2 files could not be written, see the warnings']
+
 def test_cli_messages(weights, tmp_path):
     opt = detect.parse_opt(['--weights', str(weights), '--source', str(tmp_path / 'missing'), '--img', '64'])
     assert opt.imgsz == [64, 64] and opt.conf_thres == 0.25 and opt.max_det == 1000 and opt.vid_stride == 1

@@ -109,6 +109,25 @@ def test_detections_print_save_crop_render_tolist(tmp_path, log_text):
     assert [p.n for p in parts] == [1, 1] and torch.equal(parts[1].xyxy[0], r.xyxy[1])
 
 
+def test_detections_save_and_crop_go_on_past_a_failed_write(tmp_path, log_text, monkeypatch):
+    """A file OpenCV cannot write is one warning; the other images are saved, crops still returned, and a source
+    named .dng (readable, not writable by OpenCV) is saved as .jpg."""
+    from utils.viz import imagefile
+
+    r = AutoShape(Stub(), verbose=False)([rgb(), rgb(60, 80)], size=64)
+    r.files = ['shot.dng', 'b.jpg']
+    real = imagefile.cv2.imwrite
+    monkeypatch.setattr(imagefile.cv2, 'imwrite', lambda f, *a: False if f.endswith('b.jpg') else real(f, *a))
+    saved = r.save(save_dir=tmp_path / 'exp')
+    assert sorted(p.name for p in saved.iterdir()) == ['shot.jpg']
+    out = log_text.getvalue()
+    assert f'WARNING ⚠️ could not write {saved / "b.jpg"} (OpenCV imwrite failed' in out
+    assert f'Saved 1 image to {saved}' in out.replace('\x1b[1m', '').replace('\x1b[0m', '')
+    crops = r.crop(save_dir=tmp_path / 'crops')
+    assert len(crops) == 2 and all(c['im'].ndim == 3 and c['im'].size for c in crops)
+    assert [p.name for p in (tmp_path / 'crops').rglob('*.jpg')] == ['shot.jpg']
+    assert out.count('WARNING') + 1 == log_text.getvalue().count('WARNING')  # the b.jpg crop
+
 def test_pandas_or_a_clear_error():
     r = AutoShape(Stub(), verbose=False)(rgb(), size=64)
     try:

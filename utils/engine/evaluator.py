@@ -26,7 +26,7 @@ from utils.ops.boxes import scale_boxes, xywh2xyxy
 from utils.ops.metrics import ConfusionMatrix, ap_per_class, fitness, process_batch
 from utils.ops.postprocess import postprocess, write_label_lines
 from utils.viz.charts import plot_ap_curves, plot_confusion_matrix
-from utils.viz.drawing import output_to_target, plot_images
+from utils.viz.drawing import output_to_target, plot_images_or_warn
 
 HEADER = ('%22s' + '%11s' * 6) % ('Class', 'Images', 'Instances', 'P', 'R', 'mAP50', 'mAP50-95')
 ROW = '%22s' + '%11i' * 2 + '%11.3g' * 4
@@ -154,9 +154,9 @@ class Evaluator:
             if self._score_image(out.letterboxed[si], out.detections[si], labels, im[si].shape[1:], shapes[si]):
                 self._write_image(out.detections[si].cpu(), paths[si], shapes[si][0])
         if o.plots and self.batches < 3:
-            plot_images(im, targets, paths, self.save_dir / f'val_batch{self.batches}_labels.jpg', self.names)
-            plot_images(im, output_to_target(out.letterboxed, max_det=o.max_det), paths,
-                        self.save_dir / f'val_batch{self.batches}_pred.jpg', self.names)
+            plot_images_or_warn(im, targets, paths, self.save_dir / f'val_batch{self.batches}_labels.jpg', self.names)
+            plot_images_or_warn(im, output_to_target(out.letterboxed, max_det=o.max_det), paths,
+                                self.save_dir / f'val_batch{self.batches}_pred.jpg', self.names)
         self.batches += 1
         self.input_shape = (max(self.input_shape[0], nb), 3, height, width)
 

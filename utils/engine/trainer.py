@@ -43,7 +43,7 @@ from utils.engine.runlog import RunLogger, progress_header, progress_row
 from utils.engine.train_state import rng_state, scheduler_state, set_rng_state
 from utils.ops.loss import ComputeLoss, LossGains
 from utils.viz.charts import plot_labels
-from utils.viz.drawing import plot_images
+from utils.viz.drawing import plot_images_or_warn
 
 MAX_GRAD_NORM = 10.0
 EMA_ATTRS = ('yaml', 'nc', 'hyp', 'names', 'stride', 'class_weights')
@@ -279,7 +279,7 @@ class Trainer:
                 pbar.set_description(progress_row(epoch, self.epochs, mem, self.mloss.tolist(), targets.shape[0],
                                                   imgs.shape[-1]))
                 if self.plots and ni < 3:
-                    plot_images(imgs, targets, paths, self.save_dir / f'train_batch{ni}.jpg', names=self.names)
+                    plot_images_or_warn(imgs, targets, paths, self.save_dir / f'train_batch{ni}.jpg', self.names)
         self.lr = optim.group_lrs(self.optimizer)
         self.scheduler.step()
 

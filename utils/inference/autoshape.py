@@ -29,6 +29,7 @@ from utils.data.images import read_image
 from utils.ops.boxes import xyxy2xywh
 from utils.ops.postprocess import postprocess
 from utils.viz.drawing import Annotator, colors, detection_summary, save_one_box
+from utils.viz.imagefile import writable_name, write_image
 
 
 def _as_rgb_array(im, i: int) -> tuple[np.ndarray, str]:
@@ -169,10 +170,15 @@ class Detections:
     def save(self, labels: bool = True, save_dir: str | Path = 'runs/detect/exp', exist_ok: bool = False) -> Path:
         """Annotated images into ``save_dir`` (numbered exp2, exp3... unless ``exist_ok``); returns the directory."""
         save_dir = increment_path(save_dir, exist_ok=exist_ok, mkdir=True)
+        saved = 0
         for i, f in enumerate(self.files):
-            out = inside(save_dir, save_dir / path_component(f))
-            cv2.imwrite(str(out), cv2.cvtColor(self._annotated(i, labels), cv2.COLOR_RGB2BGR))
-        LOGGER.info(f"Saved {self.n} image{'s' * (self.n > 1)} to {colorstr('bold', str(save_dir))}")
+            out = writable_name(inside(save_dir, save_dir / path_component(f)))  # x.dng -> x.jpg
+            try:
+                write_image(out, cv2.cvtColor(self._annotated(i, labels), cv2.COLOR_RGB2BGR))
+                saved += 1
+            except OSError as e:  # one warning per image; the others are still saved
+                LOGGER.warning(f'WARNING ⚠️ {e}')
+        LOGGER.info(f"Saved {saved} image{'s' * (saved != 1)} to {colorstr('bold', str(save_dir))}")
         return save_dir
 
     def crop(self, save: bool = True, save_dir: str | Path = 'runs/detect/exp', exist_ok: bool = False) -> list[dict]:
@@ -183,8 +189,12 @@ class Detections:
             for *box, conf, cls in reversed(det.tolist()):
                 name = self.names.get(int(cls), str(int(cls)))
                 file = inside(save_dir, save_dir / 'crops' / path_component(name) / path_component(f))
-                crops.append({'box': box, 'conf': conf, 'cls': cls, 'label': f'{name} {conf:.2f}',
-                              'im': save_one_box(torch.tensor(box), im, file=file, BGR=False, save=save)})
+                try:
+                    crop = save_one_box(torch.tensor(box), im, file=file, BGR=False, save=save)
+                except OSError as e:  # the crop is still returned
+                    LOGGER.warning(f'WARNING ⚠️ {e}')
+                    crop = save_one_box(torch.tensor(box), im, file=file, BGR=False, save=False)
+                crops.append({'box': box, 'conf': conf, 'cls': cls, 'label': f'{name} {conf:.2f}', 'im': crop})
         if save:
             LOGGER.info(f"Saved results to {colorstr('bold', str(save_dir))}")
         return crops

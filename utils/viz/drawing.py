@@ -14,6 +14,7 @@ import torch
 from utils.core.logging import LOGGER, increment_path
 from utils.core.safety import names_dict
 from utils.ops.boxes import clip_boxes, xywh2xyxy, xyxy2xywh
+from utils.viz.imagefile import write_image
 
 # YOLOv5's class colour palette (RGB hex)
 _PALETTE_HEX = ('FF3838', 'FF9D97', 'FF701F', 'FFB21D', 'CFD231', '48F90A', '92CC17', '3DDB86', '1A9334', '00D4BB',
@@ -117,7 +118,8 @@ def plot_images(images, targets, paths=None, fname: str | Path = 'images.jpg', n
                 max_size: int = 1920, max_subplots: int = 16) -> Path:
     """Save a mosaic of a batch with its boxes: labels (targets (N, 6) [batch_id, cls, cx, cy, w, h], normalised or
     pixels), or predictions when a 7th conf column is present (drawn only above conf 0.25). Images are RGB (B,3,H,W),
-    uint8 or float 0-1; at most ``max_subplots`` images, the mosaic shrunk to fit ``max_size``."""
+    uint8 or float 0-1; at most ``max_subplots`` images, the mosaic shrunk to fit ``max_size``. Raises ``OSError``
+    naming ``fname`` when it cannot be written (``plot_images_or_warn`` for plots made during a run)."""
     images = images.detach().cpu().float().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
     targets = targets.detach().cpu().numpy() if isinstance(targets, torch.Tensor) else np.asarray(targets)
     targets = targets.reshape(-1, targets.shape[-1] if targets.size else 6)
@@ -142,8 +144,17 @@ def plot_images(images, targets, paths=None, fname: str | Path = 'images.jpg', n
         _draw_targets(annotator, targets[targets[:, 0] == i] if len(targets) else targets, x, y, w, h, scale, names)
     fname = Path(fname)
     fname.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(fname), annotator.result()[..., ::-1])  # RGB -> BGR for OpenCV
-    return fname
+    return write_image(fname, annotator.result()[..., ::-1])  # RGB -> BGR for OpenCV
+
+
+def plot_images_or_warn(*args, **kwargs) -> Path | None:
+    """``plot_images`` for the pictures training and validation make on the side: a file that cannot be written
+    (disk full, directory removed) is one warning line, not the end of the run."""
+    try:
+        return plot_images(*args, **kwargs)
+    except OSError as e:
+        LOGGER.warning(f'WARNING ⚠️ {e}; the run goes on without it')
+        return None
 
 
 def _draw_targets(annotator: Annotator, ti: np.ndarray, x: int, y: int, w: int, h: int, scale: float,
@@ -183,7 +194,8 @@ def box_shapes_canvas(c: np.ndarray, b: np.ndarray, size: int = 1000, n: int = 1
 def save_one_box(xyxy, im: np.ndarray, file: str | Path = Path('im.jpg'), gain: float = 1.02, pad: int = 10,
                  square: bool = False, BGR: bool = False, save: bool = True) -> np.ndarray:
     """Crop ``xyxy`` from ``im`` enlarged by ``gain`` and ``pad`` pixels; returns the crop in BGR and, with ``save``,
-    writes it to ``file`` (numbered if the name is taken). ``BGR`` says the channel order of ``im``."""
+    writes it to ``file`` as JPEG (numbered if the name is taken; ``OSError`` when it cannot be written). ``BGR`` says
+    the channel order of ``im``."""
     xyxy = torch.as_tensor(np.asarray(xyxy, dtype=np.float64)).view(-1, 4)
     b = xyxy2xywh(xyxy)
     if square:
@@ -198,5 +210,5 @@ def save_one_box(xyxy, im: np.ndarray, file: str | Path = Path('im.jpg'), gain: 
         file = Path(file)
         file.parent.mkdir(parents=True, exist_ok=True)
         f = increment_path(file).with_suffix('.jpg')
-        cv2.imwrite(str(f), np.ascontiguousarray(crop), [cv2.IMWRITE_JPEG_QUALITY, 95])
+        write_image(f, np.ascontiguousarray(crop), (cv2.IMWRITE_JPEG_QUALITY, 95))
     return crop

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from utils.core.logging import LOGGER
+from utils.viz.imagefile import write_image
 
 PANEL = 300  # px per map's cell: 1 inch at YOLOv5's dpi 300
 MAP_SIDE = 256  # px of the cell's longer side the map fills; the rest is white margin between maps
@@ -69,8 +70,7 @@ def feature_visualization(x, module_type: str, stage: int, n: int = 32,
     n = min(n, channels)
     f = Path(save_dir) / f"stage{stage}_{module_type.split('.')[-1]}_features.png"
     LOGGER.info(f'Saving {f}... ({n}/{channels})')
-    if not cv2.imwrite(str(f), feature_grid(maps[:n])):  # OpenCV returns False instead of raising
-        raise OSError(f'could not write {f}')
+    write_image(f, feature_grid(maps[:n]))
     np.save(f.with_suffix('.npy'), maps)
     return f
 
