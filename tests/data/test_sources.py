@@ -92,6 +92,37 @@ def test_missing_source(tmp_path):
         LoadImages(tmp_path / 'missing.txt')
 
 
+
+def test_list_entries_that_do_not_exist_are_skipped(folder, tmp_path, log_text):
+    """A .txt list (or a list of sources) with missing entries: one warning each, the others used; all missing is
+    one error. YOLOv5 stops at the first missing entry."""
+    lst = tmp_path / 'list.txt'
+    lst.write_text(f'{folder / "b.jpg"}\nsrc/gone.jpg\n{tmp_path / "nothere"}\n')
+    loader = LoadImages(lst)
+    assert [Path(f).name for f in loader.files] == ['b.jpg'] and len(list(loader)) == 1
+    warnings = [x for x in log_text.getvalue().splitlines() if x]
+    assert warnings == ['WARNING ⚠️ skipping list entry: src/gone.jpg does not exist',
+                        f'WARNING ⚠️ skipping list entry: {tmp_path / "nothere"} does not exist']
+    assert [Path(f).name for f in LoadImages([folder / 'a.png', folder / 'zz.png']).files] == ['a.png']
+    lst.write_text('gone1.jpg gone2.jpg\n')
+    with pytest.raises(SourceError, match=r'^none of the 2 entries of .*list\.txt exist \(gone1\.jpg does not '
+                                          r'exist\)$'):
+        LoadImages(lst)
+    with pytest.raises(SourceError, match=r'^none of the sources exist \(.*zz\.png does not exist\)$'):
+        LoadImages([folder / 'zz.png'])
+
+
+@pytest.mark.parametrize('name', ['list.txt', 'cams.streams'])
+def test_binary_list_file_is_one_line(tmp_path, name):
+    (tmp_path / name).write_bytes(b'\xff\xd8\xff\xe0 a JPEG renamed')
+    with pytest.raises(SourceError, match=rf'^{tmp_path / name} is not a text list of sources \(not UTF-8 text\)$'):
+        load_source(tmp_path / name)
+
+
+def test_existing_path_that_is_not_a_file(tmp_path):
+    with pytest.raises(SourceError, match=r'^/dev/null is not a file or directory$'):
+        LoadImages('/dev/null')
+
 def test_empty_directory(tmp_path):
     (tmp_path / 'empty').mkdir()
     with pytest.raises(SourceError, match=r'No images or videos found in .*empty'):

@@ -80,26 +80,50 @@ def _expand_one(p: str, base: Path | None) -> list[str]:
         return sorted(str(f) for f in path.glob('*.*') if f.is_file())
     if path.is_file():
         return [str(path)]
-    raise SourceError(f'{p} does not exist')
+    raise SourceError(f'{p} is not a file or directory' if path.exists() else f'{p} does not exist')
+
+
+def read_list_file(path: str | Path) -> str:
+    """The text of a ``.txt`` or ``.streams`` source list; SourceError (one line) when it is missing, unreadable or
+    not UTF-8 text (e.g. an image renamed ``.txt``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SourceError(f'{path} does not exist')
+    try:
+        return path.read_text(encoding='utf-8')
+    except UnicodeDecodeError:
+        raise SourceError(f'{path} is not a text list of sources (not UTF-8 text)') from None
+    except OSError as e:
+        raise SourceError(f'{path}: cannot read it ({e.strerror or type(e).__name__})') from None
 
 
 def expand_source(source: str | Path | Sequence[str | Path]) -> list[str]:
-    """All files named by ``source`` (file, dir, glob, ``.txt`` list or a list of these), in YOLOv5 order."""
-    base = None
+    """All files named by ``source`` (file, dir, glob, ``.txt`` list or a list of these), in YOLOv5 order.
+
+    One source that does not exist is an error. In a list, an entry that does not exist is a warning naming it and
+    the others are used (YOLOv5 stops at the first); a list none of whose entries exist is an error."""
+    base, listed = None, not isinstance(source, (str, Path))
     if isinstance(source, (str, Path)) and Path(source).suffix == '.txt' and '*' not in str(source):
-        txt = Path(source)
-        if not txt.is_file():
-            raise SourceError(f'{txt} does not exist')
-        entries, base = txt.read_text().split(), txt.parent
+        txt, listed = Path(source), True
+        entries, base = read_list_file(txt).split(), txt.parent
         if not entries:
             raise SourceError(f'{txt} lists no images or videos')
     elif isinstance(source, (str, Path)):
         entries = [str(source)]
     else:
         entries = [str(s) for s in source]
-    files = []
+    files, missing = [], []
     for e in entries:
-        files += _expand_one(str(e), base)
+        try:
+            files += _expand_one(str(e), base)
+        except SourceError as err:
+            if not listed:
+                raise
+            missing.append(str(err))
+            LOGGER.warning(f'WARNING ⚠️ skipping list entry: {err}')
+    if missing and len(missing) == len(entries):
+        raise SourceError(f'none of the {len(entries)} entries of {source} exist ({missing[0]})'
+                          if isinstance(source, (str, Path)) else f'none of the sources exist ({missing[0]})')
     return files
 
 
@@ -180,9 +204,7 @@ def _capture_meta(cap: cv2.VideoCapture) -> dict:
 def _stream_sources(source: str | Path) -> list[str]:
     s = str(source)
     if s.endswith('.streams'):
-        if not Path(s).is_file():
-            raise SourceError(f'{s} does not exist')
-        lines = [x.strip() for x in Path(s).read_text().splitlines() if x.strip()]
+        lines = [x.strip() for x in read_list_file(s).splitlines() if x.strip()]
         if not lines:
             raise SourceError(f'{s} lists no streams')
         return lines
