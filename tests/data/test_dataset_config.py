@@ -69,6 +69,15 @@ def test_txt_list_line_forms(ds, monkeypatch, tmp_path):
     assert list(dataset_config.image_files_in(lst)) == [ds / 'images/val/0.jpg']
 
 
+
+def test_txt_list_with_bom_or_binary(ds):
+    lst = ds / 'bom.txt'
+    lst.write_bytes('\ufeff./images/train/0.jpg\n'.encode('utf-8'))  # Windows Notepad's UTF-8
+    assert list(dataset_config.image_files_in(lst)) == [ds / 'images/train/0.jpg']
+    lst.write_bytes(b'\xff\xd8\xff\xe0 a JPEG saved as .txt')
+    with pytest.raises(DatasetError, match=rf'^{lst}: not a text list of image paths \(not UTF-8 text\)$'):
+        list(dataset_config.image_files_in(lst))
+
 def test_relative_path_resolves_against_root(ds, tmp_path):
     rel = Path('../' * len(dataset_config.ROOT.parts)) / ds.relative_to('/')
     d = check_dataset({'path': str(rel), 'train': 'images/train', 'val': 'images/val', 'names': ['a']})

@@ -112,6 +112,11 @@ def test_list_entries_that_do_not_exist_are_skipped(folder, tmp_path, log_text):
         LoadImages([folder / 'zz.png'])
 
 
+def test_txt_list_with_byte_order_mark(folder, tmp_path):
+    (tmp_path / 'bom.txt').write_bytes(f'\ufeff{folder / "b.jpg"}\n'.encode())
+    assert LoadImages(tmp_path / 'bom.txt').files == [str(folder / 'b.jpg')]
+
+
 @pytest.mark.parametrize('name', ['list.txt', 'cams.streams'])
 def test_binary_list_file_is_one_line(tmp_path, name):
     (tmp_path / name).write_bytes(b'\xff\xd8\xff\xe0 a JPEG renamed')

@@ -106,11 +106,18 @@ def _is_number(v) -> bool:
 
 
 def image_files_in(p: Path) -> Iterator[Path]:
-    """Yield image files of a dir (recursive, sorted) or of a .txt list (relative lines: relative to the list)."""
+    """Yield image files of a dir (recursive, sorted) or of a .txt list (relative lines: relative to the list). A list
+    that is not UTF-8 text or cannot be read is a DatasetError naming it."""
     if p.is_dir():
         yield from (f for f in sorted(p.rglob('*.*')) if f.suffix[1:].lower() in IMG_FORMATS and f.is_file())
     elif p.is_file() and p.suffix.lower() == '.txt':
-        for line in p.read_text(encoding='utf-8').splitlines():
+        try:
+            text = p.read_text(encoding='utf-8-sig')  # -sig: a list saved by Windows Notepad starts with a BOM
+        except UnicodeDecodeError:
+            raise DatasetError(f'{p}: not a text list of image paths (not UTF-8 text)') from None
+        except OSError as e:
+            raise DatasetError(f'{p}: cannot read it ({e.strerror or type(e).__name__})') from None
+        for line in text.splitlines():
             line = line.strip()
             if not line:
                 continue

@@ -90,7 +90,7 @@ def read_list_file(path: str | Path) -> str:
     if not path.is_file():
         raise SourceError(f'{path} does not exist')
     try:
-        return path.read_text(encoding='utf-8')
+        return path.read_text(encoding='utf-8-sig')  # -sig: tolerate a byte-order mark
     except UnicodeDecodeError:
         raise SourceError(f'{path} is not a text list of sources (not UTF-8 text)') from None
     except OSError as e:
