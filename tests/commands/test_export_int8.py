@@ -304,3 +304,21 @@ def test_calibration_split_from_a_coco_or_voc_mapping(tmp_path):
     assert files == [tmp_path / 'im' / 'a.jpg']
     with pytest.raises(CalibrationError, match='no images folder given'):
         split_files({'train': {'voc': True}}, 'train')
+
+
+def test_calibration_reader_passes_and_progress(capsys):
+    """ORT's reader: every image once per pass (None at the end), rewind starts again; each pass shows one tqdm bar
+    counting the images, and a rewind that reads nothing draws none."""
+    images = [np.full((1, 3, 8, 8), i, np.float32) for i in range(3)]
+    reader = int8_onnx._reader(images, 'images')
+    seen = [reader.get_next() for _ in range(4)]
+    assert [float(x['images'][0, 0, 0, 0]) for x in seen[:3]] == [0, 1, 2] and seen[3] is None
+    err = capsys.readouterr().err
+    assert err.count('INT8 calibration: 100%') == 1 and '3/3' in err
+    reader.rewind()
+    assert float(reader.get_next()['images'].max()) == 0
+    assert capsys.readouterr().err.startswith('\rINT8 calibration:   0%')  # a second pass, a second bar
+    reader.rewind()  # closes the bar of the pass cut short
+    capsys.readouterr()
+    reader.rewind()
+    assert capsys.readouterr().err == ''

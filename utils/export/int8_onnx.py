@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from utils.core.logging import LOGGER
+from utils.core.logging import LOGGER, TQDM_BAR_FORMAT
 from utils.export.calibration import CALIB_IMAGES, CalibrationSet
 from utils.export.files import atomic_output, scratch_dir
 
@@ -151,19 +152,25 @@ def _name_nodes(model) -> None:
 # Quantization
 # ----------------------------------------------------------------------------------------------------------------
 def _reader(calib: CalibrationSet, input_name: str):
-    """An onnxruntime CalibrationDataReader over ``calib`` (rewindable)."""
+    """An onnxruntime CalibrationDataReader over ``calib`` (rewindable), with a tqdm bar per pass: calibrating on
+    300 images at 640 px takes minutes on a small CPU."""
     from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.it = iter(calib)
+            self.bar = None  # a pass's bar starts with its first image, not at a rewind that reads none
 
         def get_next(self) -> dict[str, np.ndarray] | None:
+            if self.bar is None:
+                self.bar = tqdm(calib, total=len(calib), desc='INT8 calibration', bar_format=TQDM_BAR_FORMAT)
+                self.it = iter(self.bar)
             x = next(self.it, None)
             return None if x is None else {input_name: x}
 
         def rewind(self) -> None:
-            self.it = iter(calib)
+            if self.bar is not None:
+                self.bar.close()  # a pass cut short ends its bar where it stopped
+            self.bar = None
 
     return Reader()
 
