@@ -131,6 +131,20 @@ def test_binary_label_file_is_corrupt(tmp_path):
     assert _counts(ds) == (1, 0, 0, 1, 2)
 
 
+
+def test_cached_warnings_carry_the_reading_loaders_prefix(tmp_path):
+    """The train loader scans and caches; a val loader over the same split reads the cache and says 'val:', not the
+    'train:' stored with the message (YOLOv5 repeats the scanning loader's prefix)."""
+    _good(tmp_path)
+    _good(tmp_path, 'bad')
+    lb = tmp_path / 'labels' / 'train' / 'bad.txt'
+    lb.write_bytes(b'\xff\xfe\x00\x81binary')
+    _, lines = _load(tmp_path, prefix='train: ')
+    assert _one_warning(lines, lb, 'ignoring corrupt label').startswith(f'train: WARNING ⚠️ {lb}: ')
+    ds, lines = _load(tmp_path, prefix='val: ')
+    assert _one_warning(lines, lb, 'ignoring corrupt label').startswith(f'val: WARNING ⚠️ {lb}: ')
+    assert ds.msgs[0].startswith('val: WARNING')
+
 def test_class_out_of_range_rows_removed(tmp_path):
     _good(tmp_path)
     _good(tmp_path, 'mixed')

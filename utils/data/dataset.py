@@ -58,6 +58,13 @@ def _list_images(path: str | Path | list, prefix: str) -> list[str]:
     return sorted(files)
 
 
+def _with_prefix(msg: str, prefix: str) -> str:
+    """A cached scan warning under this loader's prefix: the cache keeps the prefix of the loader that scanned it, so
+    a val loader reading the train split's cache said ``train: WARNING ...`` (as YOLOv5 does)."""
+    i = msg.find('WARNING ⚠️')
+    return prefix + msg[i:] if i >= 0 else msg
+
+
 def _available_ram() -> int | None:
     try:
         with open('/proc/meminfo') as f:
@@ -103,7 +110,7 @@ class LoadImagesAndLabels(Dataset):
         cache = self._load_labels(path, prefix, root)  # root: the YAML's path:, bounds where caches are written
         nf, nm, ne, ncor, total = (int(v) for v in cache['results'])
         self.stats = dict(found=nf, missing=nm, empty=ne, corrupt=ncor, total=total, cls_removed=0)
-        self.msgs = list(cache['msgs'])
+        self.msgs = [_with_prefix(m, prefix) for m in cache['msgs']]
         for m in self.msgs if verbose else ():
             LOGGER.warning(m)
         self.im_files = list(cache['im_files'])
