@@ -145,25 +145,30 @@ def _window_maps(model: torch.nn.Module, im: torch.Tensor) -> list[tuple[int, in
     return found
 
 
-def _dynamic_min_size(model: torch.nn.Module, im: torch.Tensor, gs: int) -> int:
-    """Smallest input side a --dynamic export stays exact for (0: any), warning when the trace is too small.
+def _dynamic_size_range(model: torch.nn.Module, im: torch.Tensor, gs: int) -> tuple[int, int]:
+    """(min, max) input side a --dynamic export is exact for (0: unbounded), warning when the trace is too small.
 
     Window attention takes one branch for maps that fit in a single window and another for larger maps; tracing
-    records the branch taken at the export size. Traced on windowed maps everywhere, the graph is exact for every
-    input whose attention maps are all larger than one window, i.e. at least ``min_size`` px on some side.
+    records the branch taken at the export size. A map traced larger than its window keeps the windowed branch for
+    inputs with a side of at least ``min``; a map traced inside one window keeps the single-window branch only while
+    both sides stay at most ``max`` (beyond it the graph indexes past its bias table and ONNX Runtime stops with a
+    Gather error, so the runtime refuses such inputs first).
     """
     maps = _window_maps(model, im)
     if not maps:
-        return 0
+        return 0, 0
     need = max(int(math.ceil((r + 1) * scale / gs) * gs) for _, _, r, scale in maps)
-    small = [(h, w, r) for h, w, r, _ in maps if h <= r and w <= r]
-    if small:
-        h, w, r = small[0]
-        LOGGER.warning(f'WARNING ⚠️ --dynamic: window attention traced on a {h}x{w} map (one {r}x{r} window); this '
-                       f'ONNX file is exact only for inputs of this size class. Export with --imgsz {need} or larger '
-                       f'to serve every input with a side of at least {need} px')
-        return 0
-    return need
+    small = [(h, w, r, scale) for h, w, r, scale in maps if h <= r and w <= r]
+    windowed = [(r, scale) for h, w, r, scale in maps if h > r or w > r]
+    lo = max((int(math.ceil((r + 1) * scale / gs) * gs) for r, scale in windowed), default=0)
+    if not small:
+        return lo, 0
+    hi = min(int(r * scale) for _, _, r, scale in small)
+    h, w, r, _ = small[0]
+    LOGGER.warning(f'WARNING ⚠️ --dynamic: window attention traced on a {h}x{w} map (one {r}x{r} window); this '
+                   f'ONNX file is exact only for inputs with sides of at most {hi} px. Export with --imgsz {need} or '
+                   f'larger to serve every input with a side of at least {need} px')
+    return lo, hi
 
 
 def _prepare(weights: Path, device: torch.device, imgsz: list[int], batch_size: int, half: bool, inplace: bool,
@@ -190,9 +195,8 @@ def _prepare(weights: Path, device: torch.device, imgsz: list[int], batch_size: 
         y = model(im)  # dry runs build the grids
     metadata = {'stride': gs, 'names': names_dict(model.names), 'imgsz': list(imgsz)}
     if dynamic:
-        min_size = _dynamic_min_size(model, im, gs)
-        if min_size:
-            metadata['min_size'] = min_size
+        lo, hi = _dynamic_size_range(model, im, gs)
+        metadata.update({k: v for k, v in (('min_size', lo), ('max_size', hi)) if v})
     if half:
         im, model = im.half(), model.half()
     shape = tuple((y[0] if isinstance(y, (tuple, list)) else y).shape)

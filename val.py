@@ -32,9 +32,11 @@ from utils.viz.charts import plot_val_study  # noqa: E402
 
 
 def _check_classes(model: DetectBackend, data: dict, single_cls: bool) -> None:
-    """A PyTorch model's nc must equal the data nc unless --single-cls (YOLOv5's check, as a one-line error)."""
-    if model.pt and not single_cls:
-        ncm = model.model.nc
+    """The model's nc must equal the data nc unless --single-cls (YOLOv5's check for .pt models, as a one-line error;
+    also for ONNX and OpenVINO files, whose output width says their nc: YOLOv5 skips them and val then ends in an
+    IndexError from inside the metrics)."""
+    ncm = model.nc
+    if ncm is not None and not single_cls:
         if ncm != data['nc']:
             raise ConfigError(f'{model.weights} ({ncm} classes) trained on different --data than what you passed '
                               f'({data["nc"]} classes). Pass correct combination of --weights and --data that '

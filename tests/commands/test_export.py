@@ -170,7 +170,7 @@ def test_dynamic_onnx_serves_several_sizes(exported):
     f = export.run(weights=exported['pt'], imgsz=[256], include=['onnx'], dynamic=True, simplify=True,
                    opset=exported['opset'])[0]
     b, ref = DetectBackend(f), DetectBackend(exported['pt'])
-    assert b.dynamic and b.static_shape is None and b.min_size == 256
+    assert b.dynamic and b.static_shape is None and (b.min_size, b.max_size) == (256, 0)
     for shape in ((1, 3, 256, 256), (2, 3, 256, 320), (1, 3, 320, 288)):
         im = torch.rand(*shape, generator=torch.Generator().manual_seed(2))
         torch.testing.assert_close(b(im), ref(im), atol=1e-3, rtol=1e-3)
@@ -181,17 +181,32 @@ def test_dynamic_onnx_serves_several_sizes(exported):
     (_, _, a50, a, *_), _, _ = val.run(weights=exported['pt'], **kw)
     (_, _, b50, bb, *_), _, _ = val.run(weights=f, **kw)
     assert (b50, bb) == pytest.approx((a50, a), abs=2e-3)
+    # traced at 64 px (a 4x4 map inside one 7x7 window at stride 16): exact from 64 up to 7 * 16 = 112 px; a
+    # larger input is refused in one line (ONNX Runtime stopped with a Gather error from inside the graph)
+    small = export.run(weights=exported['pt'], imgsz=[64], include=['onnx'], dynamic=True,
+                       opset=exported['opset'])[0]
+    b = DetectBackend(small)
+    assert (b.min_size, b.max_size) == (64, 112)
+    for shape in ((1, 3, 64, 64), (1, 3, 96, 64), (1, 3, 96, 96)):
+        im = torch.rand(*shape, generator=torch.Generator().manual_seed(3))
+        torch.testing.assert_close(b(im), ref(im), atol=1e-3, rtol=1e-3)
+    with pytest.raises(BackendError, match=r'exact for inputs with sides of at most 112 px .* got \(128, 64\)\. '
+                                           r'Use --imgsz 96 or less'):
+        b(torch.zeros(1, 3, 128, 64))
 
 
-@pytest.mark.parametrize('cfg, size, need', [('yolov5-efficientvit.yaml', 64, 0),
-                                             ('yolov5-efficientvit.yaml', 256, 256), ('yolov5n.yaml', 64, 0)])
-def test_dynamic_min_size(cfg, size, need, log_text):
+@pytest.mark.parametrize('cfg, size, sides', [
+    ('yolov5-efficientvit.yaml', 64, (64, 112)),  # stride-8 map 8x8 windowed, stride-16 map 4x4 in one window
+    ('yolov5-efficientvit.yaml', 128, (128, 224)),  # stride 8 and 16 windowed, stride-32 map 4x4 in one window
+    ('yolov5-efficientvit.yaml', 256, (256, 0)), ('yolov5n.yaml', 64, (0, 0))])
+def test_dynamic_size_range(cfg, size, sides, log_text):
     model = make_model(cfg)  # unfused: the exact path, as export.py uses for --dynamic
-    assert export._dynamic_min_size(model, torch.zeros(1, 3, size, size), 32) == need
+    assert export._dynamic_size_range(model, torch.zeros(1, 3, size, size), 32) == sides
     warned = 'window attention traced on a 4x4 map (one 7x7 window)' in log_text.getvalue()
-    assert warned == (cfg == 'yolov5-efficientvit.yaml' and size == 64)
+    assert warned == (sides[1] > 0)
     if warned:
-        assert 'Export with --imgsz 256 or larger' in log_text.getvalue()
+        assert (f'exact only for inputs with sides of at most {sides[1]} px. Export with --imgsz 256 or larger'
+                in log_text.getvalue())
 
 
 

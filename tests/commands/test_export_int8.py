@@ -322,3 +322,35 @@ def test_calibration_reader_passes_and_progress(capsys):
     capsys.readouterr()
     reader.rewind()
     assert capsys.readouterr().err == ''
+
+
+def test_pre_process_falls_back_without_symbolic_shapes(tmp_path, log_text):
+    """ORT's symbolic shape inference cannot finish a --dynamic EfficientViT graph: pre-processing runs again
+    without it (ONNX shape inference and graph optimisation still run); any other failure propagates."""
+    calls = []
+
+    def pre(src, dst, skip_symbolic_shape):
+        calls.append(skip_symbolic_shape)
+        if not skip_symbolic_shape:
+            raise Exception('Incomplete symbolic shape inference')
+
+    int8_onnx._pre_process(pre, tmp_path / 'a.onnx', tmp_path / 'b.onnx')
+    assert calls == [False, True] and 'pre-processing without it' in log_text.getvalue()
+
+    def broken(src, dst, skip_symbolic_shape):
+        raise Exception('something else')
+
+    with pytest.raises(Exception, match='something else'):
+        int8_onnx._pre_process(broken, tmp_path / 'a.onnx', tmp_path / 'b.onnx')
+
+
+def test_quantizer_shape_tensor_warnings_are_counted_not_printed(caplog):
+    import logging
+
+    with int8_onnx._shape_tensor_warnings_counted() as skipped:
+        logging.getLogger().warning(f'{int8_onnx.UNQUANTIZABLE_NOTE} /a/Shape_output_0, type is tensor_type {{\n}}')
+        logging.getLogger().warning('something the user should see')
+    logging.getLogger().warning(f'{int8_onnx.UNQUANTIZABLE_NOTE} after the block')
+    assert len(skipped) == 1
+    assert [r.getMessage()[:40] for r in caplog.records] == ['something the user should see',
+                                                             f'{int8_onnx.UNQUANTIZABLE_NOTE} after the block'[:40]]

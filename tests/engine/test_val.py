@@ -339,6 +339,21 @@ def test_val_py_errors(trained_like, tmp_path):
         val.main(opt)
 
 
+
+def test_val_py_class_check_for_exports(trained_like, tmp_path):
+    """ONNX and TorchScript files say their nc (output width, names metadata): a 2-class export on a 3-class dataset
+    is the same one-line error as the .pt (it ended in an IndexError inside the metrics)."""
+    import export
+    from tests.helpers import write_dataset
+
+    pt, _ = trained_like
+    files = export.run(weights=pt, imgsz=(64, 64), include=('onnx', 'torchscript'))
+    data3 = write_dataset(tmp_path / 'ds3', n_train=1, n_val=1, nc=3, imgsz=64)
+    for f in files:
+        with pytest.raises(ConfigError, match=rf'{f.name} \(2 classes\) trained on different --data than what you '
+                                              r'passed \(3 classes\)'):
+            val.run(data=data3, weights=f, imgsz=64, workers=0, project=tmp_path, trust_weights=True)
+
 def test_val_study(trained_like, tmp_path, log_text):
     """--task study: one row per size in YOLOv5's 10-column layout, study.zip and study.png; a missing weights file
     next to a good one is left out with one line."""

@@ -22,6 +22,9 @@ kernels run with VNNI/AMX), QDQ or QOperator format. Per-channel needs opset >= 
 """
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,6 +178,42 @@ def _reader(calib: CalibrationSet, input_name: str):
     return Reader()
 
 
+def _pre_process(quant_pre_process, fp32: Path, pre: Path) -> None:
+    """``quant_pre_process`` with ORT's symbolic shape inference, or without it where that cannot finish: a
+    ``--dynamic`` EfficientViT graph (height and width symbolic through the window reshapes) stops it with
+    "Incomplete symbolic shape inference"; ONNX's own shape inference and the graph optimisation still run."""
+    try:
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=False)
+    except Exception as e:  # ORT raises a bare Exception here
+        if 'symbolic shape inference' not in str(e):
+            raise
+        LOGGER.info('INT8: symbolic shape inference incomplete (dynamic axes), pre-processing without it')
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+
+
+UNQUANTIZABLE_NOTE = 'Inference failed or unsupported type to quantize for tensor'
+
+
+@contextmanager
+def _shape_tensor_warnings_counted() -> Iterator[list[str]]:
+    """ONNX Runtime's quantizer logs one multi-line root-logger warning per integer tensor it leaves alone: hundreds
+    for a --dynamic graph's shape arithmetic. Count them instead of printing them; other messages pass."""
+    skipped: list[str] = []
+
+    def keep(record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith(UNQUANTIZABLE_NOTE):
+            skipped.append(str(record.msg))
+            return False
+        return True
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield skipped
+    finally:
+        root.removeFilter(keep)
+
+
 def int8_path(fp32: str | Path) -> Path:
     """``X.onnx`` -> ``X-int8.onnx``."""
     fp32 = Path(fp32)
@@ -197,18 +236,22 @@ def quantize_onnx(fp32: str | Path, calib: CalibrationSet, cfg: Int8Config = Int
               'percentile': CalibrationMethod.Percentile}[cfg.method]
     with scratch_dir(out) as work, atomic_output(out) as tmp:
         pre = work / 'pre.onnx'
-        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=False)
+        _pre_process(quant_pre_process, fp32, pre)
         model = onnx.load(str(pre))
         _name_nodes(model)
         onnx.save(model, str(pre))
         exclude = fp32_nodes(model, cfg.keep_fp32)
         LOGGER.info(f'INT8 {cfg.tag}: {len(model.graph.node)} nodes, {len(exclude)} kept in FP32, calibrating on '
                     f'{len(calib)} images of {calib.where}...')
-        quantize_static(str(pre), str(tmp), _reader(calib, src.graph.input[0].name),
-                        quant_format=QuantFormat.QDQ if cfg.fmt == 'qdq' else QuantFormat.QOperator,
-                        per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        nodes_to_exclude=exclude, calibrate_method=method)
+        with _shape_tensor_warnings_counted() as skipped:
+            quantize_static(str(pre), str(tmp), _reader(calib, src.graph.input[0].name),
+                            quant_format=QuantFormat.QDQ if cfg.fmt == 'qdq' else QuantFormat.QOperator,
+                            per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=exclude, calibrate_method=method)
+        if skipped:
+            LOGGER.info(f'INT8: {len(skipped)} warnings from the quantizer about integer tensors (shape arithmetic '
+                        f'of the dynamic axes, which stays unquantized) folded into this line')
         q = onnx.load(str(tmp))
         onnx.checker.check_model(q)
         del q.metadata_props[:]

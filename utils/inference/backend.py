@@ -92,7 +92,8 @@ class DetectBackend(nn.Module):
         self.device = torch.device(device)
         self.fp16 = bool(fp16) and self.device.type == 'cuda'
         self.pt, self.jit, self.onnx, self.openvino = (self.format == f for f in ('pt', 'jit', 'onnx', 'openvino'))
-        self.weights, self.stride, self.names, self.min_size = w, 32, None, 0
+        self.weights, self.stride, self.names = w, 32, None
+        self.min_size = self.max_size = 0  # --dynamic window-attention exports: the input sides they are exact for
         self.nc: int | None = None  # classes the model predicts, when its files say so
         try:
             getattr(self, f'_load_{self.format}')(w, fuse)
@@ -141,6 +142,7 @@ class DetectBackend(nn.Module):
         if extra['config.txt']:
             meta = json.loads(extra['config.txt'][:MAX_NAMES_TEXT * 2])
             self.stride, self.names = check_stride(meta['stride'], str(w)), parse_names(meta['names'], str(w))
+            self.nc = len(self.names)  # export.py (ours and YOLOv5's) writes exactly the model's names
 
     def _load_onnx(self, w: Path, fuse: bool) -> None:
         import onnxruntime
@@ -161,7 +163,7 @@ class DetectBackend(nn.Module):
             self.stride = check_stride(meta['stride'], f'{w} metadata')
         if 'names' in meta:
             self.names = parse_names(meta['names'], f'{w} metadata', self.nc)
-        self.min_size = int(meta.get('min_size', 0))  # --dynamic window-attention exports: smallest exact side
+        self._size_range(meta, f'{w} metadata')
 
     def _load_openvino(self, w: Path, fuse: bool) -> None:
         from utils.core.optional import MissingPackageError
@@ -177,6 +179,31 @@ class DetectBackend(nn.Module):
             self.stride = check_stride(meta['stride'], f'{self.ov.xml} metadata')
         if 'names' in meta:
             self.names = parse_names(meta['names'], f'{self.ov.xml} metadata', self.nc)
+        self._size_range(meta, f'{self.ov.xml.with_suffix(".yaml")}')
+
+    def _size_range(self, meta: dict, source: str) -> None:
+        """``min_size``/``max_size`` of a --dynamic EfficientViT export (see export.py): non-negative integers."""
+        for key in ('min_size', 'max_size'):
+            try:
+                value = int(str(meta.get(key, 0)))
+            except ValueError:
+                raise BackendError(f'{source}: {key} {str(meta.get(key))[:40]!r} is not an integer') from None
+            if not 0 <= value <= 1 << 20:
+                raise BackendError(f'{source}: {key} {value} out of range')
+            setattr(self, key, value)
+
+    def _check_size(self, im: torch.Tensor) -> None:
+        """Refuse inputs a --dynamic window-attention export is not exact for (ONNX Runtime would otherwise compute
+        a different branch's result, or stop with a Gather error from inside the graph)."""
+        side = max(im.shape[2:])
+        if self.min_size and side < self.min_size:
+            raise BackendError(f'{self.weights} is exact for inputs with a side of at least {self.min_size} px '
+                               f'(window attention); got {tuple(im.shape[2:])}. Use --imgsz {self.min_size}+')
+        if self.max_size and side > self.max_size:
+            raise BackendError(f'{self.weights} is exact for inputs with sides of at most {self.max_size} px (window '
+                               f'attention traced on maps smaller than one window); got {tuple(im.shape[2:])}. Use '
+                               f'--imgsz {self.max_size // self.stride * self.stride} or less, or export again with a '
+                               f'larger --imgsz')
 
     @property
     def dynamic(self) -> bool:
@@ -201,11 +228,10 @@ class DetectBackend(nn.Module):
         elif self.jit:
             y = self.model(im)
         elif self.openvino:
+            self._check_size(im)
             y = torch.from_numpy(np.asarray(self.ov(im.cpu().numpy()))).to(self.device)
         else:
-            if self.min_size and max(im.shape[2:]) < self.min_size:
-                raise BackendError(f'{self.weights} is exact for inputs with a side of at least {self.min_size} px '
-                                   f'(window attention); got {tuple(im.shape[2:])}. Use --imgsz {self.min_size}+')
+            self._check_size(im)
             y = self.session.run(self.output_names, {self.input_name: im.cpu().numpy()})[0]
             y = torch.from_numpy(np.asarray(y)).to(self.device)
         if isinstance(y, (list, tuple)):
