@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 import detect
 import hubconf
@@ -157,6 +158,10 @@ def test_onnx_metadata_and_external_data(tmp_path):
         with pytest.raises(BackendError) as e:
             DetectBackend(path)
         one_line(str(e.value), path, text)
+    # a graph that fails at run time (here: an input size it was not made for) is one line, not ORT's traceback
+    with pytest.raises(BackendError) as e:
+        b(torch.zeros(1, 3, 64, 64))
+    one_line(str(e.value), good, 'ONNX Runtime failed on a (1, 3, 64, 64) input: [ONNXRuntimeError]')
 
 
 # ------------------------------------------------------------------------------------------------ 3: names as paths

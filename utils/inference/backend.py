@@ -39,7 +39,7 @@ def _one_line(e: BaseException) -> str:
 
 
 class BackendError(Exception):
-    """A weights file that is missing, of an unsupported format, or that cannot be loaded."""
+    """A weights file that is missing, of an unsupported format, that cannot be loaded, or that fails on an input."""
 
 
 def parse_names(value, source: str = 'metadata', nc: int | None = None) -> dict[int, str]:
@@ -232,7 +232,13 @@ class DetectBackend(nn.Module):
             y = torch.from_numpy(np.asarray(self.ov(im.cpu().numpy()))).to(self.device)
         else:
             self._check_size(im)
-            y = self.session.run(self.output_names, {self.input_name: im.cpu().numpy()})[0]
+            try:
+                y = self.session.run(self.output_names, {self.input_name: im.cpu().numpy()})[0]
+            except Exception as e:  # a graph that fails at run time (shapes it was not made for): bad input
+                if not type(e).__module__.startswith('onnxruntime'):
+                    raise
+                raise BackendError(f'{self.weights}: ONNX Runtime failed on a {tuple(im.shape)} input: '
+                                   f'{_one_line(e)}') from None
             y = torch.from_numpy(np.asarray(y)).to(self.device)
         if isinstance(y, (list, tuple)):
             y = y[0]
