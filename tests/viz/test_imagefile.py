@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from utils.viz import imagefile
-from utils.viz.drawing import plot_images, plot_images_or_warn, save_one_box
-from utils.viz.imagefile import writable_name, write_image
+from utils.viz.drawing import plot_images, save_one_box
+from utils.viz.imagefile import plot_or_warn, writable_name, write_image
 
 
 def image(h=6, w=8):
@@ -69,7 +69,7 @@ def test_plot_images_raises_and_or_warn_goes_on(tmp_path, monkeypatch, log_text)
     monkeypatch.setattr(imagefile.cv2, 'imwrite', lambda *a: False)
     with pytest.raises(OSError, match='could not write .*bad.jpg'):
         plot_images(ims, targets, fname=tmp_path / 'bad.jpg')
-    assert plot_images_or_warn(ims, targets, None, tmp_path / 'bad.jpg') is None
+    assert plot_or_warn(plot_images, ims, targets, None, tmp_path / 'bad.jpg') is None
     lines = [x for x in log_text.getvalue().splitlines() if x]
     assert lines == [f'WARNING ⚠️ could not write {tmp_path / "bad.jpg"} (OpenCV imwrite failed: disk full or not '
                      'writable?); the run goes on without it']
@@ -82,3 +82,15 @@ def test_save_one_box_raises_when_not_written(tmp_path, monkeypatch):
     monkeypatch.setattr(imagefile.cv2, 'imwrite', lambda *a: False)
     with pytest.raises(OSError, match='could not write .*c2.jpg'):
         save_one_box([10, 10, 20, 20], im, file=tmp_path / 'c.jpg', pad=0, gain=1)
+
+
+def test_plot_or_warn_passes_results_and_other_errors(log_text):
+    assert plot_or_warn(lambda a, b=0: a + b, 1, b=2) == 3
+
+    def unwritable():
+        raise FileNotFoundError(2, 'No such file or directory', 'runs/gone/confusion_matrix.png')
+
+    assert plot_or_warn(unwritable) is None
+    assert "could not be" not in log_text.getvalue() and 'runs/gone/confusion_matrix.png' in log_text.getvalue()
+    with pytest.raises(ValueError):  # a bug in a plot is not hidden
+        plot_or_warn(lambda: int('x'))

@@ -26,7 +26,8 @@ from utils.ops.boxes import scale_boxes, xywh2xyxy
 from utils.ops.metrics import ConfusionMatrix, ap_per_class, fitness, process_batch
 from utils.ops.postprocess import postprocess, write_label_lines
 from utils.viz.charts import plot_ap_curves, plot_confusion_matrix
-from utils.viz.drawing import output_to_target, plot_images_or_warn
+from utils.viz.drawing import output_to_target, plot_images
+from utils.viz.imagefile import plot_or_warn
 
 HEADER = ('%22s' + '%11s' * 6) % ('Class', 'Images', 'Instances', 'P', 'R', 'mAP50', 'mAP50-95')
 ROW = '%22s' + '%11i' * 2 + '%11.3g' * 4
@@ -154,9 +155,10 @@ class Evaluator:
             if self._score_image(out.letterboxed[si], out.detections[si], labels, im[si].shape[1:], shapes[si]):
                 self._write_image(out.detections[si].cpu(), paths[si], shapes[si][0])
         if o.plots and self.batches < 3:
-            plot_images_or_warn(im, targets, paths, self.save_dir / f'val_batch{self.batches}_labels.jpg', self.names)
-            plot_images_or_warn(im, output_to_target(out.letterboxed, max_det=o.max_det), paths,
-                                self.save_dir / f'val_batch{self.batches}_pred.jpg', self.names)
+            plot_or_warn(plot_images, im, targets, paths, self.save_dir / f'val_batch{self.batches}_labels.jpg',
+                         self.names)
+            plot_or_warn(plot_images, im, output_to_target(out.letterboxed, max_det=o.max_det), paths,
+                         self.save_dir / f'val_batch{self.batches}_pred.jpg', self.names)
         self.batches += 1
         self.input_shape = (max(self.input_shape[0], nb), 3, height, width)
 
@@ -206,8 +208,8 @@ class Evaluator:
             LOGGER.info(f'Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image at shape '
                         f'{(self.input_shape[0], 3, size, size)}' % times)
         if self.confusion is not None:
-            plot_confusion_matrix(self.confusion.matrix, self.save_dir / 'confusion_matrix.png',
-                                  names=list(self.names.values()))
+            plot_or_warn(plot_confusion_matrix, self.confusion.matrix, self.save_dir / 'confusion_matrix.png',
+                         names=list(self.names.values()))
         mp, mr, map50, map_ = (float(x) for x in mean)
         if o.save_json and self.jdict:
             coco = self._coco_eval(mean)
@@ -225,7 +227,7 @@ class Evaluator:
         if stats and stats[0].any():
             result = ap_per_class(*stats, method=self.options.ap_method)
             if self.options.plots:
-                plot_ap_curves(result.curves, self.save_dir, self.names)
+                plot_or_warn(plot_ap_curves, result.curves, self.save_dir, self.names)
             p, r, ap, ap_class = result.p, result.r, result.ap, result.classes
             ap50, ap = ap[:, 0], ap.mean(1)
             return (p.mean(), r.mean(), ap50.mean(), ap.mean()), (p, r, ap50, ap, ap_class), nt

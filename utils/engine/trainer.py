@@ -43,7 +43,8 @@ from utils.engine.runlog import RunLogger, progress_header, progress_row
 from utils.engine.train_state import rng_state, scheduler_state, set_rng_state
 from utils.ops.loss import ComputeLoss, LossGains
 from utils.viz.charts import plot_labels
-from utils.viz.drawing import plot_images_or_warn
+from utils.viz.drawing import plot_images
+from utils.viz.imagefile import plot_or_warn
 
 MAX_GRAD_NORM = 10.0
 EMA_ATTRS = ('yaml', 'nc', 'hyp', 'names', 'stride', 'class_weights')
@@ -185,7 +186,7 @@ class Trainer:
     def check_labels_and_anchors(self) -> None:
         """Before a new run: labels.jpg and AutoAnchor (unless --noautoanchor); anchors rounded through fp16."""
         if self.plots:
-            plot_labels(self.labels, self.names, self.save_dir)
+            plot_or_warn(plot_labels, self.labels, self.names, self.save_dir)
         if not self.options.noautoanchor:
             check_anchors(self.dataset, model=self.model, thr=self.hyp['anchor_t'], imgsz=self.imgsz)
         frozen = {k: v.clone() for k, v in self.model.state_dict().items() if k in self.model.frozen_state_keys()}
@@ -279,7 +280,8 @@ class Trainer:
                 pbar.set_description(progress_row(epoch, self.epochs, mem, self.mloss.tolist(), targets.shape[0],
                                                   imgs.shape[-1]))
                 if self.plots and ni < 3:
-                    plot_images_or_warn(imgs, targets, paths, self.save_dir / f'train_batch{ni}.jpg', self.names)
+                    plot_or_warn(plot_images, imgs, targets, paths, self.save_dir / f'train_batch{ni}.jpg',
+                                 self.names)
         self.lr = optim.group_lrs(self.optimizer)
         self.scheduler.step()
 
@@ -409,7 +411,7 @@ class Trainer:
                 model = model_from_checkpoint(load_checkpoint(self.best)).to(self.device)
                 self.validate(model, final=True)
             if self.plots and self.logger.csv.exists():
-                plot_results(file=self.logger.csv)
+                plot_or_warn(plot_results, file=self.logger.csv)
             self.logger.close()
             LOGGER.info(f"Results saved to {colorstr('bold', str(self.save_dir))}")
         barrier(self.info)

@@ -119,7 +119,7 @@ def plot_images(images, targets, paths=None, fname: str | Path = 'images.jpg', n
     """Save a mosaic of a batch with its boxes: labels (targets (N, 6) [batch_id, cls, cx, cy, w, h], normalised or
     pixels), or predictions when a 7th conf column is present (drawn only above conf 0.25). Images are RGB (B,3,H,W),
     uint8 or float 0-1; at most ``max_subplots`` images, the mosaic shrunk to fit ``max_size``. Raises ``OSError``
-    naming ``fname`` when it cannot be written (``plot_images_or_warn`` for plots made during a run)."""
+    naming ``fname`` when it cannot be written (``imagefile.plot_or_warn`` for plots made during a run)."""
     images = images.detach().cpu().float().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
     targets = targets.detach().cpu().numpy() if isinstance(targets, torch.Tensor) else np.asarray(targets)
     targets = targets.reshape(-1, targets.shape[-1] if targets.size else 6)
@@ -145,16 +145,6 @@ def plot_images(images, targets, paths=None, fname: str | Path = 'images.jpg', n
     fname = Path(fname)
     fname.parent.mkdir(parents=True, exist_ok=True)
     return write_image(fname, annotator.result()[..., ::-1])  # RGB -> BGR for OpenCV
-
-
-def plot_images_or_warn(*args, **kwargs) -> Path | None:
-    """``plot_images`` for the pictures training and validation make on the side: a file that cannot be written
-    (disk full, directory removed) is one warning line, not the end of the run."""
-    try:
-        return plot_images(*args, **kwargs)
-    except OSError as e:
-        LOGGER.warning(f'WARNING ⚠️ {e}; the run goes on without it')
-        return None
 
 
 def _draw_targets(annotator: Annotator, ti: np.ndarray, x: int, y: int, w: int, h: int, scale: float,

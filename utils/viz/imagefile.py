@@ -3,10 +3,16 @@ disk and raises a long ``cv2.error`` for an extension it has no writer for. Ever
 through ``write_image`` so that both become one ``OSError`` line naming the file."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
+
+from utils.core.logging import LOGGER
+
+T = TypeVar('T')
 
 
 def writable_name(path: str | Path, fallback: str = '.jpg') -> Path:
@@ -38,3 +44,14 @@ def _last_line(message: str) -> str:
     lines = [x.strip() for x in message.strip().splitlines() if x.strip()]
     line = lines[-1] if lines else 'OpenCV error'
     return line.split(' error: ', 1)[-1]
+
+
+def plot_or_warn(plot: Callable[..., T], *args, **kwargs) -> T | None:
+    """``plot(*args, **kwargs)`` for the pictures training and validation make on the side (batches, labels.jpg,
+    curves, confusion matrix, results.png): one that cannot be written (``OSError``: disk full, directory removed)
+    is one warning line, not the end of the run."""
+    try:
+        return plot(*args, **kwargs)
+    except OSError as e:
+        LOGGER.warning(f'WARNING ⚠️ {e}; the run goes on without it')
+        return None
