@@ -79,12 +79,30 @@ def test_every_input_form_gives_the_same_result(tmp_path):
     assert gray.ims[0].shape == (100, 200, 3)
 
 
+def test_array_dtypes_become_the_same_uint8_pixels():
+    """uint16, 0-1 floats, 0-255 floats, int32 and bool give the uint8 picture they mean (a plain cast wrapped uint16
+    modulo 256 and turned 0-1 floats black)."""
+    im = rgb()
+    model = AutoShape(Stub(), verbose=False)
+    ref = model(im, size=64)
+    forms = [im.astype(np.uint16) * 257, im.astype(np.float32) / 255, im.astype(np.float64), im.astype(np.int32)]
+    for f in forms:
+        r = model(f, size=64)
+        assert np.array_equal(r.ims[0], ref.ims[0]), f.dtype
+        assert torch.equal(r.xyxy[0], ref.xyxy[0])
+    assert np.array_equal(model(np.full((8, 8, 3), 300.0), size=64).ims[0], np.full((8, 8, 3), 255, np.uint8))
+    assert np.array_equal(model(np.ones((8, 8, 3), bool), size=64).ims[0], np.full((8, 8, 3), 255, np.uint8))
+
+
 @pytest.mark.parametrize('bad, err, match', [
     ('https://example.com/a.jpg', ValueError, 'URLs are not downloaded'),
     ('missing.jpg', FileNotFoundError, 'missing.jpg: image not found'),
     (3.5, TypeError, 'unsupported input type float'),
     ([], ValueError, 'no images given'),
     (np.zeros((4, 4, 2), np.uint8), ValueError, 'expected an HxWx3 array'),
+    (np.zeros((0, 10, 3), np.uint8), ValueError, r'image 0: empty array of shape \(0, 10, 3\)'),
+    (np.full((8, 8, 3), np.nan, np.float32), ValueError, 'image 0: NaN or infinite pixel values'),
+    (np.zeros((8, 8, 3), np.complex64), TypeError, 'image 0: unsupported array dtype complex64'),
 ])
 def test_bad_inputs_are_clear(bad, err, match):
     with pytest.raises(err, match=match):

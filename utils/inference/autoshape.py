@@ -5,7 +5,8 @@
     results.print(); results.save(); results.xyxy[0]  # (n, 6) x1 y1 x2 y2 conf cls, original-image pixels
 
 Inputs: file paths (``str``/``Path``; URLs are refused, nothing is downloaded), PIL images, numpy arrays (HWC **RGB**
-uint8, as in YOLOv5; CHW and grayscale are accepted), or a list of these. A torch tensor is passed straight to the
+uint8, as in YOLOv5; CHW and grayscale are accepted, and other dtypes mean what they say: 0-1 floats, uint16, bool),
+or a list of these. A torch tensor is passed straight to the
 model. All images of one call are letterboxed to one shape (``size`` for the long side, rounded up to the stride),
 run as one batch, filtered by NMS with the attributes ``conf``, ``iou``, ``classes``, ``agnostic``, ``multi_label``,
 ``max_det`` (YOLOv5's defaults), and their boxes mapped back to each image's own pixels.
@@ -32,6 +33,26 @@ from utils.viz.drawing import Annotator, colors, detection_summary, save_one_box
 from utils.viz.imagefile import writable_name, write_image
 
 
+def _to_uint8(arr: np.ndarray, i: int) -> np.ndarray:
+    """Pixel values as uint8 0-255 without wrapping: floats in [0, 1] (a max of at most 1) are scaled by 255, other
+    floats and integers are clipped to 0-255 and rounded, uint16 is scaled from 0-65535, bool is 0 or 255. A plain
+    cast wrapped uint16 values modulo 256 and turned 0-1 floats into a black image; NaN or inf is an error."""
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == bool:
+        return arr.astype(np.uint8) * 255
+    if arr.dtype == np.uint16:
+        return np.round(arr / 257.0).astype(np.uint8)
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise ValueError(f'image {i}: NaN or infinite pixel values')
+        if arr.max() <= 1.0:
+            arr = arr * 255.0
+    elif not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f'image {i}: unsupported array dtype {arr.dtype}')
+    return np.round(np.clip(arr, 0, 255)).astype(np.uint8)
+
+
 def _as_rgb_array(im, i: int) -> tuple[np.ndarray, str]:
     """One input -> (HWC RGB uint8 array, file name used when saving)."""
     if isinstance(im, (str, Path)):
@@ -56,7 +77,9 @@ def _as_rgb_array(im, i: int) -> tuple[np.ndarray, str]:
             arr = np.repeat(arr.reshape(arr.shape[0], arr.shape[1], 1), 3, axis=2)
         if arr.ndim != 3 or arr.shape[2] < 3:
             raise ValueError(f'image {i}: expected an HxWx3 array, got shape {im.shape}')
-        return np.ascontiguousarray(arr[..., :3]).astype(np.uint8, copy=False), f'image{i}.jpg'
+        if not arr.shape[0] or not arr.shape[1]:
+            raise ValueError(f'image {i}: empty array of shape {im.shape}')
+        return _to_uint8(np.ascontiguousarray(arr[..., :3]), i), f'image{i}.jpg'
     raise TypeError(f'image {i}: unsupported input type {type(im).__name__} (path, PIL image or numpy array)')
 
 
