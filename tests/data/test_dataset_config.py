@@ -117,6 +117,11 @@ def test_no_images_and_missing_dir(ds, tmp_path):
     f = _yaml(tmp_path / 'y.yaml', {'path': str(ds), 'train': 'images/train', 'val': 'images/nope', 'names': ['a']})
     with pytest.raises(DatasetError, match=r'y\.yaml: dataset not found: .*nope missing'):
         check_dataset(f)
+    f = _yaml(tmp_path / 'z.yaml', {'path': str(ds), 'train': 'images/nope', 'val': 'images/nope', 'names': ['a'],
+                                    'download': 'https://example.com/x.zip'})
+    with pytest.raises(DatasetError, match=rf'^{f}: dataset not found: {ds / "images/nope"} missing \(downloads are '
+                                           r'not supported; put the data there\)$'):  # named once, not per split
+        check_dataset(f)
 
 
 def test_generate_hook(tmp_path, monkeypatch):

@@ -195,7 +195,7 @@ def _maybe_generate(file: Path | str, data: dict, path: Path, autogenerate: bool
             synthetic.generate(spec, path)
         except Exception as e:  # any generator failure becomes one clear line
             raise DatasetError(f'{file}: generating the dataset into {path} failed: {_one_line(e)}') from None
-    missing = [p for k in ('train', 'val') for p in _paths(data[k]) if not Path(p).exists()]
+    missing = list(dict.fromkeys(p for k in ('train', 'val') for p in _paths(data[k]) if not Path(p).exists()))
     if missing:
         hint = ' (downloads are not supported; put the data there)' if 'download' in data else ''
         raise DatasetError(f'{file}: dataset not found: {", ".join(missing)} missing{hint}')
