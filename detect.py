@@ -173,8 +173,9 @@ def run(weights: str | Path | list = 'yolov5s.pt', source: str | Path = DEFAULT_
                line_thickness=line_thickness, hide_labels=hide_labels, hide_conf=hide_conf)
     dt, seen, sink, display = (Timer(device), Timer(device), Timer(device)), 0, _VideoSink(), {}
     unwritten = 0  # images, videos and crops that could not be written (each one warned about)
+    frames, interrupted = iter(dataset), False
     try:
-        for frame in dataset:
+        for frame in frames:
             with dt[0]:
                 im = preprocess(frame.im0, imgsz, stride, model.dynamic, device, model.fp16)
             with dt[1]:
@@ -198,9 +199,17 @@ def run(weights: str | Path | list = 'yolov5s.pt', source: str | Path = DEFAULT_
             if save_img:
                 unwritten += not _save_frame(frame, im0, save_dir, sink)
             LOGGER.info(f"{s}{'' if len(det) else '(no detections), '}{(dt[1].t - t) * 1e3:.1f}ms")
+    except KeyboardInterrupt:  # Ctrl-C is how a webcam or stream run ends: close the files, print the summary
+        interrupted = True
+        LOGGER.info(f'\nInterrupted (Ctrl-C) after {seen} images/frames; the files written so far are kept')
     finally:
-        sink.close()
+        close = getattr(frames, 'close', None)  # a generator: a stream's reader threads stop here
+        if close:
+            close()
+        sink.close()  # an open video is finalised, playable up to its last frame
     if seen == 0:
+        if interrupted:
+            raise KeyboardInterrupt
         raise SourceError(f'no readable images or videos in {source}')
     times = tuple(x.t / seen * 1e3 for x in dt)
     LOGGER.info(f'Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image at shape {(1, 3, *imgsz)}'

@@ -112,10 +112,14 @@ def run(**kwargs) -> Path:
 def cli(args: list[str] | None = None) -> None:
     """Command line: expected problems (bad files, finished checkpoints) end with one line, not a traceback."""
     from utils.cli import one_line_errors
-    from utils.engine.options import TrainError
+    from utils.engine.options import TrainError, TrainInterrupted
 
     with one_line_errors('train.py', own=(TrainError,), show_type=True):
-        main(parse_opt(args=args))
+        try:
+            main(parse_opt(args=args))
+        except TrainInterrupted as e:  # Ctrl-C: what was kept, and the shell's exit status for SIGINT
+            print(f'\ntrain.py: {e}', file=sys.stderr)
+            sys.exit(130)
 
 
 if __name__ == '__main__':

@@ -169,6 +169,32 @@ def test_unwritable_outputs_warn_and_the_rest_is_saved(weights, source, tmp_path
                         'saved',
                         'WARNING ⚠️ 2 files could not be written, see the warnings']
 
+
+def test_ctrl_c_ends_the_run_with_its_files(weights, source, tmp_path, log_text, monkeypatch):
+    """Ctrl-C is how a webcam or stream run ends: what was written stays (the open video finalised and playable), the
+    summary is printed and run() returns; Ctrl-C before any image is the usual one-line 'interrupted'."""
+    plain, calls = detect._handle_detections, []
+
+    def interrupt_on_4th(*a, **k):
+        calls.append(1)
+        if len(calls) == 4:  # im0, im1, the video's first frame, then Ctrl-C
+            raise KeyboardInterrupt
+        return plain(*a, **k)
+
+    monkeypatch.setattr(detect, '_handle_detections', interrupt_on_4th)
+    run = run_detect(weights, source, tmp_path)
+    assert sorted(p.name for p in run.iterdir()) == ['clip.mp4', 'im0.jpg', 'im1.jpg']
+    cap = cv2.VideoCapture(str(run / 'clip.mp4'))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 1 and cap.read()[0]
+    cap.release()
+    out = log_text.getvalue()
+    assert 'Interrupted (Ctrl-C) after 4 images/frames; the files written so far are kept' in out and 'Speed: ' in out
+    monkeypatch.setattr(detect, 'preprocess', lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))  # 1st image
+    with pytest.raises(SystemExit) as e:
+        detect.main(detect.parse_opt(['--weights', str(weights), '--source', str(source), '--img', '64',
+                                      '--project', str(tmp_path / 'cli')]))
+    assert e.value.code == 130
+
 def test_cli_messages(weights, tmp_path):
     opt = detect.parse_opt(['--weights', str(weights), '--source', str(tmp_path / 'missing'), '--img', '64'])
     assert opt.imgsz == [64, 64] and opt.conf_thres == 0.25 and opt.max_det == 1000 and opt.vid_stride == 1

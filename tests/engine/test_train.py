@@ -177,6 +177,40 @@ def test_diverged_training_stops_with_one_line(data, tmp_path, monkeypatch):
         tiny_run(data, tmp_path / 'second', noplots=True, noval=True, epochs=2)
 
 
+
+def test_ctrl_c_is_one_line_naming_what_was_kept(data, tmp_path, monkeypatch, capsys):
+    """Ctrl-C during training: one line saying which epoch last.pt holds and how to continue, exit status 130 (YOLOv5
+    prints the KeyboardInterrupt traceback from inside whatever layer was running)."""
+    from utils.engine.options import TrainInterrupted
+    from utils.engine.trainer import Trainer
+
+    plain = Trainer.train_one_epoch
+
+    def interrupt_in(n):
+        def one_epoch(self, epoch):
+            if epoch == n:
+                raise KeyboardInterrupt
+            plain(self, epoch)
+        return one_epoch
+
+    monkeypatch.setattr(Trainer, 'train_one_epoch', interrupt_in(0))
+    with pytest.raises(TrainInterrupted, match=r'^interrupted in epoch 0; no epoch was saved yet$'):
+        tiny_run(data, tmp_path, noplots=True, noval=True, epochs=3)
+    monkeypatch.setattr(Trainer, 'train_one_epoch', interrupt_in(1))
+    last = tmp_path / 'b' / 'exp' / 'weights' / 'last.pt'
+    with pytest.raises(SystemExit) as e:
+        train.cli(['--data', str(data), '--cfg', 'models/yolov5n.yaml', '--epochs', '3', '--img', '64',
+                   '--batch-size', '2', '--workers', '0', '--project', str(tmp_path / 'b'), '--device', 'cpu',
+                   '--noplots', '--noval'])
+    assert e.value.code == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f'train.py: interrupted in epoch 1; {last} holds epoch 0. Continue with: python train.py --resume '
+                   f'{last}')
+    assert torch.load(last, weights_only=True)['epoch'] == 0
+    # resumed and stopped again before its first epoch ends: last.pt still holds the epoch the first run saved
+    with pytest.raises(TrainInterrupted, match=r'^interrupted in epoch 1; .*last\.pt holds epoch 0\.'):
+        train.run(resume=str(last))
+
 def test_cpu_training_runs_channels_last(finished_run):
     """The trainer converts model and images to channels-last on CPU; the saved weights keep that layout."""
     from utils.core.torch_utils import training_memory_format

@@ -24,9 +24,13 @@ def exit_on(prog: str, errors: ErrorTypes | Callable[[], ErrorTypes], typed: Err
             ) -> Iterator[None]:
     """Turn ``errors`` into ``sys.exit('<prog>: <message>')``; those in ``typed`` are prefixed with their class name
     (train.py's format). Other exceptions are bugs and keep their traceback. Either tuple may be given as a function
-    that returns it, called only when an error arrives (so the error types' modules are imported only then)."""
+    that returns it, called only when an error arrives (so the error types' modules are imported only then). Ctrl-C
+    ends with ``<prog>: interrupted`` and the shell's status for SIGINT (130), not a traceback from inside a layer."""
     try:
         yield
+    except KeyboardInterrupt:
+        print(f'\n{prog}: interrupted', file=sys.stderr)
+        sys.exit(130)
     except Exception as e:
         if not isinstance(e, errors() if callable(errors) else errors):
             raise

@@ -41,6 +41,10 @@ class TrainError(Exception):
     """A problem with the training options or files; the message is one line."""
 
 
+class TrainInterrupted(TrainError):
+    """Ctrl-C during the epochs: the message says what was saved and how to continue."""
+
+
 @dataclass(frozen=True)
 class TrainOptions:
     """Every train.py option, resolved: files located, defaults filled, ``hyp`` loaded (read-only). Field order is

@@ -37,7 +37,7 @@ from utils.engine.distributed import DistInfo, barrier, broadcast_object, wrap_d
 from utils.engine.early_stopping import EarlyStopping
 from utils.engine.ema import ModelEMA
 from utils.engine.evaluator import NOT_EVALUATED, EvalOptions, EvalResults, Evaluator, validate
-from utils.engine.options import TrainError, TrainOptions, plain_data, save_yaml
+from utils.engine.options import TrainError, TrainInterrupted, TrainOptions, plain_data, save_yaml
 from utils.engine.result_plots import plot_results
 from utils.engine.runlog import RunLogger, progress_header, progress_row
 from utils.engine.train_state import rng_state, scheduler_state, set_rng_state
@@ -70,6 +70,7 @@ class Trainer:
         self.results, self.maps = NOT_EVALUATED, None  # kept under --noval until the final epoch
         self.ema = self.logger = None
         self.last_opt_step = -1  # iteration of the last optimizer step (accumulation counts from it)
+        self.saved_epoch: int | None = None  # the epoch last.pt holds (for the Ctrl-C message)
 
     # ---------------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -239,11 +240,23 @@ class Trainer:
         self.setup()
         self.t0 = time.time()
         epoch = self.start_epoch - 1
-        for epoch in range(self.start_epoch, self.epochs):
-            self.train_one_epoch(epoch)
-            if self.end_epoch(epoch):
-                break
+        if self.start_epoch and self.last.is_file():  # --resume: last.pt holds the epoch before this one
+            self.saved_epoch = epoch
+        try:
+            for epoch in range(self.start_epoch, self.epochs):
+                self.train_one_epoch(epoch)
+                if self.end_epoch(epoch):
+                    break
+        except KeyboardInterrupt:  # Ctrl-C: one line saying what is kept, not a traceback from inside a layer
+            raise TrainInterrupted(self.interrupted_message(epoch)) from None
         self.finish(epoch)
+
+    def interrupted_message(self, epoch: int) -> str:
+        """Where a run stopped by Ctrl-C stands: last.pt is written atomically, so it holds the last saved epoch."""
+        if self.saved_epoch is None:
+            return f'interrupted in epoch {epoch}; no epoch was saved yet'
+        return (f'interrupted in epoch {epoch}; {self.last} holds epoch {self.saved_epoch}. Continue with: python '
+                f'train.py --resume {self.last}')
 
     def train_one_epoch(self, epoch: int) -> None:
         """One pass over the train loader with warmup, AMP, accumulation, clipping and EMA."""
@@ -393,6 +406,7 @@ class Trainer:
         """last.pt every epoch, best.pt when fitness ties or beats the best, epoch{N}.pt every --save-period."""
         ckpt = self.checkpoint(epoch)
         save_checkpoint(ckpt, self.last)
+        self.saved_epoch = epoch
         if self.best_fitness == fi:
             save_checkpoint(ckpt, self.best)
         if self.options.save_period > 0 and epoch % self.options.save_period == 0:
