@@ -181,6 +181,25 @@ def test_two_generations_end_to_end_then_continue(data, tmp_path):
     assert more[2, 7:].tolist() not in rows[:, 7:].tolist()
 
 
+
+def test_ctrl_c_names_the_generations_kept(data, tmp_path, monkeypatch):
+    from utils.engine.options import TrainInterrupted
+    from utils.engine.trainer import Trainer
+
+    plain, calls = Trainer.fit, []
+
+    def fit(self):
+        calls.append(1)
+        if len(calls) == 2:
+            raise TrainInterrupted('interrupted in epoch 0; no epoch was saved yet')
+        plain(self)
+
+    monkeypatch.setattr(Trainer, 'fit', fit)
+    with pytest.raises(TrainInterrupted, match=r'^interrupted in generation 2 of 3; .*exp/evolve\.csv keeps the 1 '
+                                               r'finished generation\. Continue with the same command plus --exist-ok '
+                                               r'--name exp$'):
+        evolve_run(data, tmp_path, 3)
+
 def test_noautoanchor_keeps_anchors_out_and_foreign_csv_is_one_line_error(data, tmp_path):
     save_dir = evolve_run(data, tmp_path, 1, noautoanchor=True)
     header = (save_dir / 'evolve.csv').read_text().splitlines()[0]

@@ -20,7 +20,7 @@ from utils.engine.distributed import (
     dist_info,
     init_distributed,
 )
-from utils.engine.options import TrainError, TrainOptions
+from utils.engine.options import TrainError, TrainInterrupted, TrainOptions
 from utils.engine.result_plots import plot_evolve
 from utils.engine.trainer import Trainer
 from utils.ops.metrics import fitness
@@ -76,7 +76,12 @@ def evolve(options: TrainOptions, info: DistInfo | None = None) -> Path:
     for g in range(options.evolve):
         hyp = evolution.next_hyp(rows, base, keys, rng, meta)
         trainer = Trainer(options.with_run(save_dir, load_hyp(hyp)), device, info)  # checked as a --hyp file is
-        trainer.fit()
+        try:
+            trainer.fit()
+        except TrainInterrupted:  # the generation's own message (its last.pt) does not apply here
+            raise TrainInterrupted(f'interrupted in generation {g + 1} of {options.evolve}; {csv_file} keeps the '
+                                   f'{len(rows)} finished generation{"s" * (len(rows) != 1)}. Continue with the same '
+                                   f'command plus --exist-ok --name {save_dir.name}') from None
         evolution.append_evolve_row(csv_file, keys, trainer.results.as_tuple(), hyp)
         rows = evolution.read_evolve_csv(csv_file, keys)
         best, _ = evolution.write_best_hyp(rows, keys, base, yaml_file)
