@@ -118,7 +118,10 @@ def cli(args: list[str] | None = None) -> None:
         try:
             main(parse_opt(args=args))
         except TrainInterrupted as e:  # Ctrl-C: what was kept, and the shell's exit status for SIGINT
-            print(f'\ntrain.py: {e}', file=sys.stderr)
+            from utils.engine.distributed import dist_info
+
+            if dist_info().is_main:  # DDP: every rank is interrupted; one line is enough
+                print(f'\ntrain.py: {e}', file=sys.stderr)
             sys.exit(130)
 
 
