@@ -138,6 +138,22 @@ def _show(window: str, im: np.ndarray, state: dict) -> None:
         LOGGER.warning('WARNING ⚠️ --view-img needs an OpenCV build with a display; images are not shown')
 
 
+def _load_model(weights, data: str | Path | None, device: torch.device, half: bool, trust_weights: bool,
+                imgsz: int | tuple | list) -> tuple[DetectBackend, tuple[int, int]]:
+    """The backend (class names from ``data`` when the weights carry none) and the inference size it runs at (the
+    export's fixed shape, else ``imgsz`` rounded up to the stride), warmed up."""
+    data_dict = None
+    if data:
+        from utils.data.config import check_dataset
+
+        data_dict = check_dataset(data, autogenerate=False)
+    model = DetectBackend(weights, device=device, fp16=half, data=data_dict, trust_weights=trust_weights)
+    imgsz = [imgsz] * 2 if isinstance(imgsz, int) else list(imgsz) * (2 if len(imgsz) == 1 else 1)
+    imgsz = model.static_shape or tuple(check_img_size(imgsz, s=model.stride))
+    model.warmup(imgsz=(1, 3, *imgsz))
+    return model, imgsz
+
+
 def run(weights: str | Path | list = 'yolov5s.pt', source: str | Path = DEFAULT_SOURCE, data: str | Path | None = None,
         imgsz: int | tuple | list = (640, 640), conf_thres: float = 0.25, iou_thres: float = 0.45, max_det: int = 1000,
         device: str = '', view_img: bool = False, save_txt: bool = False, save_conf: bool = False,
@@ -156,16 +172,8 @@ def run(weights: str | Path | list = 'yolov5s.pt', source: str | Path = DEFAULT_
     (save_dir / 'labels' if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
 
     device = select_device(device)
-    data_dict = None
-    if data:
-        from utils.data.config import check_dataset
-
-        data_dict = check_dataset(data, autogenerate=False)
-    model = DetectBackend(weights, device=device, fp16=half, data=data_dict, trust_weights=trust_weights)
+    model, imgsz = _load_model(weights, data, device, half, trust_weights, imgsz)
     stride, names = model.stride, model.names
-    imgsz = [imgsz] * 2 if isinstance(imgsz, int) else list(imgsz) * (2 if len(imgsz) == 1 else 1)
-    imgsz = model.static_shape or tuple(check_img_size(imgsz, s=stride))
-    model.warmup(imgsz=(1, 3, *imgsz))
     if visualize and (not model.pt or model.ensemble):
         LOGGER.warning(f'WARNING ⚠️ --visualize needs one PyTorch .pt model; {model.weights.name} runs without it')
         visualize = False
