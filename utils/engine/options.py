@@ -41,8 +41,9 @@ class TrainError(Exception):
     """A problem with the training options or files; the message is one line."""
 
 
-class TrainInterrupted(TrainError):
-    """Ctrl-C during the epochs: the message says what was saved and how to continue."""
+class TrainInterrupted(KeyboardInterrupt):
+    """Ctrl-C during the epochs, with a message saying what was saved and how to continue. Still a KeyboardInterrupt,
+    so a Python caller's ``except Exception`` does not swallow it; train.py's command line prints the message."""
 
 
 @dataclass(frozen=True)
