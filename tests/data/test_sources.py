@@ -179,3 +179,20 @@ def test_stream_cannot_open(tmp_path):
     lst.write_text(f'{tmp_path / "nope.mp4"}\n')
     with pytest.raises(SourceError, match='Failed to open stream .*nope.mp4'):
         LoadStreams(lst)
+
+
+def test_offline_stream_in_a_list_is_skipped(tmp_path, log_text):
+    """One camera of a .streams list that cannot be opened is a warning; the others run. None opened: one error."""
+    v = write_video(tmp_path / 'cam.mp4', n=5)
+    lst = tmp_path / 'cams.streams'
+    lst.write_text(f'{tmp_path / "offline.mp4"}\n{v}\n')
+    loader = LoadStreams(lst)
+    assert loader.sources == [str(v)] and len(loader) == 1
+    frames = list(loader)
+    assert frames and all(f.path == str(v) and f.index == 1 and f.count == 1 for f in frames)
+    assert (f'WARNING ⚠️ Failed to open stream {tmp_path / "offline.mp4"}; skipped, the other streams run'
+            in log_text.getvalue())
+    lst.write_text(f'{tmp_path / "a.mp4"}\n{tmp_path / "b.mp4"}\n')
+    with pytest.raises(SourceError, match=r'^none of the 2 streams in .*cams\.streams could be opened \(Failed to '
+                                          r'open stream .*a\.mp4\)$'):
+        LoadStreams(lst)

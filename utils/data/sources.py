@@ -235,32 +235,46 @@ class _Reader(threading.Thread):
         self.done = True
 
 
+def _open_stream(s: str) -> tuple[cv2.VideoCapture, np.ndarray]:
+    """An opened capture of one webcam index or URL and its first frame; SourceError (one line) otherwise."""
+    cap = cv2.VideoCapture(int(s) if s.isnumeric() else s)
+    try:
+        check_pixels(int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    except UnsafeFileError as e:
+        cap.release()
+        raise SourceError(f'stream {s}: {e}') from None
+    ok, im = cap.read() if cap.isOpened() else (False, None)
+    if not ok or im is None:
+        cap.release()
+        raise SourceError(f'Failed to open stream {s}')
+    return cap, im
+
+
 class LoadStreams:
     """Webcams (``'0'``), stream URLs and ``.streams`` list files, each read by a background thread."""
 
     def __init__(self, source: str | Path, vid_stride: int = 1, timeout: float = 30.0):
         if vid_stride < 1:
             raise SourceError(f'--vid-stride must be >= 1, got {vid_stride}')
-        self.sources = _stream_sources(source)
-        self.timeout, self.readers, self.meta = timeout, [], []
-        for s in self.sources:
-            cap = cv2.VideoCapture(int(s) if s.isnumeric() else s)
+        listed = _stream_sources(source)
+        self.timeout, self.readers, self.meta, self.sources, failed = timeout, [], [], [], []
+        for s in listed:
             try:
-                check_pixels(int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
-            except UnsafeFileError as e:
-                cap.release()
-                self.close()
-                raise SourceError(f'stream {s}: {e}') from None
-            ok, im = cap.read() if cap.isOpened() else (False, None)
-            if not ok or im is None:
-                cap.release()
-                self.close()
-                raise SourceError(f'Failed to open stream {s}')
+                cap, im = _open_stream(s)
+            except SourceError as e:
+                if len(listed) == 1:
+                    raise
+                failed.append(str(e))  # one camera of a .streams list that is offline: the others still run
+                LOGGER.warning(f'WARNING ⚠️ {e}; skipped, the other streams run')
+                continue
             self.meta.append(_capture_meta(cap))
             LOGGER.info(f'Stream {s}: {im.shape[1]}x{im.shape[0]} at {self.meta[-1]["fps"]:.2f} FPS')
             reader = _Reader(cap, im, vid_stride)
             reader.start()
             self.readers.append(reader)
+            self.sources.append(s)
+        if not self.readers:
+            raise SourceError(f'none of the {len(listed)} streams in {source} could be opened ({failed[0]})')
         self.nf = len(self.sources)
 
     def __len__(self) -> int:
