@@ -85,3 +85,69 @@ def test_fused_update_is_bit_identical_to_the_per_tensor_formula():
             if v.dtype.is_floating_point:
                 reference[k].mul_(d).add_(v, alpha=1 - d)
     assert all(torch.equal(ema.ema.state_dict()[k], reference[k]) for k in reference)
+
+
+def _reference_update(reference: dict, model: nn.Module, d: float) -> None:
+    for k, v in model.state_dict().items():
+        if v.dtype.is_floating_point:
+            reference[k].mul_(d).add_(v, alpha=1 - d)
+
+
+@pytest.mark.parametrize('cfg', ['models/yolov5n.yaml', 'models/yolov5-efficientvit.yaml'])
+def test_cached_slots_follow_tensors_that_to_replaces(cfg):
+    """The EMA pairs state-dict slots once, then looks tensors up at each update: ``model.to(channels_last)`` between
+    updates replaces every 4-D parameter's tensor, and the EMA must average the new ones (a cached tensor would not)."""
+    from models.yolo import DetectionModel
+
+    torch.manual_seed(2)
+    model = DetectionModel(cfg, nc=3, verbose=False)
+    ema = ModelEMA(model)
+    reference = {k: v.clone() for k, v in ema.ema.state_dict().items()}
+    for step in (1, 2, 3):
+        if step == 2:
+            model.to(memory_format=torch.channels_last)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        ema.update(model)
+        _reference_update(reference, model, ema.decay(step))
+    assert all(torch.equal(ema.ema.state_dict()[k], reference[k]) for k in reference)
+
+
+def test_state_slots_match_state_dict_or_refuse():
+    from utils.engine.ema import state_slots
+
+    model = tiny()
+    slots = state_slots(model)
+    assert list(slots) == list(model.state_dict()) == [
+        '0.weight', '1.weight', '1.bias', '1.running_mean', '1.running_var', '1.num_batches_tracked']
+    owner, name = slots['1.running_var']
+    assert owner[name] is model[1].running_var
+    model[1].register_buffer('scratch', torch.zeros(1), persistent=False)  # not in state_dict, not a slot
+    assert 'scratch' not in ''.join(state_slots(model))
+
+    def rename(module, state, prefix, local_metadata):
+        state[prefix + 'renamed'] = state.pop(prefix + 'weight')
+
+    model[0]._register_state_dict_hook(rename)
+    assert state_slots(model) is None
+
+
+def test_modules_with_state_dict_hooks_are_paired_afresh_each_update():
+    """A model whose state_dict() a hook rewrites cannot use slots; its EMA still averages every entry correctly."""
+    def rename(module, state, prefix, local_metadata):
+        state[prefix + 'renamed'] = state.pop(prefix + 'weight')
+
+    model, shadow = tiny(), tiny()
+    model[0]._register_state_dict_hook(rename)
+    ema = ModelEMA(model, decay=0.5, tau=1.0)  # the deep copy keeps the hook
+    shadow_ema = ModelEMA(shadow, decay=0.5, tau=1.0)
+    for _ in range(3):
+        with torch.no_grad():
+            model[0].weight.add_(1.0)
+            shadow[0].weight.add_(1.0)
+        ema.update(model)
+        shadow_ema.update(shadow)
+    assert ema._source is None and shadow_ema._source is not None  # nothing cached for the hooked model
+    assert torch.equal(ema.ema[0].weight, shadow_ema.ema[0].weight)
+    assert not torch.equal(ema.ema[0].weight, tiny()[0].weight)  # it did move
