@@ -132,6 +132,22 @@ def test_binary_label_file_is_corrupt(tmp_path):
 
 
 
+@pytest.mark.parametrize('kind', ['folder', 'fifo'])
+def test_label_path_that_is_not_a_file_is_corrupt_not_background(tmp_path, kind):
+    """A folder (or a pipe, which would block a reader) where a label file belongs: YOLOv5 took the image as a
+    background without a word, teaching the model that its objects are background; here it is ignored, with a line."""
+    import os
+    _good(tmp_path)
+    f = _good(tmp_path, 'odd')
+    lb = tmp_path / 'labels' / 'train' / 'odd.txt'
+    lb.unlink()
+    lb.mkdir() if kind == 'folder' else os.mkfifo(lb)
+    ds, lines = _load(tmp_path)
+    why = 'is a folder' if kind == 'folder' else 'is not a regular file'
+    _one_warning(lines, lb, f'ignoring corrupt label: {why}')
+    assert _counts(ds) == (1, 0, 0, 1, 2) and str(f) not in ds.im_files
+
+
 def test_cached_warnings_carry_the_reading_loaders_prefix(tmp_path):
     """The train loader scans and caches; a val loader over the same split reads the cache and says 'val:', not the
     'train:' stored with the message (YOLOv5 repeats the scanning loader's prefix)."""

@@ -147,6 +147,9 @@ def verify_image_label(args: tuple[str, str, str]) -> tuple:
     except Exception as e:
         return None, None, None, [], 0, 0, 0, 1, f'{prefix}WARNING ⚠️ {im_file}: ignoring corrupt image: {_one_line(e)}'
     if not os.path.isfile(lb_file):
+        if os.path.exists(lb_file):  # a folder or a pipe where the label should be: not a background image
+            kind = 'a folder' if os.path.isdir(lb_file) else 'not a regular file'
+            return None, None, None, [], 0, 0, 0, 1, f'{prefix}WARNING ⚠️ {lb_file}: ignoring corrupt label: is {kind}'
         return im_file, np.zeros((0, 5), np.float32), shape, [], 0, 1, 0, 0, msg
     try:
         lb, segs = _parse_labels(lb_file)
