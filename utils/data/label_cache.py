@@ -27,7 +27,7 @@ from utils.core.torch_utils import available_cpus
 from utils.data.images import IMG_FORMATS, with_jpeg_end
 from utils.ops.boxes import xywhn2xyxy
 
-CACHE_VERSION = 2  # bump when the cache layout or the verification rules change
+CACHE_VERSION = 3  # bump when the cache layout or the verification rules change (3: a folder at a label path)
 # members only caches of COCO/VOC splits hold (utils.data.formats): per image its annotation file and original id;
 # every referenced image and their stat hash; the file's categories (ids and names)
 EXTRA_KEYS = ('label_files', 'image_ids', 'src_files', 'files_hash', 'cat_ids', 'cat_names', 'counts')
