@@ -120,7 +120,7 @@ def test_txt_list_with_byte_order_mark(folder, tmp_path):
 @pytest.mark.parametrize('name', ['list.txt', 'cams.streams'])
 def test_binary_list_file_is_one_line(tmp_path, name):
     (tmp_path / name).write_bytes(b'\xff\xd8\xff\xe0 a JPEG renamed')
-    with pytest.raises(SourceError, match=rf'^{tmp_path / name} is not a text list of sources \(not UTF-8 text\)$'):
+    with pytest.raises(SourceError, match=rf'^{tmp_path / name}: not a text list of sources \(not UTF-8 text\)$'):
         load_source(tmp_path / name)
 
 

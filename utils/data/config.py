@@ -21,6 +21,7 @@ from utils.core.safety import UnsafeFileError, check_names, read_yaml
 from utils.data import formats
 from utils.data.coco_json import AnnotationError
 from utils.data.images import IMG_FORMATS, VID_FORMATS  # noqa: F401  (re-exported: their old home)
+from utils.data.textlist import read_text_list
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository root
 HYP_KEYS = ('lr0', 'lrf', 'momentum', 'weight_decay', 'warmup_epochs', 'warmup_momentum', 'warmup_bias_lr', 'box',
@@ -112,11 +113,9 @@ def image_files_in(p: Path) -> Iterator[Path]:
         yield from (f for f in sorted(p.rglob('*.*')) if f.suffix[1:].lower() in IMG_FORMATS and f.is_file())
     elif p.is_file() and p.suffix.lower() == '.txt':
         try:
-            text = p.read_text(encoding='utf-8-sig')  # -sig: a list saved by Windows Notepad starts with a BOM
-        except UnicodeDecodeError:
-            raise DatasetError(f'{p}: not a text list of image paths (not UTF-8 text)') from None
-        except OSError as e:
-            raise DatasetError(f'{p}: cannot read it ({e.strerror or type(e).__name__})') from None
+            text = read_text_list(p, 'image paths')
+        except ValueError as e:
+            raise DatasetError(str(e)) from None
         for line in text.splitlines():
             line = line.strip()
             if not line:

@@ -21,6 +21,7 @@ from utils.core.logging import LOGGER
 from utils.core.safety import MAX_IMAGE_PIXELS, UnsafeFileError, check_pixels
 from utils.data.config import IMG_FORMATS, VID_FORMATS
 from utils.data.images import read_image
+from utils.data.textlist import read_text_list
 
 URL_PREFIXES = ('rtsp://', 'rtmp://', 'http://', 'https://')
 
@@ -85,16 +86,14 @@ def _expand_one(p: str, base: Path | None) -> list[str]:
 
 def read_list_file(path: str | Path) -> str:
     """The text of a ``.txt`` or ``.streams`` source list; SourceError (one line) when it is missing, unreadable or
-    not UTF-8 text (e.g. an image renamed ``.txt``)."""
+    not UTF-8 text."""
     path = Path(path)
     if not path.is_file():
         raise SourceError(f'{path} does not exist')
     try:
-        return path.read_text(encoding='utf-8-sig')  # -sig: tolerate a byte-order mark
-    except UnicodeDecodeError:
-        raise SourceError(f'{path} is not a text list of sources (not UTF-8 text)') from None
-    except OSError as e:
-        raise SourceError(f'{path}: cannot read it ({e.strerror or type(e).__name__})') from None
+        return read_text_list(path, 'sources')
+    except ValueError as e:
+        raise SourceError(str(e)) from None
 
 
 def expand_source(source: str | Path | Sequence[str | Path]) -> list[str]:
