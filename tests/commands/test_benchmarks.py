@@ -511,3 +511,28 @@ def test_int8_variants_accuracy_only(tmp_path):
     names = [line.split(' | ')[0][2:] for line in text.splitlines() if line.startswith('| ') and '---' not in line]
     assert names == ['Variant', 'ONNX FP32', 'qdq-pc', 'qdq-pt', 'qdq-pc+softmax', 'qdq-pt+softmax']
     assert 'not timed' in text
+
+
+def test_recall_by_size_matches_class_iou_and_confidence():
+    """A hand-made image, 400x200 seen at 200 px (scale 0.5): a 40x40 box (20 px seen) found by a right-class
+    prediction at conf 0.9; a 20x20 box (10 px seen) only by a wrong-class one; a 100x100 box (50 px seen) only by a
+    conf-0.01 prediction."""
+    import numpy as np
+
+    from benchmarks.recall_by_size import match_image, recall_table
+
+    w, h = 400, 200
+    labels = np.array([[0, 100 / w, 100 / h, 40 / w, 40 / h],
+                       [1, 300 / w, 50 / h, 20 / w, 20 / h],
+                       [2, 250 / w, 140 / h, 100 / w, 100 / h]])
+    preds = np.array([[0, 102 / w, 100 / h, 40 / w, 40 / h, 0.9],  # IoU 0.905 with label 0
+                      [0, 300 / w, 50 / h, 20 / w, 20 / h, 0.8],  # label 1's box, the wrong class
+                      [2, 250 / w, 140 / h, 100 / w, 100 / h, 0.01]])
+    sizes, found = match_image(labels, preds, (h, w), 200, (0.001, 0.25))
+    np.testing.assert_allclose(sizes, [20, 10, 50])
+    assert found.tolist() == [[True, True], [False, False], [True, False]]
+    table = recall_table(sizes, found, (0.001, 0.25)).splitlines()
+    assert table[2] == '| 8-12 | 1 | 0.00 | 0.00 |' and table[3] == '| 16-24 | 1 | 1.00 | 1.00 |'
+    assert table[4] == '| 48-96 | 1 | 1.00 | 0.00 |' and table[-1] == '| all | 3 | 0.67 | 0.33 |'
+    _, none = match_image(labels, np.zeros((0, 6)), (h, w), 200, (0.001,))
+    assert not none.any()
