@@ -154,13 +154,15 @@ def _dynamic_size_range(model: torch.nn.Module, im: torch.Tensor, gs: int) -> tu
     both sides stay at most ``max`` (beyond it the graph indexes past its bias table and ONNX Runtime stops with a
     Gather error, so the runtime refuses such inputs first).
     """
+    def windowed_from(r: int, scale: float) -> int:  # smallest stride-multiple side whose map exceeds one window
+        return int(math.ceil((r + 1) * scale / gs) * gs)
+
     maps = _window_maps(model, im)
     if not maps:
         return 0, 0
-    need = max(int(math.ceil((r + 1) * scale / gs) * gs) for _, _, r, scale in maps)
+    need = max(windowed_from(r, scale) for _, _, r, scale in maps)
     small = [(h, w, r, scale) for h, w, r, scale in maps if h <= r and w <= r]
-    windowed = [(r, scale) for h, w, r, scale in maps if h > r or w > r]
-    lo = max((int(math.ceil((r + 1) * scale / gs) * gs) for r, scale in windowed), default=0)
+    lo = max((windowed_from(r, scale) for h, w, r, scale in maps if h > r or w > r), default=0)
     if not small:
         return lo, 0
     hi = min(int(r * scale) for _, _, r, scale in small)
