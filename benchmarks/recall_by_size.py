@@ -26,18 +26,6 @@ if str(ROOT) not in sys.path:
 BINS = (0, 8, 12, 16, 24, 32, 48, 96)  # px as the network sees them; the last bin is open-ended
 
 
-def _xyxy(xywh: np.ndarray) -> np.ndarray:
-    xy, wh = xywh[:, :2], xywh[:, 2:4]
-    return np.concatenate([xy - wh / 2, xy + wh / 2], 1)
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    top_left, bottom_right = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(bottom_right - top_left, 0, None).prod(2)
-    area_a, area_b = (a[:, 2:] - a[:, :2]).prod(1), (b[:, 2:] - b[:, :2]).prod(1)
-    return inter / (area_a[:, None] + area_b[None] - inter)
-
-
 def _read_rows(file: Path, columns: int) -> np.ndarray:
     if not file.is_file():
         return np.zeros((0, columns))
@@ -49,12 +37,13 @@ def match_image(labels: np.ndarray, preds: np.ndarray, hw: tuple[int, int], imgs
                 confs: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
     """(size in network pixels per label, found (labels, confs) bool): a label is found at a confidence when a
     prediction of its class with at least that confidence overlaps it with IoU >= 0.5 (normalised xywh rows)."""
+    from utils.ops.boxes import box_iou, xywhn2xyxy
+
     h, w = hw
-    scale = np.array([w, h, w, h], np.float64)
     sizes = np.sqrt(labels[:, 3] * w * labels[:, 4] * h) * imgsz / max(h, w)
     found = np.zeros((len(labels), len(confs)), bool)
     if len(preds):
-        iou = _iou(_xyxy(labels[:, 1:5] * scale), _xyxy(preds[:, 1:5] * scale))
+        iou = box_iou(xywhn2xyxy(labels[:, 1:5], w, h), xywhn2xyxy(preds[:, 1:5], w, h))
         iou = iou * (labels[:, :1] == preds[None, :, 0])
         for j, conf in enumerate(confs):
             keep = preds[:, 5] >= conf
