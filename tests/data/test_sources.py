@@ -142,6 +142,18 @@ def test_unreadable_image_skipped_good_kept(folder, caplog):
     assert len(loader.skipped) == 1 and 'broken.jpg: unreadable or corrupt image' in loader.skipped[0]
 
 
+def test_truncated_jpeg_is_used_with_one_warning_naming_it(folder, log_text):
+    """A JPEG cut short (an interrupted copy) still decodes, completed in memory as the dataset does, but its lost
+    rows come out gray: detect.py says so, naming the file (libjpeg's own stderr line names none)."""
+    data = (folder / 'b.jpg').read_bytes()
+    (folder / 'cut.jpg').write_bytes(data[:len(data) * 2 // 3])
+    frames = list(LoadImages(folder))
+    assert [Path(f.path).name for f in frames if f.kind == 'image'] == ['a.png', 'b.jpg', 'cut.jpg']
+    warnings = [x for x in log_text.getvalue().splitlines() if x]
+    assert warnings == [f'WARNING ⚠️ {folder / "cut.jpg"}: truncated JPEG (no end marker): decoded as far as its '
+                        'data goes']
+
+
 def test_unopenable_video_skipped(folder):
     (folder / 'bad.avi').write_bytes(b'\x00' * 100)
     loader = LoadImages(folder)

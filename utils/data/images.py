@@ -25,9 +25,18 @@ def with_jpeg_end(buf: np.ndarray) -> np.ndarray:
     return buf
 
 
+TRUNCATED_JPEG = 'truncated JPEG (no end marker): decoded as far as its data goes'
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image file as upright BGR uint8 after checking its header; raises ValueError (UnsafeFileError for one
     over the pixel limit) with a short reason, never cv2.error."""
+    return read_image_with_note(path)[0]
+
+
+def read_image_with_note(path: str | Path) -> tuple[np.ndarray, str]:
+    """``read_image`` and what a user should hear about a file that did decode: ``TRUNCATED_JPEG`` for a JPEG
+    completed in memory (its missing rows come out gray, so detections there are lost), else ''."""
     try:
         buf = np.fromfile(str(path), dtype=np.uint8)
     except OSError as e:
@@ -35,13 +44,14 @@ def read_image(path: str | Path) -> np.ndarray:
     if not buf.size:
         raise ValueError('empty file')
     image_header_size(buf)
+    complete = with_jpeg_end(buf)
     try:
-        im = cv2.imdecode(with_jpeg_end(buf), cv2.IMREAD_COLOR)
+        im = cv2.imdecode(complete, cv2.IMREAD_COLOR)
     except cv2.error as e:
         raise ValueError(f'OpenCV cannot decode it ({" ".join(str(e).split())[-80:]})') from None
     if im is None:
         raise ValueError('unreadable or corrupt image')
-    return im
+    return im, '' if complete is buf else TRUNCATED_JPEG
 
 
 def read_image_or_none(path: str | Path) -> np.ndarray | None:

@@ -20,7 +20,7 @@ import numpy as np
 from utils.core.logging import LOGGER
 from utils.core.safety import MAX_IMAGE_PIXELS, UnsafeFileError, check_pixels
 from utils.data.config import IMG_FORMATS, VID_FORMATS
-from utils.data.images import read_image
+from utils.data.images import read_image_with_note
 from utils.data.textlist import read_text_list
 
 URL_PREFIXES = ('rtsp://', 'rtmp://', 'http://', 'https://')
@@ -153,10 +153,12 @@ class LoadImages:
 
     def _image(self, i: int, path: str) -> Iterator[Frame]:
         try:
-            im = read_image(path)  # header checked first: a 600-byte file may claim 20000x20000 pixels
+            im, note = read_image_with_note(path)  # header checked first: 600 bytes may claim 20000x20000 pixels
         except ValueError as e:  # UnsafeFileError included; cv2.error never escapes
             self._skip(path, str(e))
             return
+        if note:
+            LOGGER.warning(f'WARNING ⚠️ {path}: {note}')
         self.frames_read += 1
         yield Frame(path, im, 'image', i + 1, self.nf)
 
