@@ -94,6 +94,17 @@ def test_array_dtypes_become_the_same_uint8_pixels():
     assert np.array_equal(model(np.ones((8, 8, 3), bool), size=64).ims[0], np.full((8, 8, 3), 255, np.uint8))
 
 
+def test_truncated_jpeg_path_is_used_with_one_warning(tmp_path, log_text):
+    """A JPEG path cut short decodes as detect.py decodes it (completed in memory), with detect.py's warning."""
+    im = rgb()
+    ok, buf = cv2.imencode('.jpg', im)
+    (tmp_path / 'cut.jpg').write_bytes(buf.tobytes()[:len(buf) * 2 // 3])
+    r = AutoShape(Stub(), verbose=False)(tmp_path / 'cut.jpg', size=64)
+    assert r.ims[0].shape == (100, 200, 3) and len(r.xyxy[0]) == 1
+    assert log_text.getvalue().splitlines() == [
+        f'WARNING ⚠️ {tmp_path / "cut.jpg"}: truncated JPEG (no end marker): decoded as far as its data goes']
+
+
 @pytest.mark.parametrize('bad, err, match', [
     ('https://example.com/a.jpg', ValueError, 'URLs are not downloaded'),
     ('missing.jpg', FileNotFoundError, 'missing.jpg: image not found'),

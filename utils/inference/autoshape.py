@@ -26,7 +26,7 @@ from PIL import Image, ImageOps
 from utils.core.logging import LOGGER, colorstr, increment_path
 from utils.core.safety import inside, names_dict, path_component
 from utils.data.augmentations import letterbox
-from utils.data.images import read_image
+from utils.data.images import read_image_with_note
 from utils.ops.boxes import xyxy2xywh
 from utils.ops.postprocess import postprocess
 from utils.viz.drawing import Annotator, colors, detection_summary, save_one_box
@@ -62,10 +62,12 @@ def _as_rgb_array(im, i: int) -> tuple[np.ndarray, str]:
         if not path.is_file():
             raise FileNotFoundError(f'{im}: image not found')
         try:
-            arr = np.ascontiguousarray(read_image(path)[..., ::-1])  # detect.py's reader: same pixels; BGR -> RGB
+            bgr, note = read_image_with_note(path)  # detect.py's reader: the same pixels and the same warning
         except ValueError as e:  # the header is checked against the pixel limit before decoding
             raise ValueError(f'{im}: cannot read image ({e})') from None
-        return arr, path.with_suffix('.jpg').name
+        if note:
+            LOGGER.warning(f'WARNING ⚠️ {im}: {note}')
+        return np.ascontiguousarray(bgr[..., ::-1]), path.with_suffix('.jpg').name  # BGR -> RGB
     if isinstance(im, Image.Image):
         name = Path(getattr(im, 'filename', '') or f'image{i}').with_suffix('.jpg').name
         return np.asarray(ImageOps.exif_transpose(im).convert('RGB')), name
