@@ -455,8 +455,8 @@ class DetectionModel(nn.Module):
                 layer.freeze(len(layer.stages()))
             for p in layer.parameters():
                 p.requires_grad_(False)
-            layer.eval()
             self.frozen_layers.add(i)
+        self.train(self.training)
         return [n for n, p in self.named_parameters() if not p.requires_grad]
 
     def frozen_modules(self) -> list[nn.Module]:
@@ -479,11 +479,14 @@ class DetectionModel(nn.Module):
                 for n in layer.no_weight_decay()}
 
     def train(self, mode: bool = True) -> DetectionModel:
-        """Train mode except the frozen layers (a backbone keeps its own frozen stages in eval mode)."""
+        """Train mode except the frozen layers (a backbone keeps its own frozen stages in eval mode). A frozen Detect
+        stays in train mode: it holds no statistics, and its mode only picks raw outputs (what the loss reads) or
+        decoded ones."""
         super().train(mode)
         if mode:
             for i in self.frozen_layers:
-                self.model[i].eval()
+                if not isinstance(self.model[i], Detect):
+                    self.model[i].eval()
         return self
 
     def info(self, verbose: bool = False, imgsz: int | tuple[int, int] = 640,

@@ -13,6 +13,7 @@ from utils.checkpoint.format import save_checkpoint
 from utils.engine import optim
 from utils.engine import trainer as trainer_mod
 from utils.engine.ema import ModelEMA
+from utils.engine.options import TrainError
 
 
 def m0_cfg(*backbone_args) -> dict:
@@ -54,6 +55,38 @@ def test_freeze_flag_keeps_yolov5_meaning(flag, frozen_layers):
     want = {n for n, _ in model.named_parameters() if n.startswith(prefixes(model, 1, frozen_layers))}
     assert frozen == want
     assert model.model[0].frozen_stages == (4 if 0 in frozen_layers else 1)
+
+
+def test_frozen_detect_head_still_gives_the_loss_its_raw_outputs():
+    """--freeze naming the Detect layer (YOLOv5 allows it: its convs stop learning, the rest trains). Detect holds
+    no statistics and its mode only picks raw or decoded outputs, so it stays in train mode: put in eval mode like
+    other frozen layers, it handed the loss decoded boxes (an IndexError inside build_targets)."""
+    from tests.ops.test_loss import HYP
+    from utils.ops.loss import ComputeLoss
+
+    torch.manual_seed(0)
+    model = DetectionModel(m0_cfg(), nc=3, verbose=False)
+    detect = len(model.model) - 1
+    frozen = set(model.freeze(optim.freeze_indices([0, detect])))
+    assert {n.split('.')[1] for n in frozen} == {'0', str(detect)}
+    model.train()
+    assert model.model[detect].training and not model.model[0].training and model.model[detect - 1].training
+    pred = model(torch.rand(2, 3, 64, 64))
+    assert [tuple(x.shape) for x in pred] == [(2, 3, 8, 8, 8), (2, 3, 4, 4, 8), (2, 3, 2, 2, 8)]
+    model.hyp = dict(HYP)
+    loss, _ = ComputeLoss(model)(pred, torch.tensor([[0, 1, 0.5, 0.5, 0.3, 0.3]]))
+    loss.sum().backward()
+    assert model.model[detect - 1].cv3.conv.weight.grad is not None
+    assert all(p.grad is None for p in model.model[detect].parameters())
+
+
+def test_freezing_every_layer_is_one_line(data, tmp_path):
+    """--freeze 99 on a 21-layer model leaves nothing to train: one line before any epoch, not a traceback."""
+    with pytest.raises(TrainError, match=r'^--freeze 99 freezes every layer of the model \(0-20\): nothing is left '
+                                         r'to train$'):
+        train.run(data=str(data), cfg='yolov5-efficientvit.yaml', epochs=1, imgsz=64, batch_size=2, workers=0,
+                  project=str(tmp_path), name='exp', device='cpu', noplots=True, noautoanchor=True, noval=True,
+                  freeze=[99])
 
 
 def test_ema_keeps_frozen_entries_bit_identical():
@@ -112,7 +145,8 @@ def test_frozen_stages_hold_through_train_py_ema_and_resume(data, tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         train.run(**opts)
     monkeypatch.undo()
-    assert any('freezing' in x and 'backbone frozen_stages 2' in x for x in log_lines)
+    assert any(x.startswith('freezing ') and x.endswith('parameter tensors (--freeze 5 6, backbone frozen_stages 2)')
+               for x in log_lines)
     save_dir = tmp_path / 'exp'
     train.run(resume=str(save_dir / 'weights/last.pt'))
     frozen_prefixes = prefixes(start, 2, [5, 6])

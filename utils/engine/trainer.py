@@ -148,9 +148,13 @@ class Trainer:
             model = Model(opt.cfg, ch=3, nc=self.nc, anchors=hyp.get('anchors'), verbose=self.info.is_main)
         self.model = model.to(self.device, memory_format=self.memory_format)
         frozen = self.model.freeze(optim.freeze_indices(opt.freeze))  # on top of the YAML's frozen_stages: the union
+        flag = f'--freeze {" ".join(map(str, opt.freeze))}'
+        if not any(p.requires_grad for p in self.model.parameters()):
+            raise TrainError(f'{flag} freezes every layer of the model (0-{len(self.model.model) - 1}): nothing is '
+                             'left to train')
         if frozen:
             bb = self.model.model[0]
-            LOGGER.info(f'freezing {len(frozen)} parameters (--freeze {opt.freeze}'
+            LOGGER.info(f'freezing {len(frozen)} parameter tensors ({flag}'
                         + (f', backbone frozen_stages {bb.frozen_stages})' if isinstance(bb, Backbone) else ')'))
         return ckpt
 
