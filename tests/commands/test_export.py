@@ -240,3 +240,21 @@ def test_backend_errors(tmp_path):
         DetectBackend(tmp_path / 'bad.torchscript')
     with pytest.raises(BackendError, match=r'bad\.torchscript: cannot load jit model'):
         DetectBackend(tmp_path / 'bad.torchscript', trust_weights=True)
+
+
+def test_static_batch_export_runs_any_batch(tmp_path, log_text):
+    """`export.py --batch-size 2` fixes the ONNX batch at 2; detect.py and val.py feed batch 1. The backend runs
+    such a file two images at a time, filling the last group with blank images whose outputs it drops: batch 1 and
+    batch 3 give the .pt's outputs, with one warning. Before, ONNX Runtime refused the shape."""
+    pt = make_checkpoint(make_model('yolov5n.yaml'), tmp_path / 'model.pt')
+    f = export.run(weights=pt, imgsz=[IMGSZ], include=['onnx'], batch_size=2)[0]
+    b = DetectBackend(f)
+    assert b.static_batch == 2 and b.static_shape == (IMGSZ, IMGSZ)
+    im = torch.rand(3, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(1))
+    ref = DetectBackend(pt)(im)
+    torch.testing.assert_close(b(im[:1]), ref[:1], atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(b(im), ref, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(b(im[:2]), ref[:2], atol=1e-3, rtol=1e-3)
+    warnings = [x for x in log_text.getvalue().splitlines() if x.startswith('WARNING')]
+    assert warnings == [f'WARNING ⚠️ {f} was exported for batch 2: each call runs 2 images, the missing ones blank '
+                        '(export with --batch-size 1 or --dynamic to avoid the cost)']

@@ -94,6 +94,8 @@ class DetectBackend(nn.Module):
         self.pt, self.jit, self.onnx, self.openvino = (self.format == f for f in ('pt', 'jit', 'onnx', 'openvino'))
         self.weights, self.stride, self.names = w, 32, None
         self.min_size = self.max_size = 0  # --dynamic window-attention exports: the input sides they are exact for
+        self.input_shape: list = []  # ONNX/OpenVINO: the file's input shape (ints where static)
+        self._warned_batch = False
         self.nc: int | None = None  # classes the model predicts, when its files say so
         try:
             getattr(self, f'_load_{self.format}')(w, fuse)
@@ -227,22 +229,47 @@ class DetectBackend(nn.Module):
             y = self.model(im, augment=augment) if augment else self.model(im)
         elif self.jit:
             y = self.model(im)
-        elif self.openvino:
-            self._check_size(im)
-            y = torch.from_numpy(np.asarray(self.ov(im.cpu().numpy()))).to(self.device)
         else:
             self._check_size(im)
-            try:
-                y = self.session.run(self.output_names, {self.input_name: im.cpu().numpy()})[0]
-            except Exception as e:  # a graph that fails at run time (shapes it was not made for): bad input
-                if not type(e).__module__.startswith('onnxruntime'):
-                    raise
-                raise BackendError(f'{self.weights}: ONNX Runtime failed on a {tuple(im.shape)} input: '
-                                   f'{_one_line(e)}') from None
-            y = torch.from_numpy(np.asarray(y)).to(self.device)
+            y = self._run_exported(im)
         if isinstance(y, (list, tuple)):
             y = y[0]
         return y
+
+    @property
+    def static_batch(self) -> int | None:
+        """The batch size an ONNX/OpenVINO file was exported with (``export.py --batch-size B``), or None when its
+        batch is dynamic."""
+        b = self.input_shape[0] if (self.onnx or self.openvino) and self.input_shape else None
+        return b if isinstance(b, int) and b > 0 else None
+
+    def _run_exported(self, im: torch.Tensor) -> torch.Tensor:
+        """The ONNX or OpenVINO file on ``im``. A file of static batch B runs any batch: B images at a time, the
+        last group filled with blank images whose outputs are dropped (detect.py and val.py feed batch 1)."""
+        b, n = self.static_batch, im.shape[0]
+        if b is None or b == n:
+            return self._run_exported_once(im)
+        if not self._warned_batch:
+            LOGGER.warning(f'WARNING ⚠️ {self.weights} was exported for batch {b}: each call runs {b} images, '
+                           f'the missing ones blank (export with --batch-size {n} or --dynamic to avoid the cost)')
+            self._warned_batch = True
+        groups = []
+        for chunk in im.split(b):
+            pad = chunk.new_zeros((b - chunk.shape[0], *chunk.shape[1:]))
+            groups.append(self._run_exported_once(torch.cat([chunk, pad]))[:chunk.shape[0]])
+        return torch.cat(groups)
+
+    def _run_exported_once(self, im: torch.Tensor) -> torch.Tensor:
+        if self.openvino:
+            return torch.from_numpy(np.asarray(self.ov(im.cpu().numpy()))).to(self.device)
+        try:
+            y = self.session.run(self.output_names, {self.input_name: im.cpu().numpy()})[0]
+        except Exception as e:  # a graph that fails at run time (shapes it was not made for): bad input
+            if not type(e).__module__.startswith('onnxruntime'):
+                raise
+            raise BackendError(f'{self.weights}: ONNX Runtime failed on a {tuple(im.shape)} input: '
+                               f'{_one_line(e)}') from None
+        return torch.from_numpy(np.asarray(y)).to(self.device)
 
     def warmup(self, imgsz: tuple[int, int, int, int] = (1, 3, 640, 640)) -> None:
         """One forward on zeros so the first real image is not timed with lazy initialisation (GPU only)."""
