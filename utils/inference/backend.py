@@ -240,7 +240,7 @@ class DetectBackend(nn.Module):
     def static_batch(self) -> int | None:
         """The batch size an ONNX/OpenVINO file was exported with (``export.py --batch-size B``), or None when its
         batch is dynamic."""
-        b = self.input_shape[0] if (self.onnx or self.openvino) and self.input_shape else None
+        b = self.input_shape[0] if self.input_shape else None  # only the ONNX/OpenVINO loaders set it
         return b if isinstance(b, int) and b > 0 else None
 
     def _run_exported(self, im: torch.Tensor) -> torch.Tensor:
