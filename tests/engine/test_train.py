@@ -449,6 +449,26 @@ def test_missing_official_weights_is_a_clear_error_not_a_download(data, tmp_path
     assert not (tmp_path / 'exp').exists()
 
 
+@pytest.mark.parametrize('name, kind', [('best.onnx', 'an ONNX export'), ('best.torchscript', 'a TorchScript export'),
+                                        ('best_openvino_model', 'an OpenVINO export'),
+                                        ('best_openvino_model/best.xml', 'an OpenVINO export')])
+def test_exported_weights_are_named_not_called_missing(data, tmp_path, name, kind):
+    """An export holds no training state; an OpenVINO folder used to be reported as 'not found'."""
+    w = tmp_path / 'w' / name
+    if w.suffix:
+        w.parent.mkdir(parents=True, exist_ok=True)
+        w.write_bytes(b'exported bytes')
+    else:
+        w.mkdir(parents=True)
+    with pytest.raises(TrainError, match=rf'--weights .*{w.name} is {kind}: train.py starts from PyTorch .pt weights'):
+        tiny_run(data, tmp_path, weights=str(w))
+    with pytest.raises(TrainError, match=rf'--resume .*{w.name} is {kind}'):
+        train.run(resume=str(w))
+    with pytest.raises(TrainError, match=r'--weights .* is a directory: give a \.pt file'):
+        tiny_run(data, tmp_path, weights=str(tmp_path / 'w'))
+    assert not (tmp_path / 'exp').exists()
+
+
 def test_missing_cfg_and_nothing_to_build(data, tmp_path):
     with pytest.raises(TrainError, match='model YAML nope.yaml not found'):
         tiny_run(data, tmp_path, cfg='nope.yaml')

@@ -214,6 +214,19 @@ def cfg_from_weights(args: argparse.Namespace) -> argparse.Namespace:
     return ns
 
 
+_EXPORTS = {'.onnx': 'an ONNX export', '.torchscript': 'a TorchScript export', '.xml': 'an OpenVINO export'}
+
+
+def _check_not_export(w: Path, flag: str) -> None:
+    """An exported model holds no training state: say so in one line instead of 'not found' or a pickle error."""
+    kind = 'an OpenVINO export' if w.name.endswith('_openvino_model') else _EXPORTS.get(w.suffix.lower())
+    if kind and w.exists():
+        raise TrainError(f'{flag} {w} is {kind}: train.py starts from PyTorch .pt weights (exports run in '
+                         'detect.py and val.py)')
+    if w.is_dir():
+        raise TrainError(f'{flag} {w} is a directory: give a .pt file')
+
+
 def check_files(args: argparse.Namespace) -> argparse.Namespace:
     """Resolve --cfg/--weights for a new run and check the numbers; every problem is a one-line TrainError."""
     ns = _copy(args)
@@ -224,6 +237,7 @@ def check_files(args: argparse.Namespace) -> argparse.Namespace:
         ns.cfg = str(cfg)
     if ns.weights:
         w = Path(ns.weights)
+        _check_not_export(w, '--weights')
         if not w.is_file():
             raise TrainError(f'weights {ns.weights} not found; nothing is downloaded, give a local .pt file '
                              f"(or --weights '' to train from scratch)")
@@ -256,6 +270,7 @@ def resume_options(args: argparse.Namespace) -> argparse.Namespace:
 
     resume = args.resume
     last = Path(resume) if isinstance(resume, (str, Path)) else latest_run(args.project)
+    _check_not_export(last, '--resume')
     if not last.is_file():
         raise TrainError(f'--resume checkpoint {last} not found')
     ckpt = load_checkpoint(last)
