@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
+from utils.checkpoint.file_kind import export_name  # noqa: E402
 from utils.core.argtypes import positive_int  # noqa: E402
 from utils.core.logging import LOGGER, colorstr  # noqa: E402
 from utils.core.safety import names_dict  # noqa: E402
@@ -251,8 +252,11 @@ def run(weights: str | Path | list = 'yolov5s.pt', imgsz: int | tuple | list = (
         except MissingPackageError as e:
             raise ExportError(str(e)) from None
     weights = Path(str(weights[0] if isinstance(weights, (list, tuple)) else weights))
+    if export_name(weights):
+        raise ExportError(f'{weights} is {export_name(weights)}: export.py starts from PyTorch .pt weights')
     if not weights.is_file():
-        raise ExportError(f'{weights} does not exist')
+        raise ExportError(f'{weights} is a directory, not a .pt file' if weights.is_dir() else
+                          f'{weights} does not exist')
     imgsz = [imgsz] * 2 if isinstance(imgsz, int) else list(imgsz) * (2 if len(imgsz) == 1 else 1)
     device = select_device(device)
     if half and device.type == 'cpu':

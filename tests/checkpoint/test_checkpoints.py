@@ -3,6 +3,7 @@ import copy
 import os
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ import torch.nn as nn
 import models.common
 import models.yolo
 from models.yolo import DetectionModel
+from utils.checkpoint.file_kind import export_name, weights_format
 from utils.checkpoint.format import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
 from utils.checkpoint.model import load_model, model_from_checkpoint, strip_optimizer, transfer_weights
 
@@ -217,3 +219,16 @@ def test_efficientvit_checkpoint_ignores_pretrained_path(tmp_path):
     m2 = load_model(path, fuse=True)
     assert m2.yaml_file == 'yolov5-efficientvit.yaml' and m2.names == NAMES
     torch.testing.assert_close(predict(m2), predict(model), rtol=1e-4, atol=1e-3)
+
+
+def test_file_kind_from_the_name(tmp_path):
+    kinds = {'a.pt': 'pt', 'a.torchscript': 'jit', 'a.ONNX': 'onnx', 'a.xml': 'openvino',
+             'a_openvino_model': 'openvino', 'a.engine': None, 'a.bin': None, 'a': None}
+    assert {n: weights_format(Path(n)) for n in kinds} == kinds
+    onnx, pt = tmp_path / 'a.onnx', tmp_path / 'a.pt'
+    assert export_name(onnx) is None  # only an existing export is named
+    onnx.write_bytes(b'x')
+    pt.write_bytes(b'x')
+    (tmp_path / 'a_openvino_model').mkdir()
+    assert [export_name(p) for p in (onnx, pt, tmp_path / 'a_openvino_model')] == [
+        'an ONNX export', None, 'an OpenVINO export']

@@ -225,6 +225,16 @@ def test_export_errors(tmp_path):
     pt.write_bytes(b'junk')  # was a traceback from export.py's CLI
     with pytest.raises(export.ExportError, match=r'x\.pt: not a readable PyTorch checkpoint'):
         export.run(weights=pt)
+    onnx, ov = tmp_path / 'x.onnx', tmp_path / 'x_openvino_model'
+    onnx.write_bytes(b'exported')
+    ov.mkdir()
+    # an export given as the source: was 'not a readable PyTorch checkpoint' (.onnx) and 'does not exist' (folder)
+    with pytest.raises(export.ExportError, match=r'x\.onnx is an ONNX export: export\.py starts from PyTorch \.pt'):
+        export.run(weights=onnx)
+    with pytest.raises(export.ExportError, match=r'x_openvino_model is an OpenVINO export: export\.py starts from'):
+        export.run(weights=ov)
+    with pytest.raises(export.ExportError, match=r'is a directory, not a \.pt file'):
+        export.run(weights=tmp_path)
 
 
 def test_backend_errors(tmp_path):

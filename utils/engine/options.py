@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from utils.checkpoint.file_kind import export_name
 from utils.core.logging import LOGGER
 from utils.core.safety import read_yaml
 from utils.data.config import ConfigError, find_config, load_hyp
@@ -214,13 +215,10 @@ def cfg_from_weights(args: argparse.Namespace) -> argparse.Namespace:
     return ns
 
 
-_EXPORTS = {'.onnx': 'an ONNX export', '.torchscript': 'a TorchScript export', '.xml': 'an OpenVINO export'}
-
-
 def _check_not_export(w: Path, flag: str) -> None:
     """An exported model holds no training state: say so in one line instead of 'not found' or a pickle error."""
-    kind = 'an OpenVINO export' if w.name.endswith('_openvino_model') else _EXPORTS.get(w.suffix.lower())
-    if kind and w.exists():
+    kind = export_name(w)
+    if kind:
         raise TrainError(f'{flag} {w} is {kind}: train.py starts from PyTorch .pt weights (exports run in '
                          'detect.py and val.py)')
     if w.is_dir():

@@ -22,16 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from utils.checkpoint.file_kind import FORMATS, weights_format
 from utils.checkpoint.format import CheckpointError
 from utils.core.logging import LOGGER
 from utils.core.safety import MAX_NAMES_TEXT, UnsafeFileError, check_names, check_onnx_file, check_stride
-
-FORMATS = {'.pt': 'pt', '.torchscript': 'jit', '.onnx': 'onnx', '.xml': 'openvino', '_openvino_model': 'openvino'}
-
-
-def weights_format(w: Path) -> str | None:
-    """'pt', 'jit', 'onnx' or 'openvino' (a ``*_openvino_model`` directory or an ``.xml`` IR), from the name."""
-    return FORMATS.get('_openvino_model' if w.name.endswith('_openvino_model') else w.suffix.lower())
 
 
 def _one_line(e: BaseException) -> str:
