@@ -252,8 +252,9 @@ def run(weights: str | Path | list = 'yolov5s.pt', imgsz: int | tuple | list = (
         except MissingPackageError as e:
             raise ExportError(str(e)) from None
     weights = Path(str(weights[0] if isinstance(weights, (list, tuple)) else weights))
-    if export_name(weights):
-        raise ExportError(f'{weights} is {export_name(weights)}: export.py starts from PyTorch .pt weights')
+    kind = export_name(weights)
+    if kind:
+        raise ExportError(f'{weights} is {kind}: export.py starts from PyTorch .pt weights')
     if not weights.is_file():
         raise ExportError(f'{weights} is a directory, not a .pt file' if weights.is_dir() else
                           f'{weights} does not exist')
