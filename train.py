@@ -76,7 +76,7 @@ def parse_opt(known: bool = False, args: list[str] | None = None) -> argparse.Na
     p.add_argument('--save-period', type=int, default=-1, help='Save checkpoint every x epochs (disabled if < 1)')
     p.add_argument('--seed', type=int, default=0, help='Global training seed')
     p.add_argument('--no-amp', action='store_true',
-                   help='train in float32 (default: fp16 AMP on CUDA, bf16 autocast on CPUs with AMX)')
+                   help='train in float32 (default: fp16 AMP on CUDA, bf16 autocast on CPUs with AMX or AVX-512 BF16)')
     p.add_argument('--local_rank', type=int, default=-1, help='Automatic DDP Multi-GPU argument, do not modify')
     # Logger arguments of v7.0 (W&B / ClearML): accepted for compatibility, not used.
     p.add_argument('--entity', default=None, help='Entity (unused)')

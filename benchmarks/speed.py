@@ -440,8 +440,8 @@ def format_report(rep: dict) -> str:
         'optimisation level ALL, intra-op threads = the thread count above, 1 inter-op thread, spinning as stated '
         '(off: each parallel op wakes its threads, which costs graphs of many small ops most). Train step: forward '
         '+ ComputeLoss + backward + SGD step on random targets in float32, as images/s (train.py trains under bf16 '
-        'autocast on CPUs with AMX, unless --no-amp: README "Training speed"). The instruction sets matter: the same '
-        'models compare differently on AVX2 and AVX-512 CPUs.',
+        'autocast on CPUs with AMX or AVX-512 BF16, unless --no-amp: README "Training speed"). The instruction sets '
+        'matter: the same models compare differently on AVX2 and AVX-512 CPUs.',
         f'(n.nn×) is the time relative to {BASELINE} measured in the same invocation (lower is faster; for the '
         'train column the ratio of step times); [i] names that invocation. "not run": not measured by any invocation.',
         f'Run-to-run spread (max-min)/median, median over models: {noise_line(rep)}. A load average above '

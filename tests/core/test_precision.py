@@ -7,23 +7,36 @@ from utils.core import precision
 from utils.core.precision import conv_float32_under_cpu_autocast, describe, slow_in_bf16, training_autocast_dtype
 
 
-@pytest.mark.parametrize('device, has_amx, enabled, expected', [
+@pytest.mark.parametrize('device, has_bf16, enabled, expected', [
     ('cuda:0', False, True, torch.float16),   # YOLOv5's AMP
     ('cuda:0', False, False, None),           # --no-amp
-    ('cpu', True, True, torch.bfloat16),      # AMX: bf16 autocast
+    ('cpu', True, True, torch.bfloat16),      # AMX or AVX-512 BF16: bf16 autocast
     ('cpu', True, False, None),               # --no-amp
-    ('cpu', False, True, None),               # no AMX: bf16 would be emulated, float32 stays
+    ('cpu', False, True, None),               # AVX2 only: bf16 would be emulated, float32 stays
     ('mps', True, True, None),                # not measured: float32, as YOLOv5
 ])
-def test_training_autocast_dtype(device, has_amx, enabled, expected):
-    assert training_autocast_dtype(torch.device(device), enabled=enabled, has_amx=has_amx) == expected
+def test_training_autocast_dtype(device, has_bf16, enabled, expected):
+    assert training_autocast_dtype(torch.device(device), enabled=enabled, has_bf16=has_bf16) == expected
 
 
-def test_cpu_probe_decides_when_not_told(monkeypatch):
-    monkeypatch.setattr(precision, 'cpu_has_amx', lambda: True)
-    assert training_autocast_dtype('cpu') == torch.bfloat16
-    monkeypatch.setattr(precision, 'cpu_has_amx', lambda: False)
-    assert training_autocast_dtype('cpu') is None
+@pytest.mark.parametrize('amx, avx512_bf16, unit', [
+    (True, True, 'AMX'),              # Xeon Sapphire Rapids: tiles first
+    (False, True, 'AVX-512 BF16'),    # AMD Zen 4
+    (False, False, None),             # AVX2 only
+])
+def test_cpu_probe_decides_when_not_told(monkeypatch, amx, avx512_bf16, unit):
+    monkeypatch.setattr(torch.cpu, '_is_amx_tile_supported', lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, '_is_avx512_bf16_supported', lambda: avx512_bf16, raising=False)
+    assert precision.cpu_bf16_unit() == unit
+    assert training_autocast_dtype('cpu') == (torch.bfloat16 if unit else None)
+    if unit:
+        assert f'bf16 autocast (CPU with {unit})' in describe(torch.bfloat16, torch.device('cpu'))
+
+
+def test_cpu_probe_missing_from_torch_means_float32(monkeypatch):
+    monkeypatch.delattr(torch.cpu, '_is_amx_tile_supported', raising=False)
+    monkeypatch.delattr(torch.cpu, '_is_avx512_bf16_supported', raising=False)
+    assert precision.cpu_bf16_unit() is None
 
 
 def test_describe_names_the_mode():

@@ -251,7 +251,8 @@ def test_channels_last_training_step_matches_contiguous(cfg):
 
 @pytest.mark.parametrize('cfg, min_cosine', [('models/yolov5-efficientvit.yaml', 0.9), ('models/yolov5n.yaml', 0.8)])
 def test_bf16_autocast_training_step_follows_float32(cfg, min_cosine):
-    """The CPU bf16 training step (utils/core/precision, used on CPUs with AMX) computes the float32 step's loss and
+    """The CPU bf16 training step (utils/core/precision, used on CPUs with AMX or AVX-512
+    BF16) computes the float32 step's loss and
     a gradient pointing the same way. Measured at 160 px, batch 4: loss within 0.12 %, gradient cosine 0.97 (M0) /
     0.88 (yolov5n). bf16 keeps 8 significant bits, and a randomly initialised detector with BatchNorm amplifies input
     rounding ~100x in its weight gradients (float32 summation order alone moves them 1.6e-5, see the channels-last
@@ -280,10 +281,11 @@ def test_bf16_autocast_training_step_follows_float32(cfg, min_cosine):
 
 
 def test_trainer_precision_follows_no_amp_and_the_cpu(monkeypatch):
-    """bf16 autocast on a CPU with AMX, float32 without AMX or with --no-amp; predictions reach the loss in float32."""
+    """bf16 autocast on a CPU with bf16 hardware, float32 without or with --no-amp; predictions reach the loss in
+    float32."""
     from utils.core import precision
     from utils.engine.trainer import Trainer
-    monkeypatch.setattr(precision, 'cpu_has_amx', lambda: True)
+    monkeypatch.setattr(precision, 'cpu_bf16_unit', lambda: 'AVX-512 BF16')
     cpu = torch.device('cpu')
     trainer = Trainer(options.TrainOptions(), cpu)
     assert trainer.autocast_dtype == torch.bfloat16 and trainer.amp is False  # no GradScaler on the CPU
@@ -293,7 +295,7 @@ def test_trainer_precision_follows_no_amp_and_the_cpu(monkeypatch):
     with trainer.autocast():
         assert conv(torch.rand(1, 3, 4, 4)).dtype == torch.bfloat16
     assert Trainer(options.TrainOptions(no_amp=True), cpu).autocast_dtype is None
-    monkeypatch.setattr(precision, 'cpu_has_amx', lambda: False)
+    monkeypatch.setattr(precision, 'cpu_bf16_unit', lambda: None)
     assert Trainer(options.TrainOptions(), cpu).autocast_dtype is None
     assert train.parse_opt(args=['--no-amp']).no_amp is True and train.parse_opt(args=[]).no_amp is False
 
@@ -344,7 +346,8 @@ def test_official_yolov5_pt_fine_tunes_its_own_architecture(data, tmp_path, log_
 def test_many_flags_in_one_run(data, finished_run, tmp_path, log_lines):
     """--weights (our best.pt) --cfg --cos-lr --image-weights --multi-scale --save-period 1 --freeze 10
     --optimizer AdamW --label-smoothing --single-cls --cache ram --no-amp, two epochs: each flag leaves a trace we
-    can check (--no-amp also keeps a float32 run end to end in the suite on CPUs with AMX, which train in bf16)."""
+    can check (--no-amp also keeps a float32 run end to end in the suite on CPUs with AMX or AVX-512 BF16, which
+    train in bf16)."""
     best = finished_run / 'weights/best.pt'
     save_dir = tiny_run(data, tmp_path, epochs=2, cos_lr=True, image_weights=True, multi_scale=True, save_period=1,
                         freeze=[10], optimizer='AdamW', label_smoothing=0.1, single_cls=True, cache='ram',

@@ -62,7 +62,7 @@ class Trainer:
         self.last, self.best = self.wdir / 'last.pt', self.wdir / 'best.pt'
         self.epochs, self.start_epoch = opt.epochs, 0
         self.plots = not opt.noplots and not opt.evolve
-        # fp16 AMP on CUDA (YOLOv5), bf16 autocast on CPUs with AMX (ours), float32 otherwise or with --no-amp
+        # fp16 AMP on CUDA (YOLOv5), bf16 autocast on CPUs with AMX or AVX-512 BF16 (ours), else float32 / --no-amp
         self.autocast_dtype = training_autocast_dtype(device, enabled=not options.no_amp)
         self.amp = self.autocast_dtype == torch.float16  # CUDA AMP: GradScaler and half-precision validation
         self.memory_format = training_memory_format(device)  # channels-last on CPU (measured faster)
