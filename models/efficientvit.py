@@ -77,7 +77,7 @@ class ConvNorm(nn.Sequential):
                           bias=True, device=c.weight.device, dtype=c.weight.dtype)
         fused.weight.copy_(c.weight * (bn.weight / std)[:, None, None, None])
         fused.bias.copy_(bn.bias - bn.running_mean * bn.weight / std)
-        return fused
+        return fused.requires_grad_(False)  # an inference parameter, as YOLOv5's fuse_conv_and_bn makes it
 
 
 class Residual(nn.Module):
@@ -379,7 +379,7 @@ def _fold_identity(conv: nn.Conv2d) -> nn.Conv2d:
     out.load_state_dict(conv.state_dict())
     kh, kw = conv.kernel_size
     out.weight[:, 0, kh // 2, kw // 2] += 1
-    return out
+    return out.requires_grad_(False)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -128,6 +128,13 @@ def test_fuse_keeps_device_dtype_and_shrinks_params():
     # each BN (2 affine per channel) becomes a conv bias (1 per channel)
     bn_channels = sum(b.num_features for b in build('m0').modules() if isinstance(b, torch.nn.BatchNorm2d))
     assert sum(p.numel() for p in m.parameters()) == n - bn_channels
+    # fused convs are inference parameters, as YOLOv5's fuse_conv_and_bn makes them: a detector loaded from a
+    # checkpoint (EMA weights, no gradients) and fused then summarises as '0 gradients', not as the fused convs' count
+    from models.efficientvit import SqueezeExcite  # its two 1x1 convs have no BN: left as they are
+    kept = {id(p) for se in m.modules() if isinstance(se, SqueezeExcite) for p in se.parameters()}
+    fused = [p for mod in m.modules() if isinstance(mod, torch.nn.Conv2d) for p in mod.parameters(recurse=False)
+             if id(p) not in kept]
+    assert len(fused) > 100 and not any(p.requires_grad for p in fused)
 
 
 # ---------------------------------------------------------------------------------------------------------------
