@@ -3,10 +3,10 @@
 Columns (each a median of ``--runs`` timed runs after ``--warmup`` untimed ones, the models interleaved run by run so
 that a change of machine load hits all of them alike, ``--pause-ms`` of sleep before every run): PyTorch eager,
 BN-fused, fp32 under ``torch.inference_mode`` on CPU at each ``--batch-sizes``; ONNX Runtime (CPU provider) at batch 1
-on the graph ``export.py`` writes; fp16 on a CUDA GPU at ``--gpu-batch-sizes`` when one is present ("no GPU"
-otherwise); and one SGD training step (forward + ComputeLoss + backward + step) on CPU with random images and
-targets. PyTorch and ORT run on the same threads (the physical cores available); ORT's threads do not spin (the
-method: benchmarks/timing.py). Every timing also appears as a ratio to yolov5n from the same run: compare those.
+on the graph ``export.py`` writes, each session in its own process; fp16 on a CUDA GPU at ``--gpu-batch-sizes`` ("no
+GPU" without one); one SGD training step (forward + ComputeLoss + backward + step) on CPU with random images and
+targets. All on the same threads (the physical cores); ORT's threads do not spin (benchmarks/timing.py). Every
+timing also appears as a ratio to yolov5n from the same run: compare those.
 A model or backend that fails is reported in its cell as "error: <reason>"; the others are still measured.
 
 Usage: ``python benchmarks/speed.py`` (every model, writes benchmarks/results/speed.*), or e.g.
@@ -26,6 +26,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,15 +155,6 @@ def export_onnx_file(model: torch.nn.Module, im: torch.Tensor, file: Path, opset
     return file
 
 
-def ort_task(model: torch.nn.Module, x: torch.Tensor, tmp: Path, name: str, threads: int,
-             spinning: bool = False) -> Callable[[], None]:
-    """Export to ONNX, open a CPU ONNX Runtime session (benchmarks/timing.py), return one run of x."""
-    f = export_onnx_file(model, x, tmp / f'{safe_name(name)}.onnx')
-    sess = timing.ort_session(f, threads, spinning)
-    feed = {sess.get_inputs()[0].name: x.numpy()}
-    return lambda: sess.run(None, feed)
-
-
 def random_targets(batch: int, nc: int, per_image: int = 4, seed: int = 0) -> torch.Tensor:
     """(batch*per_image, 6) targets [image, class, cx, cy, w, h], normalised, boxes inside the image."""
     g = torch.Generator().manual_seed(seed)
@@ -263,12 +255,25 @@ def stage_cpu(fused: dict, batch_sizes: list[int], imgsz: int, runs: int, warmup
 
 def stage_onnx(fused: dict, imgsz: int, runs: int, warmup: int, threads: int, pause: float = timing.PAUSE_S,
                spinning: bool = False) -> dict:
-    """ONNX Runtime CPU latency at batch 1 (exported from the fused models into a temporary directory)."""
+    """ONNX Runtime CPU latency at batch 1, each exported model's session in its own worker process, turns interleaved
+    (in this process, beside torch's threads, M0 measured 68 instead of 44 ms: Zen 4, 2026-12-07)."""
     x = torch.rand(1, 3, imgsz, imgsz)
     print('ONNX Runtime CPU batch 1 ...', flush=True)
+    cells, commands = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        return {'ort_b1': bench(fused, lambda n, m: ort_task(m, x, Path(tmp), n, threads, spinning), runs, warmup,
-                                pause=pause)}
+        np.save(image := Path(tmp) / 'image.npy', x.numpy())
+        for name, m in fused.items():
+            try:
+                f = m if isinstance(m, str) else export_onnx_file(m, x, Path(tmp) / f'{safe_name(name)}.onnx')
+            except Exception as e:
+                f = short_error(e)
+            if isinstance(f, str):  # the model's build or export error
+                cells[name] = f
+                continue
+            commands[name] = [sys.executable, str(ROOT / 'benchmarks/format_worker.py'), 'onnx', str(f),
+                              str(threads), str(image), *(['spinning'] if spinning else [])]
+        cells.update(timing.interleaved_processes(commands, runs, warmup, pause))
+    return {'ort_b1': {name: cells[name] for name in fused}}
 
 
 def stage_gpu(fused: dict, batch_sizes: list[int], imgsz: int, runs: int, warmup: int,
@@ -436,7 +441,8 @@ def format_report(rep: dict) -> str:
         'still hold the cores when the next task starts; an inference turn times the last of back-to-back runs '
         '(caches warm, as in a video stream). PyTorch columns: BN-fused fp32 model under '
         'torch.inference_mode, ms per batch. ORT: the same fused model exported by export.py (default opset; '
-        'EfficientViT in its export form, slimmed; decoded output, no NMS), CPUExecutionProvider, graph '
+        'EfficientViT in its export form, slimmed; decoded output, no NMS), each session in its own worker process '
+        '(since 2026-12-07; before, in this process), CPUExecutionProvider, graph '
         'optimisation level ALL, intra-op threads = the thread count above, 1 inter-op thread, spinning as stated '
         '(off: each parallel op wakes its threads, which costs graphs of many small ops most). Train step: forward '
         '+ ComputeLoss + backward + SGD step on random targets in float32, as images/s (train.py trains under bf16 '
