@@ -251,13 +251,12 @@ def test_channels_last_training_step_matches_contiguous(cfg):
 
 @pytest.mark.parametrize('cfg, min_cosine', [('models/yolov5-efficientvit.yaml', 0.9), ('models/yolov5n.yaml', 0.8)])
 def test_bf16_autocast_training_step_follows_float32(cfg, min_cosine):
-    """The CPU bf16 training step (utils/core/precision, used on CPUs with AMX or AVX-512
-    BF16) computes the float32 step's loss and
-    a gradient pointing the same way. Measured at 160 px, batch 4: loss within 0.12 %, gradient cosine 0.97 (M0) /
-    0.88 (yolov5n). bf16 keeps 8 significant bits, and a randomly initialised detector with BatchNorm amplifies input
-    rounding ~100x in its weight gradients (float32 summation order alone moves them 1.6e-5, see the channels-last
-    test), so the gradients differ by 25-50 % of their norm; a cast bug or a layer left in bf16 where it must not be
-    gives a cosine near 0 or a different loss."""
+    """The CPU bf16 training step (utils/core/precision, used on CPUs with AMX or AVX-512 BF16) computes the float32
+    step's loss and a gradient pointing the same way. Measured at 160 px, batch 4: loss within 0.12 %, gradient
+    cosine 0.97 (M0) / 0.88 (yolov5n). bf16 keeps 8 significant bits, and a randomly initialised detector with
+    BatchNorm amplifies input rounding ~100x in its weight gradients (float32 summation order alone moves them
+    1.6e-5, see the channels-last test), so the gradients differ by 25-50 % of their norm; a cast bug or a layer
+    left in bf16 where it must not be gives a cosine near 0 or a different loss."""
     from models.yolo import Model
     from utils.data.config import load_hyp
     from utils.ops.loss import ComputeLoss
