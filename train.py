@@ -1,12 +1,14 @@
 """Train a YOLOv5 detector (EfficientViT or CSP-Darknet backbone) on a YOLO-format dataset.
 
 Same flags, defaults and outputs as YOLOv5 v7.0's train.py, except: nothing is ever downloaded (``--weights`` must be a
-local file), ``--data`` defaults to the embedded shapes dataset and ``--cfg`` to the EfficientViT-M0 model.
+local file), ``--data`` defaults to the embedded shapes dataset and ``--cfg`` to the EfficientViT-M0 model, and
+``--time`` (YOLOv8's) trains for a wall-clock budget with an epoch count ``--epochs`` reproduces.
 
 Usage:
     python train.py --data data/shapes.yaml --cfg models/yolov5-efficientvit.yaml --epochs 100 --img 640
     python train.py --weights path/to/yolov5s.pt --cfg models/yolov5s.yaml       # fine-tune official weights
     python train.py --resume runs/train/exp/weights/last.pt                      # continue a killed run
+    python train.py --time 0.5       # as many epochs as fit half an hour (fixed after epoch 0; printed)
     python train.py --epochs 10 --evolve 30        # 30 generations of hyperparameter evolution -> runs/evolve/exp
     python -m torch.distributed.run --nproc_per_node 2 train.py --batch 16 --device 0,1   # DDP (gloo with cpu)
 """
@@ -20,7 +22,13 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))  # entry point: make the repository importable when run from elsewhere
 
-from utils.core.argtypes import non_negative_int, positive_int, train_batch_size, unit_interval  # noqa: E402
+from utils.core.argtypes import (  # noqa: E402
+    non_negative_int,
+    positive_float,
+    positive_int,
+    train_batch_size,
+    unit_interval,
+)
 from utils.engine.options import (  # noqa: E402  (no torch: --help stays fast)
     DEFAULT_CFG,
     DEFAULT_DATA,
@@ -43,6 +51,8 @@ def parse_opt(known: bool = False, args: list[str] | None = None) -> argparse.Na
     p.add_argument('--data', type=str, default=DEFAULT_DATA, help='dataset.yaml path')
     p.add_argument('--hyp', type=str, default=None, help=f'hyperparameters path (default {DEFAULT_HYP})')
     p.add_argument('--epochs', type=positive_int, default=None, help='total training epochs (default 100)')
+    p.add_argument('--time', type=positive_float, default=None,
+                   help='hours to train for: the epoch count that fits, fixed after epoch 0 (instead of --epochs)')
     p.add_argument('--batch-size', type=train_batch_size, default=None,
                    help='total batch size for all GPUs (default 16; -1 for AutoBatch)')
     p.add_argument('--imgsz', '--img', '--img-size', type=positive_int, default=None,

@@ -103,7 +103,9 @@ def format_report(runs: dict[str, dict], opts: dict) -> str:
     return '\n'.join([
         '# Learning benchmark', '',
         f"Measured {opts.get('date', '')} on {opts.get('machine', '')}. Same budget for every model: "
-        f"{opts.get('epochs')} epochs, {opts.get('imgsz')} px, batch {opts.get('batch_size')}, "
+        + (f"{opts['time']} h of wall clock per run (`--time`: each model trains the epochs that fit, fixed after "
+           "its epoch 0; the table says how many), " if opts.get('time') else f"{opts.get('epochs')} epochs, ")
+        + f"{opts.get('imgsz')} px, batch {opts.get('batch_size')}, "
         f"optimizer {opts.get('optimizer')}, data `{opts.get('data')}`, hyp: {opts.get('hyp')}, from scratch.", '',
         f"Command: `{opts.get('command', '')}`", '',
         format_summary(runs), '',
@@ -169,27 +171,28 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    from utils.core.precision import training_autocast_dtype
-    precision = 'float32' if training_autocast_dtype('cpu') is None else 'bf16 autocast (AMX)'
+    from utils.core.precision import cpu_bf16_unit, training_autocast_dtype
+    precision = 'float32' if training_autocast_dtype('cpu') is None else f'bf16 autocast ({cpu_bf16_unit()})'
     return f'{cpu} ({os.cpu_count()} logical CPUs; CPU training precision: {precision})'
 
 
 def budget(runs: dict[str, dict]) -> dict:
-    """The budget actually used (from the first finished run's opt.yaml): epochs, imgsz, batch, optimizer, hyp."""
+    """The budget actually used (from the first finished run's opt.yaml): epochs (or time), imgsz, batch, optimizer,
+    hyp."""
     for r in runs.values():
         if r.get('opt'):
             o = r['opt']
             hyp = o.get('hyp')
             keys = ('lr0', 'momentum', 'warmup_epochs', 'nbs', 'mosaic')
             hyp_s = ', '.join(f'{k} {hyp[k]}' for k in keys if k in hyp) if isinstance(hyp, dict) else str(hyp)
-            return {'epochs': o.get('epochs'), 'imgsz': o.get('imgsz'), 'batch_size': o.get('batch_size'),
-                    'optimizer': o.get('optimizer'), 'hyp': hyp_s}
+            return {'epochs': o.get('epochs'), 'time': o.get('time'), 'imgsz': o.get('imgsz'),
+                    'batch_size': o.get('batch_size'), 'optimizer': o.get('optimizer'), 'hyp': hyp_s}
     return {}
 
 
-def run(models: list[str] | None = None, epochs: int | None = None, imgsz: int | None = None,
-        batch_size: int | None = None, data: str = str(ROOT / 'data/shapes.yaml'), hyp: str | None = None,
-        optimizer: str | None = None, device: str = '', workers: int = 2,
+def run(models: list[str] | None = None, epochs: int | None = None, time_h: float | None = None,
+        imgsz: int | None = None, batch_size: int | None = None, data: str = str(ROOT / 'data/shapes.yaml'),
+        hyp: str | None = None, optimizer: str | None = None, device: str = '', workers: int = 2,
         project: str | Path = ROOT / 'runs/learning', out: str | Path = ROOT / 'benchmarks/results',
         command: str = '') -> dict[str, dict]:
     """Train every model under the same budget and write learning.md / learning.png into ``out``.
@@ -198,8 +201,8 @@ def run(models: list[str] | None = None, epochs: int | None = None, imgsz: int |
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    flags = {'epochs': epochs, 'imgsz': imgsz, 'batch_size': batch_size, 'hyp': hyp or None, 'optimizer': optimizer,
-             'device': device, 'workers': workers}
+    flags = {'epochs': epochs, 'time': time_h, 'imgsz': imgsz, 'batch_size': batch_size, 'hyp': hyp or None,
+             'optimizer': optimizer, 'device': device, 'workers': workers}
     shown = Path(data).resolve()
     opts = {'data': shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else data,
             'command': command or 'benchmarks.learning.run()', 'machine': machine(),
@@ -218,6 +221,7 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--models', nargs='+', default=MODELS, help='model YAMLs trained under the same budget')
     p.add_argument('--epochs', type=int, default=None, help="default: train.py's (the data's train_defaults)")
+    p.add_argument('--time', type=float, default=None, help="hours per run (train.py --time; default: train.py's)")
     p.add_argument('--imgsz', '--img', type=int, default=None, help="default: train.py's")
     p.add_argument('--batch-size', type=int, default=None, help="default: train.py's")
     p.add_argument('--data', default=str(ROOT / 'data/shapes.yaml'))
@@ -232,9 +236,9 @@ def parse_opt(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(opt: argparse.Namespace) -> dict[str, dict]:
     command = ('python benchmarks/learning.py ' + ' '.join(sys.argv[1:])).strip()
-    runs = run(models=opt.models, epochs=opt.epochs, imgsz=opt.imgsz, batch_size=opt.batch_size, data=opt.data,
-               hyp=opt.hyp, optimizer=opt.optimizer, device=opt.device, workers=opt.workers, project=opt.project,
-               out=opt.out, command=command)
+    runs = run(models=opt.models, epochs=opt.epochs, time_h=opt.time, imgsz=opt.imgsz, batch_size=opt.batch_size,
+               data=opt.data, hyp=opt.hyp, optimizer=opt.optimizer, device=opt.device, workers=opt.workers,
+               project=opt.project, out=opt.out, command=command)
     print((Path(opt.out) / 'learning.md').read_text())
     return runs
 

@@ -37,6 +37,14 @@ def train_batch_size(text: str) -> int:
     return v
 
 
+def positive_float(text: str) -> float:
+    """A finite number > 0 (train.py --time, in hours)."""
+    v = _number(text, float, 'a positive number')
+    if not 0.0 < v < float('inf'):
+        raise argparse.ArgumentTypeError(f'must be a positive number, got {text}')
+    return v
+
+
 def unit_interval(text: str) -> float:
     """A float in [0, 1] (confidence and IoU thresholds, label smoothing)."""
     v = _number(text, float, 'a number between 0 and 1')

@@ -122,6 +122,16 @@ def build_scheduler(optimizer: torch.optim.Optimizer, lf) -> torch.optim.lr_sche
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lf)
 
 
+def reschedule(scheduler: torch.optim.lr_scheduler.LambdaLR, lf) -> None:
+    """Give a running LambdaLR a new factor ``lf`` (--time fixes the epoch count after epoch 0): the groups' LRs
+    become what a scheduler built with ``lf`` would have set at its current epoch."""
+    scheduler.lr_lambdas = [lf] * len(scheduler.optimizer.param_groups)
+    lrs = [base * lf(scheduler.last_epoch) for base in scheduler.base_lrs]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+        group['lr'] = lr
+    scheduler._last_lr = lrs  # what get_last_lr() and the saved state report
+
+
 def nominal_batch(hyp: dict) -> int:
     """Images per optimizer step: the optional hyp key ``nbs`` (our addition; YOLOv5 fixes it at 64).
 

@@ -35,6 +35,10 @@ OPTIMIZERS = ('SGD', 'Adam', 'AdamW')
 # YOLOv5 v7.0's defaults for the flags a dataset YAML may recommend other values for (its `train_defaults:` mapping).
 YOLOV5_DEFAULTS = {'epochs': 100, 'batch_size': 16, 'imgsz': 640, 'hyp': DEFAULT_HYP, 'patience': 100,
                    'optimizer': 'SGD', 'cache': None}
+# Ours, beside them: `time` (hours; see utils/engine/time_budget.py), which a dataset may recommend instead of a fixed
+# epoch count. A recommended time applies only when neither --epochs nor --time is given, and never to --evolve.
+OUR_DEFAULTS = {'time': None}
+RECOMMENDABLE = (*OUR_DEFAULTS, *YOLOV5_DEFAULTS)
 CACHE_KINDS = ('ram', 'disk', 'val', 'off')  # --cache values; 'off' overrides a dataset's cache recommendation
 
 
@@ -50,7 +54,7 @@ class TrainInterrupted(KeyboardInterrupt):
 @dataclass(frozen=True)
 class TrainOptions:
     """Every train.py option, resolved: files located, defaults filled, ``hyp`` loaded (read-only). Field order is
-    train.py's flag order, which is the key order of ``opt.yaml``."""
+    YOLOv5's flag order, then ours (``time``), then ``save_dir``: the key order of ``opt.yaml``."""
 
     weights: str = ''
     cfg: str = ''
@@ -91,6 +95,7 @@ class TrainOptions:
     upload_dataset: bool | str = False
     bbox_interval: int = -1
     artifact_alias: str = 'latest'
+    time: float | None = None  # ours: hours; the epoch count is fixed after epoch 0 (utils/engine/time_budget.py)
     save_dir: str = ''
 
     def to_dict(self) -> dict[str, Any]:
@@ -165,16 +170,28 @@ def apply_train_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """Fill the flags the user left unset (None): first from the dataset YAML's ``train_defaults:``, then YOLOv5's
     defaults. A dataset can recommend a budget that fits it (the embedded shapes dataset trains in minutes on a CPU at
     a small image size), while every flag given on the command line or to ``run()`` still wins, and a dataset without
-    ``train_defaults`` trains with exactly YOLOv5's defaults."""
+    ``train_defaults`` trains with exactly YOLOv5's defaults. A recommended ``time`` yields to an explicit --epochs
+    (and to --evolve, whose generations must train alike); an explicit --time with --epochs is an error."""
     ns = _copy(args)
-    unset = [k for k in YOLOV5_DEFAULTS if getattr(ns, k, None) is None]
+    time_given = getattr(ns, 'time', None) is not None
+    if time_given and ns.epochs is not None:
+        raise TrainError('give --epochs or --time, not both (--time fixes the epoch count after epoch 0)')
+    if time_given and getattr(ns, 'evolve', None):
+        raise TrainError('--time cannot be used with --evolve: every generation must train the same epochs; give '
+                         '--epochs')
+    unset = [k for k in RECOMMENDABLE if getattr(ns, k, None) is None]
     recommended = dataset_train_defaults(ns.data) if unset else {}
+    if ns.epochs is not None or getattr(ns, 'evolve', None):
+        recommended.pop('time', None)
     used = {k: recommended[k] for k in unset if k in recommended}
+    if 'time' in used:
+        used.pop('epochs', None)  # kept only as the LR schedule's placeholder until epoch 0 fixes the count
     if used:
-        LOGGER.info(f"train: using {ns.data} train_defaults: {', '.join(f'{k}={v}' for k, v in used.items())} "
-                    '(override with the flags)')
+        shown = ', '.join(f'{k}={v}' + (' h (epochs fixed after epoch 0)' if k == 'time' else '')
+                          for k, v in used.items())
+        LOGGER.info(f'train: using {ns.data} train_defaults: {shown} (override with the flags)')
     for k in unset:
-        setattr(ns, k, used.get(k, YOLOV5_DEFAULTS[k]))
+        setattr(ns, k, used.get(k, recommended.get(k, {**YOLOV5_DEFAULTS, **OUR_DEFAULTS}[k])))
     if ns.cache == 'off':
         ns.cache = None
     return ns
@@ -195,9 +212,12 @@ def dataset_train_defaults(data: str | Path | Mapping) -> dict:
     rec = d.get('train_defaults') or {} if isinstance(d, Mapping) else {}
     if not isinstance(rec, Mapping):
         raise TrainError(f'{data}: train_defaults must be a mapping of flag: value')
-    bad = sorted(set(rec) - set(YOLOV5_DEFAULTS))
+    bad = sorted(set(rec) - set(RECOMMENDABLE))
     if bad:
-        raise TrainError(f"{data}: train_defaults keys {bad} are not allowed; use {', '.join(YOLOV5_DEFAULTS)}")
+        raise TrainError(f"{data}: train_defaults keys {bad} are not allowed; use {', '.join(RECOMMENDABLE)}")
+    t = rec.get('time')
+    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0):
+        raise TrainError(f'{data}: train_defaults time must be a positive number of hours, got {t!r}')
     if rec.get('optimizer', 'SGD') not in OPTIMIZERS:
         raise TrainError(f"{data}: train_defaults optimizer {rec['optimizer']!r} is not one of {', '.join(OPTIMIZERS)}")
     if rec.get('cache') is not None and rec['cache'] not in CACHE_KINDS:

@@ -24,9 +24,11 @@ def progress_header() -> str:
     return ('%11s' * len(PROGRESS_COLUMNS)) % PROGRESS_COLUMNS
 
 
-def progress_row(epoch: int, epochs: int, mem_gb: float, losses, instances: int, size: int) -> str:
-    """One progress description: ``epoch/epochs-1``, GPU memory like ``3.2G``, then 5 values ``%11.4g``."""
-    return ('%11s' * 2 + '%11.4g' * 5) % (f'{epoch}/{epochs - 1}', f'{mem_gb:.3g}G', *losses, instances, size)
+def progress_row(epoch: int, epochs: int | None, mem_gb: float, losses, instances: int, size: int) -> str:
+    """One progress description: ``epoch/epochs-1`` (``epoch/?`` while --time has not fixed the count yet), GPU
+    memory like ``3.2G``, then 5 values ``%11.4g``."""
+    last = '?' if epochs is None else epochs - 1
+    return ('%11s' * 2 + '%11.4g' * 5) % (f'{epoch}/{last}', f'{mem_gb:.3g}G', *losses, instances, size)
 
 
 def csv_header(names: Sequence[str]) -> str:

@@ -1,10 +1,13 @@
 """The training loop (YOLOv5 v7.0 semantics) as one class: setup, train_one_epoch, end_epoch (validate, log, save),
 finish. It reads its ``TrainOptions`` and never changes them; what it derives (image size, batch size, epochs on a
-fine-tuning resume, the loss gains) it keeps as its own attributes. Launching it (DDP, run dir, --evolve) is
+fine-tuning resume, the loss gains) it keeps as its own attributes. The one exception is the decision ``--time``
+defers: the epoch count, fixed after epoch 0, goes into a replaced copy of the options (opt.yaml and checkpoints
+record it, so ``--resume`` and ``--epochs N`` repeat the run). Launching it (DDP, run dir, --evolve) is
 utils/engine/launch.py; the options are built in utils/engine/options.py.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -40,6 +43,7 @@ from utils.engine.evaluator import NOT_EVALUATED, EvalOptions, EvalResults, Eval
 from utils.engine.options import TrainError, TrainInterrupted, TrainOptions, plain_data, save_yaml
 from utils.engine.result_plots import plot_results
 from utils.engine.runlog import RunLogger, progress_header, progress_row
+from utils.engine.time_budget import BudgetDecision, decide_epochs
 from utils.engine.train_state import rng_state, scheduler_state, set_rng_state
 from utils.ops.loss import ComputeLoss, LossGains
 from utils.viz.charts import plot_labels
@@ -61,6 +65,10 @@ class Trainer:
         self.wdir = self.save_dir / 'weights'
         self.last, self.best = self.wdir / 'last.pt', self.wdir / 'best.pt'
         self.epochs, self.start_epoch = opt.epochs, 0
+        # --time: opt.epochs is the LR schedule's placeholder until epoch 0 has been timed (lf(0) = 1 for any total)
+        self.epochs_pending = opt.time is not None and not opt.resume
+        self.t_start = time.time()
+        self.train_s = self.val_s = 0.0  # the last epoch's training and validation seconds (the --time decision)
         self.plots = not opt.noplots and not opt.evolve
         # fp16 AMP on CUDA (YOLOv5), bf16 autocast on CPUs with AMX or AVX-512 BF16 (ours), else float32 / --no-amp
         self.autocast_dtype = training_autocast_dtype(device, enabled=not options.no_amp)
@@ -126,7 +134,8 @@ class Trainer:
             LOGGER.info(f'Image sizes {self.imgsz} train, {self.imgsz} val\n'
                         f'Using {self.train_loader.num_workers} dataloader workers\n'
                         f"Logging results to {colorstr('bold', str(self.save_dir))}\n"
-                        f'Starting training for {self.epochs} epochs...')
+                        + (f'Starting training for {opt.time:g} hours (the epoch count is fixed after epoch 0)...'
+                           if self.epochs_pending else f'Starting training for {self.epochs} epochs...'))
 
     def build_model(self) -> dict | None:
         """Model from --cfg / --weights (transfer by name and shape) or, on resume, exactly from last.pt."""
@@ -242,13 +251,15 @@ class Trainer:
     # ---------------------------------------------------------------------------------------------- loop
     def fit(self) -> None:
         """setup -> epochs (train, validate, save) -> finish."""
+        self.t_start = time.time()  # --time counts setup too (dataset generation on first use, caching, AutoAnchor)
         self.setup()
         self.t0 = time.time()
         epoch = self.start_epoch - 1
         if self.start_epoch and self.last.is_file():  # --resume: last.pt holds the epoch before this one
             self.saved_epoch = epoch
         try:
-            for epoch in range(self.start_epoch, self.epochs):
+            while epoch + 1 < self.epochs:  # not a range: --time sets self.epochs after epoch 0
+                epoch += 1
                 self.train_one_epoch(epoch)
                 if self.end_epoch(epoch):
                     break
@@ -266,6 +277,7 @@ class Trainer:
     def train_one_epoch(self, epoch: int) -> None:
         """One pass over the train loader with warmup, AMP, accumulation, clipping and EMA."""
         model, main = self.train_model, self.info.is_main
+        t = time.time()
         model.train()
         self._prepare_epoch(epoch)
         self.mloss = torch.zeros(3, device=self.device)
@@ -295,13 +307,14 @@ class Trainer:
             if main:
                 self.mloss = (self.mloss * i + loss_items) / (i + 1)
                 mem = torch.cuda.memory_reserved() / 1e9 if self.device.type == 'cuda' else 0.0
-                pbar.set_description(progress_row(epoch, self.epochs, mem, self.mloss.tolist(), targets.shape[0],
-                                                  imgs.shape[-1]))
+                pbar.set_description(progress_row(epoch, None if self.epochs_pending else self.epochs, mem,
+                                                  self.mloss.tolist(), targets.shape[0], imgs.shape[-1]))
                 if self.plots and ni < 3:
                     plot_or_warn(plot_images, imgs, targets, paths, self.save_dir / f'train_batch{ni}.jpg',
                                  self.names)
         self.lr = optim.group_lrs(self.optimizer)
         self.scheduler.step()
+        self.train_s = time.time() - t
 
     def _prepare_epoch(self, epoch: int) -> None:
         """Per-epoch sampling: image weights (single process) or the distributed sampler's epoch."""
@@ -362,20 +375,46 @@ class Trainer:
 
     def end_epoch(self, epoch: int) -> bool:
         """Rank 0 validates, logs and saves; every rank learns whether early stopping fired."""
-        stop = False
+        stop, pending = False, self.epochs_pending
         if self.info.is_main:
             self.ema.update_attr(self.model, include=list(EMA_ATTRS))
-            final = epoch + 1 == self.epochs or self.stopper.possible_stop
-            if not self.options.noval or final:
+            final = not pending and (epoch + 1 == self.epochs or self.stopper.possible_stop)
+            if not self.options.noval or final or pending:  # --time: epoch 0's validation is timed even with --noval
+                t = time.time()
                 self.results = self.validate(self.ema.ema)
+                self.val_s = time.time() - t
                 self.maps = self.results.maps
+            if pending:
+                self.fix_epochs(self.budget_decision().epochs)
+                final = epoch + 1 == self.epochs or self.stopper.possible_stop
             fi = self.results.fitness
             stop = self.stopper(epoch, fi)
             self.best_fitness = max(self.best_fitness, fi)
             self.logger.log_epoch(epoch, [*self.mloss.tolist(), *self.results.as_tuple(), *self.lr])
             if not self.options.nosave or final:
                 self.save(epoch, fi)
-        return bool(broadcast_object(stop, self.info))
+        stop, epochs = broadcast_object((stop, self.epochs), self.info)
+        if pending and epochs != self.epochs:  # DDP: the other ranks take rank 0's decision
+            self.fix_epochs(epochs)
+        return bool(stop)
+
+    # ---------------------------------------------------------------------------------------------- --time
+    def budget_decision(self) -> BudgetDecision:
+        """The epoch count --time allows, from the setup and epoch 0 just timed; logged with how to repeat it."""
+        d = decide_epochs(self.options.time, time.time() - self.t_start, self.train_s, self.val_s,
+                          validate_every_epoch=not self.options.noval)
+        LOGGER.info(colorstr('time: ') + d.describe(self.options.time))
+        return d
+
+    def fix_epochs(self, epochs: int) -> None:
+        """Set the epoch count --time deferred: the options copy (opt.yaml, checkpoints), the LR factor (warm-up and
+        scheduler) and the LRs of the coming epoch, all as if ``--epochs`` had said so from the start."""
+        self.epochs, self.epochs_pending = epochs, False
+        self.options = dataclasses.replace(self.options, epochs=epochs)
+        self.lf = optim.lr_lambda(epochs, self.hyp['lrf'], self.options.cos_lr)
+        optim.reschedule(self.scheduler, self.lf)
+        if self.info.is_main:
+            save_yaml(self.save_dir / 'opt.yaml', self.options.to_dict())
 
     # ---------------------------------------------------------------------------------------------- validation
     def validate(self, model, final: bool = False) -> EvalResults:

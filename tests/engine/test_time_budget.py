@@ -1,0 +1,136 @@
+"""train.py --time: the epoch count a wall-clock budget allows, fixed after epoch 0, and a budgeted run equal to the
+--epochs run with that count."""
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import train
+from tests.helpers import write_dataset
+from utils.engine import options, trainer
+from utils.engine.options import TrainError
+from utils.engine.runlog import progress_row, read_results_csv
+from utils.engine.time_budget import BudgetDecision, decide_epochs
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory) -> Path:
+    """6 train images (3 batches of 2 per epoch), 2 val images, 64 px."""
+    return write_dataset(tmp_path_factory.mktemp('tiny'), n_train=6, n_val=2, nc=3, imgsz=64)
+
+
+def budget_run(data: Path, project: Path, **kw) -> Path:
+    opts = dict(data=str(data), cfg='models/yolov5n.yaml', imgsz=64, batch_size=2, workers=0, project=str(project),
+                name='exp', device='cpu', noplots=True, noautoanchor=True)
+    return train.run(**{**opts, **kw})
+
+
+# ------------------------------------------------------------------------------------------------ the decision
+def test_decide_epochs_fills_the_budget_and_reserves_the_final_validation():
+    # 0.1 h = 360 s; 40 s gone; epochs of 25 s training + 5 s validation; 2 * 5 + 10 s kept for best.pt's validation
+    d = decide_epochs(0.1, elapsed_s=40, train_s=25, val_s=5)
+    assert (d.epochs, d.epoch_s, d.reserve_s) == (11, 30, 20)
+    assert d.planned_s == pytest.approx(360)  # 40 + 10 * 30 + 20: exactly the budget
+    assert decide_epochs(0.1, elapsed_s=41, train_s=25, val_s=5).epochs == 10  # one second more: one epoch less
+    assert decide_epochs(0.1, elapsed_s=40, train_s=25, val_s=5, validate_every_epoch=False).epochs == 13  # 300 / 25
+    assert decide_epochs(0.01, elapsed_s=40, train_s=25, val_s=5).epochs == 1  # over budget already: epoch 0 only
+    line = d.describe(0.1)
+    assert '--time 0.1 (6.0 min)' in line and '11 epochs in all' in line and 'the run --epochs 11 makes' in line
+    with pytest.raises(ValueError, match='positive number of hours'):
+        decide_epochs(0, elapsed_s=1, train_s=1, val_s=1)
+
+
+def test_progress_row_shows_an_open_count_until_time_fixes_it():
+    assert progress_row(0, None, 0.0, [1, 2, 3], 4, 64).split()[0] == '0/?'
+    assert progress_row(0, 26, 0.0, [1, 2, 3], 4, 64).split()[0] == '0/25'
+
+
+# ------------------------------------------------------------------------------------------------ the options
+def test_time_flag_and_dataset_time(data, tmp_path, log_lines):
+    assert train.parse_opt(args=['--time', '0.25']).time == 0.25
+    d = yaml.safe_load(Path(data).read_text())
+    d['train_defaults'] = {'time': 0.2, 'epochs': 7, 'imgsz': 96}
+    rec = tmp_path / 'rec.yaml'
+    rec.write_text(yaml.safe_dump(d))
+    opt = options.apply_train_defaults(train.parse_opt(args=['--data', str(rec)]))
+    assert (opt.time, opt.epochs, opt.imgsz) == (0.2, 7, 96)  # epochs: only the LR schedule's placeholder
+    assert any(f'using {rec} train_defaults: time=0.2 h (epochs fixed after epoch 0), imgsz=96' in x
+               for x in log_lines)
+    opt = options.apply_train_defaults(train.parse_opt(args=['--data', str(rec), '--epochs', '5']))
+    assert (opt.time, opt.epochs) == (None, 5)  # an explicit --epochs beats a recommended time
+    opt = options.apply_train_defaults(train.parse_opt(args=['--data', str(rec), '--evolve', '3']))
+    assert (opt.time, opt.epochs) == (None, 7)  # generations train the same epochs
+    opt = options.apply_train_defaults(train.parse_opt(args=['--data', str(data), '--time', '0.5']))
+    assert (opt.time, opt.epochs) == (0.5, 100)
+    with pytest.raises(TrainError, match='give --epochs or --time, not both'):
+        options.apply_train_defaults(train.parse_opt(args=['--data', str(rec), '--time', '1', '--epochs', '3']))
+    with pytest.raises(TrainError, match='--time cannot be used with --evolve'):
+        options.apply_train_defaults(train.parse_opt(args=['--data', str(rec), '--time', '1', '--evolve', '3']))
+    for bad in (0, -1, 'soon', True):
+        d['train_defaults'] = {'time': bad}
+        rec.write_text(yaml.safe_dump(d))
+        with pytest.raises(TrainError, match='train_defaults time must be a positive number of hours'):
+            options.apply_train_defaults(train.parse_opt(args=['--data', str(rec)]))
+    with pytest.raises(SystemExit):
+        train.parse_opt(args=['--time', '0'])
+
+
+# ------------------------------------------------------------------------------------------------ the run
+def test_budgeted_run_is_the_epochs_run_it_names(data, tmp_path, monkeypatch, log_lines):
+    """With the decision forced to 3 epochs, the budgeted run repeats ``--epochs 3`` row for row (losses, mAPs and
+    the LRs, which depend on the total through the linear schedule: the placeholder of 100 epochs would give epoch
+    1 other LRs), and records the count where --resume reads it."""
+    plain = budget_run(data, tmp_path, name='epochs3', epochs=3)
+    real = trainer.decide_epochs
+
+    def three(hours, elapsed_s, train_s, val_s, validate_every_epoch=True):
+        d = real(hours, elapsed_s, train_s, val_s, validate_every_epoch)
+        assert elapsed_s >= train_s + val_s > 0 and validate_every_epoch
+        return BudgetDecision(3, d.budget_s, d.elapsed_s, d.epoch_s, d.reserve_s)
+
+    monkeypatch.setattr(trainer, 'decide_epochs', three)
+    budgeted = budget_run(data, tmp_path, name='time', time=1.0)
+    _, want = read_results_csv(plain / 'results.csv')
+    _, got = read_results_csv(budgeted / 'results.csv')
+    assert got.shape == want.shape == (3, 14) and (got == want).all()  # epoch 0 to 2: losses, metrics, LRs
+    assert any('time: --time 1 (60.0 min)' in x and 'the run --epochs 3 makes' in x for x in log_lines)
+    opt = yaml.safe_load((budgeted / 'opt.yaml').read_text())
+    assert (opt['epochs'], opt['time']) == (3, 1.0)
+    last = torch.load(budgeted / 'weights/last.pt', weights_only=True)
+    assert (last['opt']['epochs'], last['epoch']) == (3, -1)  # stripped at the end, as every finished run
+    ref = torch.load(plain / 'weights/last.pt', weights_only=True)
+    assert all(torch.equal(ref['model'][k], v) for k, v in last['model'].items())
+
+
+def test_a_budget_smaller_than_one_epoch_trains_epoch_0_only(data, tmp_path, log_lines):
+    run = budget_run(data, tmp_path, time=1e-4, noval=True)  # 0.36 s: spent before epoch 0 ends
+    _, rows = read_results_csv(run / 'results.csv')
+    assert len(rows) == 1 and rows[0][5] >= 0  # epoch 0 was validated (timed for the budget) despite --noval
+    assert yaml.safe_load((run / 'opt.yaml').read_text())['epochs'] == 1
+    assert any('Starting training for 0.0001 hours (the epoch count is fixed after epoch 0)' in x for x in log_lines)
+    assert any('1 epoch in all' in x for x in log_lines)
+
+
+def test_reschedule_gives_the_lrs_of_a_scheduler_built_with_the_final_count():
+    """After warm-up (100 iterations at least, more than the tiny runs above have) the scheduler alone sets the LRs:
+    rescheduled after epoch 0, it must hold what a scheduler built for the final count holds."""
+    from utils.engine import optim
+
+    def stepped(epochs: int):
+        params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(3)]
+        opt = torch.optim.SGD([{'params': [p], 'lr': lr} for p, lr in zip(params, (0.01, 0.02, 0.03))])
+        sched = optim.build_scheduler(opt, optim.lr_lambda(epochs, 0.01))
+        opt.step()
+        sched.step()
+        return opt, sched
+
+    want_opt, want = stepped(3)
+    got_opt, got = stepped(100)  # the placeholder
+    assert optim.group_lrs(got_opt) != pytest.approx(optim.group_lrs(want_opt))
+    optim.reschedule(got, optim.lr_lambda(3, 0.01))
+    assert optim.group_lrs(got_opt) == optim.group_lrs(want_opt) == pytest.approx([0.01 * 0.67, 0.02 * 0.67,
+                                                                                   0.03 * 0.67])
+    assert got.get_last_lr() == want.get_last_lr()
+    got.step(), want.step()
+    assert optim.group_lrs(got_opt) == optim.group_lrs(want_opt)  # and it stays on the new schedule
