@@ -134,3 +134,18 @@ def test_reschedule_gives_the_lrs_of_a_scheduler_built_with_the_final_count():
     assert got.get_last_lr() == want.get_last_lr()
     got.step(), want.step()
     assert optim.group_lrs(got_opt) == optim.group_lrs(want_opt)  # and it stays on the new schedule
+
+
+def test_epoch_timer_leaves_out_the_first_steps(monkeypatch):
+    from utils.engine import time_budget
+    clock = iter([0.0, 10.0, 13.0])  # created at 0; iteration 3 starts at 10 s; the epoch ends at 13 s
+    monkeypatch.setattr(time_budget.time, 'perf_counter', lambda: next(clock))
+    timer = time_budget.EpochTimer(9)
+    for i in range(9):
+        timer.step(i)
+    assert timer.steady_s() == pytest.approx(3.0 * 9 / 6)  # 6 settled steps in 3 s: 4.5 s for 9, not 13 s
+    clock = iter([0.0, 2.0])
+    timer = time_budget.EpochTimer(3)  # too short to settle: timed whole, from iteration 0
+    for i in range(3):
+        timer.step(i)
+    assert timer.steady_s() == 2.0

@@ -2,8 +2,9 @@
 
 YOLOv8's ``time=`` re-estimates the epoch count after every epoch and rebuilds the LR schedule each time, so two runs
 with the same seed differ by how fast the machine happened to be. Here the count is decided once, after epoch 0,
-from that epoch's measured duration: the linear (or one-cycle) LR factor of epoch 0 is 1 whatever the total, and the
-warm-up counts iterations, so a budgeted run is step for step the run ``--epochs N`` makes with the N it printed.
+from that epoch's duration (its first steps' one-off costs left out): the linear (or one-cycle) LR factor of epoch 0
+is 1 whatever the total, and the warm-up counts iterations, so a budgeted run is step for step the run ``--epochs N``
+makes with the N it printed.
 
 The budget covers the whole run the trainer sees: setup (dataset generation on first use, caching, AutoAnchor),
 every epoch with its validation, and the final validation of best.pt with its plots, for which twice one
@@ -13,9 +14,34 @@ overrun the budget by that much; the count is not revised, by design.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 FINISH_ALLOWANCE_S = 10.0  # stripping the optimizer from last/best.pt, results.png, the final val's extra plots
+SETTLE_ITERATIONS = 3  # epoch 0's first steps pay one-off costs (kernel choice, allocation, train_batch*.jpg)
+
+
+class EpochTimer:
+    """Times a training epoch as a later epoch will take it: from the start of iteration ``SETTLE_ITERATIONS`` to the
+    end, scaled to every batch (epochs of fewer than twice that many batches are timed whole)."""
+
+    def __init__(self, batches: int):
+        self.batches = batches
+        self.settle = SETTLE_ITERATIONS if batches > 2 * SETTLE_ITERATIONS else 0
+        self.t_settled: float | None = None
+        self.t0 = time.perf_counter()
+
+    def step(self, i: int) -> None:
+        """Call at the top of iteration ``i``."""
+        if i == self.settle and self.settle:
+            self.t_settled = time.perf_counter()
+
+    def steady_s(self) -> float:
+        """Seconds one epoch takes at the rate measured after settling (the whole time if it never settled)."""
+        now = time.perf_counter()
+        if self.t_settled is None:
+            return now - self.t0
+        return (now - self.t_settled) * self.batches / (self.batches - self.settle)
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from utils.engine.evaluator import NOT_EVALUATED, EvalOptions, EvalResults, Eval
 from utils.engine.options import TrainError, TrainInterrupted, TrainOptions, plain_data, save_yaml
 from utils.engine.result_plots import plot_results
 from utils.engine.runlog import RunLogger, progress_header, progress_row
-from utils.engine.time_budget import BudgetDecision, decide_epochs
+from utils.engine.time_budget import BudgetDecision, EpochTimer, decide_epochs
 from utils.engine.train_state import rng_state, scheduler_state, set_rng_state
 from utils.ops.loss import ComputeLoss, LossGains
 from utils.viz.charts import plot_labels
@@ -68,7 +68,7 @@ class Trainer:
         # --time: opt.epochs is the LR schedule's placeholder until epoch 0 has been timed (lf(0) = 1 for any total)
         self.epochs_pending = opt.time is not None and not opt.resume
         self.t_start = time.time()
-        self.train_s = self.val_s = 0.0  # the last epoch's training and validation seconds (the --time decision)
+        self.train_s = self.val_s = 0.0  # the last epoch's steady training and its validation seconds (--time)
         self.plots = not opt.noplots and not opt.evolve
         # fp16 AMP on CUDA (YOLOv5), bf16 autocast on CPUs with AMX or AVX-512 BF16 (ours), else float32 / --no-amp
         self.autocast_dtype = training_autocast_dtype(device, enabled=not options.no_amp)
@@ -277,7 +277,7 @@ class Trainer:
     def train_one_epoch(self, epoch: int) -> None:
         """One pass over the train loader with warmup, AMP, accumulation, clipping and EMA."""
         model, main = self.train_model, self.info.is_main
-        t = time.time()
+        timer = EpochTimer(self.nb)
         model.train()
         self._prepare_epoch(epoch)
         self.mloss = torch.zeros(3, device=self.device)
@@ -287,6 +287,7 @@ class Trainer:
             pbar = tqdm(pbar, total=self.nb, bar_format=TQDM_BAR_FORMAT)
         self.optimizer.zero_grad()
         for i, (imgs, targets, paths, _) in pbar:
+            timer.step(i)
             ni = i + self.nb * epoch
             imgs = self.prepare_images(imgs)
             if ni <= self.nw:
@@ -314,7 +315,7 @@ class Trainer:
                                  self.names)
         self.lr = optim.group_lrs(self.optimizer)
         self.scheduler.step()
-        self.train_s = time.time() - t
+        self.train_s = timer.steady_s()
 
     def _prepare_epoch(self, epoch: int) -> None:
         """Per-epoch sampling: image weights (single process) or the distributed sampler's epoch."""
