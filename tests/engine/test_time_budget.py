@@ -149,3 +149,33 @@ def test_epoch_timer_leaves_out_the_first_steps(monkeypatch):
     for i in range(3):
         timer.step(i)
     assert timer.steady_s() == 2.0
+
+
+def test_killed_budgeted_run_resumes_with_its_fixed_count(data, tmp_path, monkeypatch):
+    """A budgeted run killed after epoch 1 resumes to the count fixed after epoch 0 (no new decision: resuming is
+    another process on another clock) and ends where the --epochs run with that count ends."""
+    plain = budget_run(data, tmp_path, name='epochs3', epochs=3)
+    monkeypatch.setattr(trainer, 'decide_epochs', lambda hours, elapsed_s, *a, **k: BudgetDecision(3, hours * 3600,
+                                                                                                 elapsed_s, 1.0, 1.0))
+    save = trainer.Trainer.save
+
+    def save_then_crash(self, epoch, fi):
+        save(self, epoch, fi)
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer.Trainer, 'save', save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        budget_run(data, tmp_path, name='killed', time=1.0)
+    last = tmp_path / 'killed/weights/last.pt'
+    assert torch.load(last, weights_only=True)['opt']['epochs'] == 3
+
+    def no_decision(*a, **k):
+        raise AssertionError('a resumed run must not decide its epoch count again')
+
+    monkeypatch.setattr(trainer, 'decide_epochs', no_decision)
+    monkeypatch.setattr(trainer.Trainer, 'save', save)
+    assert train.run(resume=str(last)) == tmp_path / 'killed'
+    _, want = read_results_csv(plain / 'results.csv')
+    _, got = read_results_csv(tmp_path / 'killed/results.csv')
+    assert got.shape == (3, 14) and (got == want).all()
