@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import speed, timing  # noqa: E402
+from benchmarks import speed, speed_report, timing  # noqa: E402
 from benchmarks.formats import worker_command  # noqa: E402
 
 ATTENTION = re.compile(r'stages\.\d/stages\.\d\.\d+/stages\.\d\.\d+\.2/')  # the mixer of a block in the export form
@@ -192,7 +192,7 @@ def run(models: list[str], imgsz: int = 640, nc: int = 6, runs: int = 20, thread
         image = tmp / 'image.npy'
         np.save(image, np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32))
         for name in models:
-            label = speed.model_label(name)
+            label = speed_report.model_label(name)
             ckpt = build_checkpoint(name, nc, tmp / f'{label}.pt')
             f = export.run(weights=ckpt, imgsz=[imgsz], include=['onnx'])[0]
             model = eager_model(ckpt)
@@ -206,13 +206,14 @@ def run(models: list[str], imgsz: int = 640, nc: int = 6, runs: int = 20, thread
                 regions.append(region_table(label, graphs[label]))
             if wall:
                 tasks[label] = _runtimes(f, ckpt, image, threads)
-        timed = wall_table(tasks, runs, speed.model_label(models[0])) if tasks else ''
+        timed = wall_table(tasks, runs, speed_report.model_label(models[0])) if tasks else ''
     s = speed.system_info(threads)
     lines = [
         '# ONNX Runtime profile', '',
         f"`{command or 'benchmarks.ort_profile.run()'}` — {s['date']}. {s['cpu']}, instruction sets: {s['isa']}; "
         f"{threads} thread(s); onnxruntime {s['onnxruntime']}, torch {s['torch']}; {imgsz}x{imgsz}, batch 1, "
-        f"nc={nc}, random weights. Load average {speed._load(load0)} at start, {speed._load(timing.loadavg())} at end"
+        f"nc={nc}, random weights. Load average {speed_report.loadavg_text(load0)} at start, "
+        f"{speed_report.loadavg_text(timing.loadavg())} at end"
         + (f'. {note}' if note else '') + '.', '',
     ]
     if graphs:

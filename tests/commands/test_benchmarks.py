@@ -8,7 +8,17 @@ import pytest
 import torch
 import yaml
 
-from benchmarks import backbone_speed, coco_scan, learning, ort_profile, speed, timing, train_profile, train_throughput
+from benchmarks import (
+    backbone_speed,
+    coco_scan,
+    learning,
+    ort_profile,
+    speed,
+    speed_report,
+    timing,
+    train_profile,
+    train_throughput,
+)
 
 # ----------------------------------------------------------------------------------------------------------------
 # speed.py
@@ -39,24 +49,25 @@ def test_interleaved_counts_runs_and_isolates_a_failure():
 
 
 def test_median_and_spread():
-    assert speed.median([3.0, 1.0, 2.0]) == 2.0
-    assert speed.spread([1.0, 2.0, 3.0]) == pytest.approx(1.0)
-    assert speed.median('error: x') is None and speed.spread(None) is None and speed.spread([5.0]) is None
+    assert speed_report.median([3.0, 1.0, 2.0]) == 2.0
+    assert speed_report.spread([1.0, 2.0, 3.0]) == pytest.approx(1.0)
+    assert speed_report.median('error: x') is None and speed_report.spread(None) is None
+    assert speed_report.spread([5.0]) is None
 
 
 def test_model_path_and_labels(root):
     assert speed.model_path('yolov5n') == root / 'models/yolov5n.yaml'
-    assert speed.short_label('yolov5-efficientvit') == 'EffViT-M0'
-    assert speed.short_label('models/yolov5-efficientvit-m5.yaml') == 'EffViT-M5'
-    assert speed.short_label('yolov5x') == 'yolov5x'
-    assert speed.short_label('models/yolov5-timm-resnet18.yaml') == 'timm-resnet18'
-    assert all(speed.model_path(m).is_file() for m in speed.MODELS) and len(speed.MODELS) == 14
+    assert speed_report.short_label('yolov5-efficientvit') == 'EffViT-M0'
+    assert speed_report.short_label('models/yolov5-efficientvit-m5.yaml') == 'EffViT-M5'
+    assert speed_report.short_label('yolov5x') == 'yolov5x'
+    assert speed_report.short_label('models/yolov5-timm-resnet18.yaml') == 'timm-resnet18'
+    assert all(speed.model_path(m).is_file() for m in speed_report.MODELS) and len(speed_report.MODELS) == 14
 
 
 def fake_report(cells: dict, info: dict, cols: list[dict], command: str = 'x') -> dict:
     inv = {'command': command, 'runs': 3, 'warmup': 1, 'train_runs': 1,
            'system': {**speed.system_info(2), 'loadavg_end': [1.0, 2.0, 3.0]}}
-    return speed.new_report(list(info), info, cells, cols, inv, 640)
+    return speed_report.new_report(list(info), info, cells, cols, inv, 640)
 
 
 def test_format_table_ratios_errors_and_throughput(tmp_path):
@@ -68,15 +79,15 @@ def test_format_table_ratios_errors_and_throughput(tmp_path):
              'gpu_b1': dict.fromkeys(info, 'no GPU'),
              'train_b8': {'yolov5n': [800.0], 'big': [1600.0], 'broken': 'error: KeyError: x'}}
     rep = fake_report(cells, info, cols)
-    lines = speed.format_table(rep).splitlines()
+    lines = speed_report.format_table(rep).splitlines()
     assert lines[0] == ('| Model | Params (M) | GFLOPs@640 | CPU eager b1 ms | GPU fp16 b1 ms | '
                         'Train step b8 img/s |')
     assert lines[2] == '| yolov5n | 1.87 | 4.47 | 50.0 (1.00×) | no GPU | 10.0 (1.00×) |'
     assert lines[3] == '| big | 7.00 | 16.5 | 100.0 (2.00×) | no GPU | 5.00 (2.00×) |'
     assert lines[4] == '| broken | - | - | error: KeyError: x | no GPU | (same) |'
-    assert speed.noise_line(rep) == 'CPU eager b1 40 %'  # (60 - 40) / 50; single runs have no spread
-    speed.write_results(tmp_path, rep)
-    assert speed.load_previous(tmp_path) == rep
+    assert speed_report.noise_line(rep) == 'CPU eager b1 40 %'  # (60 - 40) / 50; single runs have no spread
+    speed_report.write_results(tmp_path, rep)
+    assert speed_report.load_previous(tmp_path) == rep
     assert (tmp_path / 'speed.png').stat().st_size > 1000
 
 
@@ -86,25 +97,26 @@ def test_merge_keeps_same_run_ratios(tmp_path):
     first = fake_report({'cpu_b1': {'yolov5n': [10.0], 'yolov5x': [100.0]}}, info, [c1], 'first')
     # second run: machine twice as loaded; b8 column only, and a new b1 number for yolov5n only
     second = fake_report({'cpu_b8': {'yolov5n': [200.0], 'yolov5x': [1000.0]}}, info, [c8], 'second')
-    rep = speed.merge_report(first, second)
+    rep = speed_report.merge_report(first, second)
     assert [c['key'] for c in rep['columns']] == ['cpu_b1', 'cpu_b8']
     assert [i['command'] for i in rep['invocations']] == ['first', 'second']
-    table = speed.format_table(rep).splitlines()
+    table = speed_report.format_table(rep).splitlines()
     assert table[2].endswith('| 10.0 (1.00×) [1] | 200.0 (1.00×) [2] |')  # rows in MODELS order: yolov5n first
     assert table[3].endswith('| 100.0 (10.00×) [1] | 1000 (5.00×) [2] |')
     third = fake_report({'cpu_b8': {'yolov5n': [100.0], 'yolov5x': [300.0]}}, info, [c8], 'third')
-    assert speed.format_table(speed.merge_report(rep, third)).splitlines()[3].endswith('| 300.0 (3.00×) [3] |')
+    merged = speed_report.format_table(speed_report.merge_report(rep, third))
+    assert merged.splitlines()[3].endswith('| 300.0 (3.00×) [3] |')
     with pytest.raises(ValueError, match='measured at 640 px, this run at 64 px'):
-        speed.merge_report(first, {**second, 'imgsz': 64})
+        speed_report.merge_report(first, {**second, 'imgsz': 64})
     (tmp_path / 'speed.json').write_text('{"a": 1}')
     with pytest.raises(ValueError, match='speed.json is not a speed.json written by this script'):
-        speed.load_previous(tmp_path)
+        speed_report.load_previous(tmp_path)
 
 
 def test_format_cell_without_baseline():
     col = speed.column('cpu_b8', 'CPU eager b8 ms', 8)
-    assert speed.format_cell([1234.4], None, col) == '1234'
-    assert speed.format_cell(None, None, col) == 'not run'
+    assert speed_report.format_cell([1234.4], None, col) == '1234'
+    assert speed_report.format_cell(None, None, col) == 'not run'
 
 
 def test_random_targets_are_valid():
