@@ -67,7 +67,7 @@ class Trainer:
         self.epochs, self.start_epoch = opt.epochs, 0
         # --time: opt.epochs is the LR schedule's placeholder until epoch 0 has been timed (lf(0) = 1 for any total)
         self.epochs_pending = opt.time is not None and not opt.resume
-        self.t_start = time.time()
+        self.t_start = 0.0  # fit() starts the --time clock, before setup
         self.train_s = self.val_s = 0.0  # the last epoch's steady training and its validation seconds (--time)
         self.plots = not opt.noplots and not opt.evolve
         # fp16 AMP on CUDA (YOLOv5), bf16 autocast on CPUs with AMX or AVX-512 BF16 (ours), else float32 / --no-amp
@@ -395,7 +395,7 @@ class Trainer:
             if not self.options.nosave or final:
                 self.save(epoch, fi)
         stop, epochs = broadcast_object((stop, self.epochs), self.info)
-        if pending and epochs != self.epochs:  # DDP: the other ranks take rank 0's decision
+        if self.epochs_pending:  # DDP: the other ranks take rank 0's decision
             self.fix_epochs(epochs)
         return bool(stop)
 
