@@ -53,9 +53,12 @@ def describe(dtype: torch.dtype | None, device: torch.device) -> str:
     """One line for the training log."""
     if dtype is None:
         return f'AMP: off, training in float32 on {torch.device(device).type}'
-    unit = cpu_bf16_unit()  # a bf16 dtype forced on a CPU without bf16 hardware says so rather than 'with None'
-    cpu = f'CPU with {unit}' if unit else 'no bf16 hardware on this CPU: emulated, slower than float32'
-    kind = 'fp16 AMP with loss scaling' if dtype == torch.float16 else f'bf16 autocast ({cpu})'
+    if dtype == torch.float16:
+        kind = 'fp16 AMP with loss scaling'
+    else:  # probed only here; a bf16 dtype forced on a CPU without bf16 hardware says so rather than 'with None'
+        unit = cpu_bf16_unit()
+        cpu = f'CPU with {unit}' if unit else 'no bf16 hardware on this CPU: emulated, slower than float32'
+        kind = f'bf16 autocast ({cpu})'
     return f'AMP: {kind}; parameters, optimizer, BatchNorm statistics and loss stay float32 (--no-amp: float32)'
 
 

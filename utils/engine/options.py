@@ -38,7 +38,8 @@ YOLOV5_DEFAULTS = {'epochs': 100, 'batch_size': 16, 'imgsz': 640, 'hyp': DEFAULT
 # Ours, beside them: `time` (hours; see utils/engine/time_budget.py), which a dataset may recommend instead of a fixed
 # epoch count. A recommended time applies only when neither --epochs nor --time is given, and never to --evolve.
 OUR_DEFAULTS = {'time': None}
-RECOMMENDABLE = (*OUR_DEFAULTS, *YOLOV5_DEFAULTS)
+TRAIN_DEFAULTS = {**OUR_DEFAULTS, **YOLOV5_DEFAULTS}  # every flag train_defaults may set, and its value otherwise
+RECOMMENDABLE = tuple(TRAIN_DEFAULTS)
 CACHE_KINDS = ('ram', 'disk', 'val', 'off')  # --cache values; 'off' overrides a dataset's cache recommendation
 
 
@@ -191,7 +192,7 @@ def apply_train_defaults(args: argparse.Namespace) -> argparse.Namespace:
                           for k, v in used.items())
         LOGGER.info(f'train: using {ns.data} train_defaults: {shown} (override with the flags)')
     for k in unset:
-        setattr(ns, k, used.get(k, recommended.get(k, {**YOLOV5_DEFAULTS, **OUR_DEFAULTS}[k])))
+        setattr(ns, k, recommended.get(k, TRAIN_DEFAULTS[k]))  # 'epochs' beside a 'time': the schedule's placeholder
     if ns.cache == 'off':
         ns.cache = None
     return ns
