@@ -81,6 +81,8 @@ class Detect(nn.Module):
         z = []
         for i in range(self.nl):
             x[i] = self.m[i](x[i])
+            if x[i].dtype == torch.bfloat16:  # bf16 autocast (CPU): 8 mantissa bits round a 224-px coordinate to 1 px
+                x[i] = x[i].float()  # so decode (and the loss on the raw outputs) in float32
             bs, _, ny, nx = x[i].shape
             x[i] = x[i].view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
             if not self.training:

@@ -265,13 +265,15 @@ def test_bf16_autocast_training_step_follows_float32(cfg, min_cosine):
     model.hyp = load_hyp(HYP)
     x = torch.rand(4, 3, 160, 160).contiguous(memory_format=torch.channels_last)
     targets = torch.tensor([[i, i % 3, 0.3 + 0.1 * i, 0.5, 0.3, 0.4] for i in range(4)])
-    results = []
+    results, head_dtypes = [], []
+    model.model[-1].m[0].register_forward_hook(lambda m, i, out: head_dtypes.append(out.dtype))
     for dtype in (None, torch.bfloat16):
         model.zero_grad()
         with torch.autocast('cpu', dtype=dtype, enabled=dtype is not None):
             pred = model(x)
-        assert pred[0].dtype == (dtype or torch.float32)  # the detector really ran in bf16
-        loss, _ = ComputeLoss(model)([p.float() for p in pred], targets)
+        assert head_dtypes[-1] == (dtype or torch.float32)  # the detector really ran in bf16
+        assert pred[0].dtype == torch.float32  # Detect hands the loss float32
+        loss, _ = ComputeLoss(model)(pred, targets)
         loss.backward()
         results.append((loss.item(), torch.cat([p.grad.flatten() for p in model.parameters()])))
     (l0, g0), (l1, g1) = results
@@ -288,15 +290,36 @@ def test_trainer_precision_follows_no_amp_and_the_cpu(monkeypatch):
     cpu = torch.device('cpu')
     trainer = Trainer(options.TrainOptions(), cpu)
     assert trainer.autocast_dtype == torch.bfloat16 and trainer.amp is False  # no GradScaler on the CPU
+    from models.yolo import Model
     conv = torch.nn.Conv2d(3, 4, 1)
-    pred = trainer.predict(lambda x: [conv(x)], torch.rand(1, 3, 4, 4))
-    assert pred[0].dtype == torch.float32
+    pred = trainer.predict(Model('models/yolov5n.yaml', nc=3, verbose=False).train(), torch.rand(1, 3, 64, 64))
+    assert [p.dtype for p in pred] == [torch.float32] * 3
     with trainer.autocast():
         assert conv(torch.rand(1, 3, 4, 4)).dtype == torch.bfloat16
     assert Trainer(options.TrainOptions(no_amp=True), cpu).autocast_dtype is None
     monkeypatch.setattr(precision, 'cpu_bf16_unit', lambda: None)
     assert Trainer(options.TrainOptions(), cpu).autocast_dtype is None
     assert train.parse_opt(args=['--no-amp']).no_amp is True and train.parse_opt(args=[]).no_amp is False
+
+
+@pytest.mark.parametrize('bf16_unit', ['AVX-512 BF16', None])
+def test_epoch_validation_follows_the_training_precision(monkeypatch, tmp_path, bf16_unit):
+    """A run training under bf16 validates its epochs under bf16 (YOLOv5 validates in fp16 under CUDA AMP) and best.pt
+    in float32, so the final numbers are val.py's; a float32 run validates in float32 throughout."""
+    from types import SimpleNamespace
+
+    from utils.core import precision
+    from utils.engine import trainer as trainer_module
+    monkeypatch.setattr(precision, 'cpu_bf16_unit', lambda: bf16_unit)
+    seen = []
+    monkeypatch.setattr(trainer_module, 'Evaluator', lambda names, o, **kw: seen.append(o.bf16) or o)
+    monkeypatch.setattr(trainer_module, 'validate', lambda model, loader, evaluator: evaluator)
+    trainer = trainer_module.Trainer(options.TrainOptions(), torch.device('cpu'))
+    trainer.data, trainer.names, trainer.compute_loss, trainer.save_dir = {}, {0: 'a'}, None, tmp_path
+    trainer.val_loader = SimpleNamespace(dataset=None)
+    trainer.validate(None)
+    trainer.validate(None, final=True)
+    assert seen == ([True, False] if bf16_unit else [False, False])
 
 
 @pytest.mark.parametrize('bad', [0, 2.5, 'big', True])

@@ -280,6 +280,26 @@ def test_training_call_losses_and_quiet(gt_dir, log_text):
     assert '                   all          2          3' in out and 'red  ' not in out and 'Speed' not in out
 
 
+@pytest.mark.parametrize('bf16, is_backend, expect', [(True, False, torch.bfloat16), (False, False, None),
+                                                       (True, True, None)])
+def test_bf16_option_autocasts_pytorch_models_on_the_cpu(gt_dir, bf16, is_backend, expect):
+    """``bf16`` (the trainer's per-epoch validation under bf16) runs a PyTorch model under CPU bf16 autocast; never an
+    exported backend, and without the option nothing is autocast."""
+
+    class Recording(FakeModel):
+        def forward(self, im):
+            on = torch.is_autocast_enabled('cpu')
+            self.dtypes.append(torch.get_autocast_dtype('cpu') if on else None)
+            return super().forward(im)
+
+    loader = create_dataloader(str(gt_dir), 64, 2, 32, pad=0.5, workers=0)[0]
+    model = Recording(perfect(), 3)
+    model.dtypes, model.is_backend = [], is_backend
+    evaluator = Evaluator(NAMES, EvalOptions(bf16=bf16), dataset=loader.dataset)
+    map50 = validate(model, SpyLoader(loader, model), evaluator).map50
+    assert model.dtypes == [expect] and map50 == pytest.approx(1.0)
+
+
 def test_save_dir_required(gt_dir):
     with pytest.raises(ValueError, match='save_dir is required'):
         run_validate(gt_dir, perfect(), save_json=True)

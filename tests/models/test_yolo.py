@@ -169,6 +169,22 @@ def test_half_and_to_convert_detect_state():
     assert pred.dtype == torch.float64
 
 
+def test_detect_decodes_in_float32_under_bf16_autocast():
+    """Under CPU bf16 autocast the convs run in bf16, but Detect decodes in float32: bf16 keeps 8 significant bits, so
+    a coordinate near 224 px would round to whole pixels. The boxes equal a float32 decode of the same raw outputs."""
+    model = DetectionModel('yolov5n.yaml', nc=2, verbose=False).eval()
+    head_dtypes = []
+    model.model[-1].m[0].register_forward_hook(lambda m, i, out: head_dtypes.append(out.dtype))
+    x = torch.rand(1, 3, 224, 224)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        pred, raw = model(x)
+    assert head_dtypes == [torch.bfloat16] and pred.dtype == torch.float32
+    assert all(r.dtype == torch.float32 for r in raw)
+    det = model.model[-1]
+    torch.testing.assert_close(pred, torch.cat([det._decode(r, i) for i, r in enumerate(raw)], 1), rtol=0, atol=0)
+    assert (pred[..., :2] % 1).abs().sum() > 0  # fractional pixels survive
+
+
 def test_layer_table_and_summary_text(yolov5n, log_text):
     result = yolov5n.info()
     text = log_text.getvalue()

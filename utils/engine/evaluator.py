@@ -42,6 +42,7 @@ class EvalOptions:
     max_det: int = 300
     single_cls: bool = False
     half: bool = False  # fp16 autocast for PyTorch models on CUDA
+    bf16: bool = False  # bf16 autocast for PyTorch models on the CPU (the trainer's per-epoch validation under bf16)
     augment: bool = False  # test-time augmentation
     save_dir: Path | None = None  # needed by save_txt, save_json and plots
     plots: bool = False
@@ -282,10 +283,18 @@ def _model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _forward(model, im: torch.Tensor, augment: bool, half: bool) -> tuple[torch.Tensor, list | None]:
+def _autocast_dtype(model, device: torch.device, half: bool, bf16: bool) -> torch.dtype | None:
+    """fp16 for ``half`` on CUDA, bf16 for ``bf16`` on the CPU, else None (exported backends: always None)."""
+    if getattr(model, 'is_backend', False):
+        return None
+    if half and device.type == 'cuda':
+        return torch.float16
+    return torch.bfloat16 if bf16 and device.type == 'cpu' else None
+
+
+def _forward(model, im: torch.Tensor, augment: bool, dtype: torch.dtype | None) -> tuple[torch.Tensor, list | None]:
     """(pred, train_out or None): eval-mode DetectionModels return a tuple, exported backends a bare tensor."""
-    use_amp = half and im.device.type == 'cuda' and not getattr(model, 'is_backend', False)
-    with torch.autocast('cuda', enabled=use_amp):
+    with torch.autocast(im.device.type, dtype=dtype, enabled=dtype is not None):
         out = model(im, augment=augment) if augment else model(im)
     if isinstance(out, (list, tuple)):
         return out[0].float(), (out[1] if len(out) > 1 else None)
@@ -301,6 +310,7 @@ def validate(model, dataloader, evaluator: Evaluator) -> EvalResults:
     model.eval()
     evaluator.reset()
     o, t = evaluator.options, evaluator.timers
+    dtype = _autocast_dtype(model, device, o.half, o.bf16)
     LOGGER.info(o.prefix + HEADER)
     try:
         for im, targets, paths, shapes in tqdm(dataloader, leave=False, bar_format=TQDM_BAR_FORMAT):
@@ -308,7 +318,7 @@ def validate(model, dataloader, evaluator: Evaluator) -> EvalResults:
                 im = im.to(device, non_blocking=True).float() / 255
                 targets = targets.to(device)
             with t.inference:
-                predictions = _forward(model, im, o.augment, o.half)
+                predictions = _forward(model, im, o.augment, dtype)
             evaluator.process((im, targets, paths, shapes), predictions)
     finally:
         if was_training:
