@@ -148,6 +148,51 @@ def region_table(label: str, nodes: dict[str, tuple[str, float]]) -> str:
     return '\n'.join([f'| {label}: part | ms | share |', '|---|---:|---:|', *rows])
 
 
+def conv_shapes(f: Path) -> dict[str, tuple[str, int]]:
+    """{tensor name: (kind, multiply-adds)} for every Conv of an ONNX file, by its output and by the output of an
+    activation or Add reading it (what ORT names the fused node after), shapes from ONNX shape inference."""
+    import onnx
+    from onnx import shape_inference
+
+    g = shape_inference.infer_shapes(onnx.load(str(f))).graph
+    dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in (*g.value_info, *g.output)}
+    weights = {t.name: list(t.dims) for t in g.initializer}
+    out = {}
+    for n in g.node:
+        w, y = weights.get(n.input[1]) if n.op_type == 'Conv' else None, dims.get(n.output[0])
+        if not w or not y or 0 in y:
+            continue
+        groups = next((a.i for a in n.attribute if a.name == 'group'), 1)
+        k = f'{w[2]}×{w[3]}'
+        kind = f'depthwise {k}' if groups > 1 and groups == y[1] else f'grouped {k}' if groups > 1 else k
+        out[n.output[0]] = (kind, int(np.prod(y)) * int(np.prod(w[1:])))
+    for n in g.node:
+        if n.op_type in ('Relu', 'Sigmoid', 'Mul', 'Add') and n.input[0] in out and n.output[0] not in out:
+            out[n.output[0]] = out[n.input[0]]
+    return out
+
+
+def conv_table(label: str, nodes: dict[str, tuple[str, float]], shapes: dict[str, tuple[str, int]]) -> str:
+    """Markdown: a graph's Conv kernel time by kind of convolution, with the arithmetic rate each kind reaches
+    (GFLOP/s = 2 x multiply-adds / kernel time) and the fastest single Conv node's rate."""
+    acc: dict[str, list] = collections.defaultdict(lambda: [0.0, 0, 0])
+    best = 0.0
+    for name, (op, us) in nodes.items():
+        key = name.removesuffix('_nchwc')
+        if 'Conv' not in op or key not in shapes or us <= 0:
+            continue
+        kind, macs = shapes[key]
+        a = acc[kind]
+        a[0], a[1], a[2] = a[0] + us, a[1] + macs, a[2] + 1
+        best = max(best, 2 * macs / us / 1e3)
+    rows = [f'| {k} | {n} | {us / 1000:.2f} | {macs / 1e9:.3f} | {2 * macs / us / 1e3:.0f} |'
+            for k, (us, macs, n) in sorted(acc.items(), key=lambda kv: -kv[1][0])]
+    us, macs = sum(a[0] for a in acc.values()), sum(a[1] for a in acc.values())
+    rows.append(f'| **all** | {sum(a[2] for a in acc.values())} | **{us / 1000:.2f}** | {macs / 1e9:.3f} | '
+                f'{2 * macs / max(us, 1e-9) / 1e3:.0f} (fastest node {best:.0f}) |')
+    return '\n'.join([f'| {label}: conv kind | nodes | ms | GMAC | GFLOP/s |', '|---|---:|---:|---:|---:|', *rows])
+
+
 def wall_table(tasks: dict[str, dict[str, list[str]]], runs: int, base: str) -> str:
     """Markdown: per model the wall-clock medians of its runtimes (worker commands), each in its own process,
     interleaved in warm turns (benchmarks/timing.py); ratios to ``base``."""
@@ -186,7 +231,7 @@ def run(models: list[str], imgsz: int = 640, nc: int = 6, runs: int = 20, thread
     threads = threads or timing.physical_cores()
     torch.set_num_threads(threads)
     load0 = timing.loadavg()
-    graphs, regions, tasks = {}, [], {}
+    graphs, regions, convs, tasks = {}, [], [], {}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         image = tmp / 'image.npy'
@@ -201,6 +246,7 @@ def run(models: list[str], imgsz: int = 640, nc: int = 6, runs: int = 20, thread
                 graphs[f'{label} (before)'] = profile(fb, imgsz, threads, runs, tmp)
             if prof:
                 graphs[label] = profile(f, imgsz, threads, runs, tmp)
+                convs.append(conv_table(label, graphs[label], conv_shapes(f)))
                 print(f'profiled {label}', flush=True)
             if prof and _has_efficientvit(model):
                 regions.append(region_table(label, graphs[label]))
@@ -224,6 +270,10 @@ def run(models: list[str], imgsz: int = 640, nc: int = 6, runs: int = 20, thread
             'NCHWc Reorders inserted). "(before)": the graph export.py wrote before EfficientViT had an export form.']
     if regions:
         lines += ['', '## EfficientViT by part of the model', '', *[r + '\n' for r in regions]]
+    if convs:
+        lines += ['', '## Convolutions: time and arithmetic rate by kind', '', *[c + '\n' for c in convs],
+                  'Multiply-adds from ONNX shape inference on the exported graph; a Conv fused with its activation or '
+                  'residual Add counts once. The fastest node bounds what this CPU and ORT reach on a convolution.']
     if timed:
         lines += ['', '## Wall clock', '', timed, '',
                   f'Medians of {runs} turns, every model and runtime in its own process, interleaved, '

@@ -164,6 +164,31 @@ def test_op_and_region_tables():
     assert '| NCHWc layout reorders | 0.05 | 4 % |' in parts and '| backbone: patch embedding | 0.10 | 8 % |' in parts
 
 
+def test_conv_shapes_and_rates(tmp_path):
+    """Multiply-adds of a 1x1 conv (fused with its ReLU, named after the ReLU's output as ORT names it) and of a
+    depthwise 3x3 conv on a 5x5 map, and the GFLOP/s the table derives from made-up kernel times."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w1 = numpy_helper.from_array(np.zeros((8, 4, 1, 1), np.float32), 'w1')
+    w2 = numpy_helper.from_array(np.zeros((8, 1, 3, 3), np.float32), 'w2')
+    graph = helper.make_graph(
+        [helper.make_node('Conv', ['x', 'w1'], ['c1']), helper.make_node('Relu', ['c1'], ['r1']),
+         helper.make_node('Conv', ['r1', 'w2'], ['c2'], group=8, pads=[1, 1, 1, 1])],
+        'g', [helper.make_tensor_value_info('x', TensorProto.FLOAT, [1, 4, 5, 5])],
+        [helper.make_tensor_value_info('c2', TensorProto.FLOAT, [1, 8, 5, 5])], [w1, w2])
+    f = tmp_path / 'g.onnx'
+    onnx.save(helper.make_model(graph), str(f))
+    shapes = ort_profile.conv_shapes(f)
+    assert shapes == {'c1': ('1×1', 800), 'r1': ('1×1', 800), 'c2': ('depthwise 3×3', 1800)}
+    table = ort_profile.conv_table('m', {'r1_nchwc': ('Conv', 0.8), 'c2': ('Conv', 3.6), 'x': ('Relu', 9.0)},
+                                   shapes).splitlines()
+    assert table[2] == '| depthwise 3×3 | 1 | 0.00 | 0.000 | 1 |'  # 3600 FLOP in 3.6 µs: 1 GFLOP/s
+    assert table[3] == '| 1×1 | 1 | 0.00 | 0.000 | 2 |'
+    assert table[4] == '| **all** | 2 | **0.00** | 0.000 | 1 (fastest node 2) |'
+
+
 def test_ort_profile_errors(capsys):
     with pytest.raises(SystemExit, match=r"no model YAML for \['nonexistent'\]"):
         ort_profile.main(['--models', 'nonexistent'])
