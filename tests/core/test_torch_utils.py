@@ -1,11 +1,9 @@
 """utils.core.torch_utils: seeding for reproducible training without the NaN-fill cost, and the usable core count."""
 import os
 
-import pytest
 import torch
 
-from utils.core import torch_utils
-from utils.core.torch_utils import available_cpus, cpu_loader_workers, init_seeds
+from utils.core.torch_utils import available_cpus, init_seeds
 
 
 def test_deterministic_seeding_skips_the_nan_fill():
@@ -25,18 +23,6 @@ def test_deterministic_seeding_skips_the_nan_fill():
 
 def test_available_cpus_is_the_affinity_mask():
     assert available_cpus() == len(os.sched_getaffinity(0))
-
-
-@pytest.mark.parametrize('cores, threads, requested, expect', [
-    (2, 2, 8, 0),  # this 2-core VM: torch's two threads take both cores
-    (16, 8, 8, 8),  # SMT: torch takes the physical cores, the workers the siblings
-    (16, 8, 3, 3),  # --workers is a maximum
-    (2, 4, 8, 0),  # more threads than cores: never negative
-])
-def test_cpu_loader_workers_get_only_the_cores_torch_leaves_free(monkeypatch, cores, threads, requested, expect):
-    monkeypatch.setattr(torch_utils, 'available_cpus', lambda: cores)
-    monkeypatch.setattr(torch, 'get_num_threads', lambda: threads)
-    assert cpu_loader_workers(requested) == expect
 
 
 def _saves_a_copy(act: torch.nn.Module) -> bool:

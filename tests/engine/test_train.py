@@ -302,18 +302,6 @@ def test_trainer_precision_follows_no_amp_and_the_cpu(monkeypatch):
     assert train.parse_opt(args=['--no-amp']).no_amp is True and train.parse_opt(args=[]).no_amp is False
 
 
-def test_cpu_training_gives_workers_only_free_cores(data, tmp_path, monkeypatch, log_lines):
-    """On the CPU, --workers 2 becomes 0 workers when torch's threads take every core available (a worker would
-    preempt them), and the log says why; the run trains as with workers (augmentation is seeded per sample)."""
-    from utils.core import torch_utils
-    from utils.engine import trainer as trainer_module
-    monkeypatch.setattr(torch_utils, 'available_cpus', lambda: torch.get_num_threads())
-    monkeypatch.setattr(trainer_module, 'available_cpus', lambda: torch.get_num_threads())
-    tiny_run(data, tmp_path, workers=2, noval=True, nosave=True, noplots=True)
-    line = next(x for x in log_lines if 'dataloader workers' in x)
-    assert "\nUsing 0 dataloader workers (training on the CPU: torch's " in line
-
-
 @pytest.mark.parametrize('bf16_unit', ['AVX-512 BF16', None])
 def test_epoch_validation_follows_the_training_precision(monkeypatch, tmp_path, bf16_unit):
     """A run training under bf16 validates its epochs under bf16 (YOLOv5 validates in fp16 under CUDA AMP) and best.pt

@@ -104,17 +104,6 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def cpu_loader_workers(requested: int) -> int:
-    """Dataloader workers beside a computation on the CPU: at most the cores torch's intra-op threads leave free.
-
-    YOLOv5 gives the loader a worker per core. When torch's threads already compute on every core, a worker can only
-    preempt one of them, and every parallel op then waits for that thread: the quick start's M0 epoch ran 1.12x faster
-    with its augmentation in the main process than with 2 workers on 2 cores (4 of 4 interleaved pairs; 1.06x without
-    the image cache, level for yolov5n at 320 px), validation 1.04x. The batches are the same either way (the
-    augmentation is seeded per sample)."""
-    return max(0, min(requested, available_cpus() - torch.get_num_threads()))
-
-
 def init_seeds(seed: int = 0, deterministic: bool = False) -> None:
     """Seed python, numpy and torch (all devices); optionally ask torch for deterministic algorithms."""
     random.seed(seed)

@@ -28,14 +28,7 @@ from utils.core.logging import LOGGER, TQDM_BAR_FORMAT, colorstr
 from utils.core.precision import describe as describe_precision
 from utils.core.precision import training_autocast_dtype
 from utils.core.sizes import check_img_size
-from utils.core.torch_utils import (
-    available_cpus,
-    cpu_loader_workers,
-    de_parallel,
-    init_seeds,
-    out_of_place_for_training,
-    training_memory_format,
-)
+from utils.core.torch_utils import de_parallel, init_seeds, out_of_place_for_training, training_memory_format
 from utils.data.coco import is_coco
 from utils.data.config import check_dataset
 from utils.data.loader import create_dataloader
@@ -139,17 +132,10 @@ class Trainer:
             if note:
                 LOGGER.info(note)
             LOGGER.info(f'Image sizes {self.imgsz} train, {self.imgsz} val\n'
-                        f'Using {self.train_loader.num_workers} dataloader workers{self.workers_note()}\n'
+                        f'Using {self.train_loader.num_workers} dataloader workers\n'
                         f"Logging results to {colorstr('bold', str(self.save_dir))}\n"
                         + (f'Starting training for {opt.time:g} hours (the epoch count is fixed after epoch 0)...'
                            if self.epochs_pending else f'Starting training for {self.epochs} epochs...'))
-
-    def workers_note(self) -> str:
-        """Why a CPU run has fewer dataloader workers than YOLOv5 would give it (see ``cpu_loader_workers``)."""
-        if self.device.type != 'cpu' or self.train_loader.num_workers >= min(self.options.workers, available_cpus()):
-            return ''
-        return (f" (training on the CPU: torch's {torch.get_num_threads()} threads compute on the "
-                f'{available_cpus()} cores available, and a worker beside them would only preempt one)')
 
     def build_model(self) -> dict | None:
         """Model from --cfg / --weights (transfer by name and shape) or, on resume, exactly from last.pt."""
@@ -184,11 +170,10 @@ class Trainer:
     def build_data(self) -> None:
         """Train loader on every rank (distributed sampler in DDP), val loader on rank 0 only."""
         opt, ws = self.options, self.info.world_size
-        workers = cpu_loader_workers(opt.workers) if self.device.type == 'cpu' else opt.workers
         self.train_loader, self.dataset = create_dataloader(
             self.data['train'], self.imgsz, self.batch_size // ws, self.gs, opt.single_cls, hyp=self.hyp,
             augment=True, cache=None if opt.cache == 'val' else opt.cache, rect=opt.rect, rank=self.info.local_rank,
-            workers=workers, image_weights=opt.image_weights, quad=opt.quad, prefix=colorstr('train: '),
+            workers=opt.workers, image_weights=opt.image_weights, quad=opt.quad, prefix=colorstr('train: '),
             shuffle=True, seed=opt.seed, nc=self.nc, root=self.data['path'])
         labels = np.concatenate([lb.reshape(-1, 5) for lb in self.dataset.labels], 0)
         if len(labels) and int(labels[:, 0].max()) >= self.nc:
@@ -199,7 +184,7 @@ class Trainer:
         if self.info.is_main:
             self.val_loader = create_dataloader(
                 self.data['val'], self.imgsz, self.batch_size // ws * 2, self.gs, opt.single_cls, hyp=self.hyp,
-                cache=None if opt.noval else opt.cache, rect=True, rank=-1, workers=workers * 2, pad=0.5,
+                cache=None if opt.noval else opt.cache, rect=True, rank=-1, workers=opt.workers * 2, pad=0.5,
                 prefix=colorstr('val: '), nc=self.nc, root=self.data['path'])[0]
 
     def build_optimizer(self) -> None:
