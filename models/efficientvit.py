@@ -36,7 +36,7 @@ from models.efficientvit_weights import (  # noqa: F401  (public names, importab
 from models.registry import register_module
 from utils.core.precision import conv_float32_under_cpu_autocast
 from utils.core.sizes import round_to_nearest_multiple, round_up_to_multiple
-from utils.core.torch_utils import channels_last_grad
+from utils.core.torch_utils import channels_last_grad, nchw_grad
 
 __all__ = ['EfficientViT', 'EfficientViT_M0', 'EfficientViT_M1', 'EfficientViT_M2', 'EfficientViT_M3',
            'EfficientViT_M4', 'EfficientViT_M5', 'VARIANTS', 'PretrainedError', 'LoadReport', 'load_pretrained',
@@ -58,14 +58,15 @@ class ConvNorm(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """conv -> BN. In training on channels-last maps, BN's gradient is handed back channels-last, and BN over
-        few channels (<= 8: the first patch-embedding layer) runs in NCHW, where PyTorch's CPU kernel is 2x faster
-        (forward and backward compute the same function; ``tests/models/test_efficientvit.py`` checks gradients).
-        Under CPU bf16 autocast, depthwise convs whose bf16 backward is slow run in float32 (utils/core/precision)."""
+        few channels (<= 8: the first patch-embedding layer) runs in NCHW, where PyTorch's CPU kernel is 2x faster,
+        with its gradient made NCHW too (a mixed-layout backward is 2.2x slower). Forward and backward compute the
+        same function (``tests/models/test_efficientvit.py`` checks gradients). Under CPU bf16 autocast, depthwise
+        convs whose bf16 backward is slow run in float32 (utils/core/precision)."""
         y = conv_float32_under_cpu_autocast(self.c, x)
         if not (self.training and y.requires_grad and y.is_contiguous(memory_format=torch.channels_last)):
             return self.bn(y)
         if y.shape[1] <= 8 and not y.is_contiguous():
-            return self.bn(y.contiguous()).contiguous(memory_format=torch.channels_last)
+            return nchw_grad(self.bn(y.contiguous())).contiguous(memory_format=torch.channels_last)
         return channels_last_grad(self.bn(y))
 
     @torch.no_grad()

@@ -96,6 +96,20 @@ def channels_last_grad(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _to_contiguous(grad: torch.Tensor) -> torch.Tensor:
+    return grad.contiguous()
+
+
+def nchw_grad(x: torch.Tensor) -> torch.Tensor:
+    """``x`` unchanged, but its gradient reaches the layer before in NCHW layout when ``x`` is NCHW: the mirror of
+    ``channels_last_grad`` for a layer computed in NCHW inside a channels-last network, whose gradient comes back
+    channels-last (EfficientViT's 8-channel stem BatchNorm: its backward 2.2x faster with one NCHW copy of the
+    gradient, bf16, 112x112, batch 16)."""
+    if x.requires_grad and x.dim() == 4 and x.is_contiguous() and x.shape[1] > 1:
+        x.register_hook(_to_contiguous)
+    return x
+
+
 def available_cpus() -> int:
     """Cores this process may run on (its affinity mask, what a container or ``taskset`` grants), not the machine's."""
     try:
