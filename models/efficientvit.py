@@ -253,9 +253,10 @@ class CascadedGroupAttention(nn.Module):
         for i, (qkv, dw) in enumerate(zip(self.qkvs, self.dws)):
             if i > 0:
                 feat = feat + splits[i]
-            y = qkv(feat.reshape(B, H, W, d).permute(0, 3, 1, 2))
-            q, k, v = y.permute(0, 2, 3, 1).reshape(B, N, 2 * kd + d).split([kd, kd, d], dim=-1)
-            q = dw(y[:, :kd].contiguous(memory_format=torch.channels_last)).permute(0, 2, 3, 1).reshape(B, N, kd)
+            # one channel split of the map, whose backward is one cat (no zero-filled slice gradients to add up)
+            q, k, v = qkv(feat.reshape(B, H, W, d).permute(0, 3, 1, 2)).split([kd, kd, d], dim=1)
+            q = dw(q.contiguous(memory_format=torch.channels_last))
+            q, k, v = (t.permute(0, 2, 3, 1).reshape(B, N, t.shape[1]) for t in (q, k, v))  # token views
             attn = ((q @ k.transpose(1, 2)) * self.scale + bias[i]).softmax(dim=-1)
             feat = attn @ v
             outs.append(feat)
