@@ -1,4 +1,5 @@
-"""utils.core.torch_utils: seeding for reproducible training without the NaN-fill cost, and the usable core count."""
+"""utils.core.torch_utils: seeding for reproducible training without the NaN-fill cost, the usable core count and
+the gradient layout hooks."""
 import os
 
 import torch
@@ -23,6 +24,24 @@ def test_deterministic_seeding_skips_the_nan_fill():
 
 def test_available_cpus_is_the_affinity_mask():
     assert available_cpus() == len(os.sched_getaffinity(0))
+
+
+def test_few_channel_bn_backward_gets_an_nchw_gradient():
+    """The stem's 8-channel BN runs in NCHW inside the channels-last network; its gradient is made NCHW before BN's
+    backward (a channels-last gradient takes the mixed-layout kernel, 4.8 instead of 0.9 ms in an M0 training step at
+    224 px, batch 16, bf16), and the block still hands back channels-last maps."""
+    from models.efficientvit import ConvNorm
+
+    m = ConvNorm(3, 8, 3, 2, 1).train()
+    x = torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = m(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    bn_node = y.grad_fn.next_functions[0][0]
+    assert type(bn_node).__name__ == 'NativeBatchNormBackward0'
+    layouts = []
+    bn_node.register_prehook(lambda grads: layouts.append(grads[0].is_contiguous()))
+    y.backward(torch.ones_like(y).contiguous(memory_format=torch.channels_last))
+    assert layouts == [True]
 
 
 def _saves_a_copy(act: torch.nn.Module) -> bool:

@@ -584,24 +584,6 @@ def _detector_grads(monkeypatch, plain: bool) -> tuple[list[torch.Tensor], dict]
     return [p.grad.clone() for p in model.parameters()], buffers
 
 
-def test_few_channel_bn_backward_gets_an_nchw_gradient():
-    """The stem's 8-channel BN runs in NCHW inside the channels-last network; its gradient is made NCHW before BN's
-    backward (a channels-last gradient takes the mixed-layout kernel, 4.8 instead of 0.9 ms in an M0 training step at
-    224 px, batch 16, bf16), and the block still hands back channels-last maps."""
-    from models.efficientvit import ConvNorm
-
-    m = ConvNorm(3, 8, 3, 2, 1).train()
-    x = torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last).requires_grad_()
-    y = m(x)
-    assert y.is_contiguous(memory_format=torch.channels_last)
-    bn_node = y.grad_fn.next_functions[0][0]
-    assert type(bn_node).__name__ == 'NativeBatchNormBackward0'
-    layouts = []
-    bn_node.register_prehook(lambda grads: layouts.append(grads[0].is_contiguous()))
-    y.backward(torch.ones_like(y).contiguous(memory_format=torch.channels_last))
-    assert layouts == [True]
-
-
 def test_training_path_gradients_equal_the_plain_path_in_float64(monkeypatch):
     """The training-speed changes (BN gradients handed back channels-last, NCHW BN for <= 8 channels, attention on
     channels-last maps as token views) compute the same function and the same gradients as plain conv -> BN and the
