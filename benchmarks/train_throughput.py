@@ -1,10 +1,14 @@
 """Training throughput, this checkout against another (e.g. a checkout of an older main), interleaved.
 
-Each run is a fresh process that trains one epoch with train.py's options (``train.run(epochs=1, ...)``) and times
-only the epoch's training loop (``Trainer.train_one_epoch``: data, forward, loss, backward, optimizer, EMA; not the
+Each run is a fresh process that trains ``--epoch K`` + 1 epochs with train.py's options and times only the last
+epoch's training loop (``Trainer.train_one_epoch``: data, forward, loss, backward, optimizer, EMA; not the
 setup, validation or saving), so startup and validation do not dilute the ratio. Runs alternate A B A B ... and the
 table gives the median images/s of each checkout and the median of the per-pair ratios, with a distribution-free
 interval for that median (``timing.median_interval``: on a noisy host, how far apart two medians must be to differ).
+Epoch 0 (the default, as all our tables until 2026-12-07) also pays one-off costs: the dataloader workers' start-up
+(forking them, their first batches) and kernel selection. That is fair between two checkouts that start the same
+workers, not between runs with different worker counts: ``--epoch 1`` times a steady epoch (a 1.12x of epoch 0 was
+1.04x there).
 
 Usage:
     python benchmarks/train_throughput.py --baseline ../main-old --runs 3                        # the quick start
@@ -54,14 +58,15 @@ images = []
 Trainer.train_one_epoch = timed
 import train
 train.run(**kwargs)
-print('THROUGHPUT ' + json.dumps({'seconds': seconds[0], 'images': images[0]}))
+print('THROUGHPUT ' + json.dumps({'seconds': seconds[-1], 'images': images[-1]}))
 '''
 
 
-def train_kwargs(extra: list[str], project: str) -> dict:
-    """``--flag value`` pairs (and bare ``--flag`` switches) -> train.run keyword arguments, plus one epoch,
-    no validation, no saving, no plots, into ``project``; image size and batch size default to this checkout's
-    (the data's ``train_defaults``) and are passed to both checkouts, so they train the same batches."""
+def train_kwargs(extra: list[str], project: str, epoch: int = 0) -> dict:
+    """``--flag value`` pairs (and bare ``--flag`` switches) -> train.run keyword arguments, plus ``epoch`` + 1
+    epochs (the last one is timed), no validation, no saving, no plots, into ``project``; image size and batch size
+    default to this checkout's (the data's ``train_defaults``) and are passed to both checkouts, so they train the
+    same batches."""
     kwargs, i = {}, 0
     while i < len(extra):
         key = extra[i].lstrip('-').replace('-', '_')
@@ -72,7 +77,7 @@ def train_kwargs(extra: list[str], project: str) -> dict:
         else:
             kwargs[key] = True
             i += 1
-    kwargs.update(epochs=1, noval=True, nosave=True, noplots=True, project=project, name='run', exist_ok=True)
+    kwargs.update(epochs=epoch + 1, noval=True, nosave=True, noplots=True, project=project, name='run', exist_ok=True)
     if 'img' in kwargs:
         kwargs['imgsz'] = kwargs.pop('img')
     rec = options.dataset_train_defaults(kwargs.get('data', options.DEFAULT_DATA))
@@ -97,7 +102,7 @@ def main(args: argparse.Namespace, extra: list[str]) -> str:
     repos = {'this checkout': ROOT, 'baseline': Path(args.baseline).resolve()}
     speeds: dict[str, list[float]] = {k: [] for k in repos}
     with tempfile.TemporaryDirectory() as tmp:
-        kwargs = train_kwargs(extra, tmp)
+        kwargs = train_kwargs(extra, tmp, args.epoch)
         for r in range(args.runs):
             for name, repo in repos.items():
                 speeds[name].append(one_run(repo, kwargs))
@@ -105,9 +110,11 @@ def main(args: argparse.Namespace, extra: list[str]) -> str:
     ratios = [a / b for a, b in zip(speeds['this checkout'], speeds['baseline'])]
     import torch
     lines = [f'`python benchmarks/train_throughput.py --baseline {args.baseline} --runs {args.runs}'
+             + (f' --epoch {args.epoch}' if args.epoch else '')
              + (f' -- {" ".join(extra)}`' if extra else '`'),
              f'({platform.machine()}, {len(os.sched_getaffinity(0))} cores, torch {torch.__version__} '
-             f'({torch.backends.cpu.get_cpu_capability()}); one epoch of training loop per run, A B interleaved; '
+             f'({torch.backends.cpu.get_cpu_capability()}); the training loop of epoch {args.epoch} per run, '
+             'A B interleaved; '
              f'both at {kwargs["imgsz"]} px, batch {kwargs["batch_size"]})', '',
              '| checkout | images/s (median) | runs |', '|---|---:|---|']
     for name in repos:
@@ -131,6 +138,7 @@ def parse_opt(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[s
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--baseline', required=True, help='another checkout of this project to compare against')
     p.add_argument('--runs', type=int, default=3, help='runs of each checkout (interleaved)')
+    p.add_argument('--epoch', type=int, default=0, help='time epoch K (K + 1 epochs per run; 1: a steady epoch)')
     p.add_argument('--out', default='', help='append the Markdown table to this file')
     return p.parse_args(own), extra
 

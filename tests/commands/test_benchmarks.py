@@ -403,6 +403,7 @@ def test_train_throughput_kwargs_and_profile_report():
     # no size given: this checkout's quick-start size and batch, pinned for both checkouts
     assert {k: v for k, v in train_throughput.train_kwargs([], '/tmp/p').items() if k in ('imgsz', 'batch_size')} \
         == {'imgsz': 224, 'batch_size': 16}
+    assert train_throughput.train_kwargs([], '/tmp/p', epoch=1)['epochs'] == 2  # time epoch 1, a steady one
     times = {k: [0.010, 0.030, 0.020] for k in train_profile.PHASES}  # 20 ms median per phase, 120 ms a step
     text = train_profile.report({'times': times, 'batch': 12}, 'demo', 'python x.py')
     assert '| data | 20.0 | 17% |' in text and '| **step** | **120.0** | |' in text
@@ -417,7 +418,7 @@ def test_train_throughput_table_gives_pair_median_and_its_interval(tmp_path, mon
     out = tmp_path / 'tt.md'
     args, extra = train_throughput.parse_opt(['--baseline', str(tmp_path), '--runs', '5', '--out', str(out)])
     text = train_throughput.main(args, extra)
-    assert 'A B interleaved; both at 224 px, batch 16)' in text
+    assert 'the training loop of epoch 0 per run, A B interleaved; both at 224 px, batch 16)' in text
     assert '| this checkout | 12.00 | 12.00, 11.00, 30.00, 13.00, 9.00 |' in text
     assert '| baseline | 10.00 | 10.00, 10.00, 20.00, 10.00, 10.00 |' in text
     assert ('Ratio this/baseline (median of pairs): **1.20x**, 94% interval 0.90-1.50 '
