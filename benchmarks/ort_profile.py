@@ -159,7 +159,9 @@ def conv_shapes(f: Path) -> dict[str, tuple[str, int]]:
     weights = {t.name: list(t.dims) for t in g.initializer}
     out = {}
     for n in g.node:
-        w, y = weights.get(n.input[1]) if n.op_type == 'Conv' else None, dims.get(n.output[0])
+        if n.op_type != 'Conv':
+            continue
+        w, y = weights.get(n.input[1]), dims.get(n.output[0])
         if not w or not y or 0 in y:
             continue
         groups = next((a.i for a in n.attribute if a.name == 'group'), 1)

@@ -114,8 +114,7 @@ def main(args: argparse.Namespace, extra: list[str]) -> str:
              + (f' -- {" ".join(extra)}`' if extra else '`'),
              f'({platform.machine()}, {len(os.sched_getaffinity(0))} cores, torch {torch.__version__} '
              f'({torch.backends.cpu.get_cpu_capability()}); the training loop of epoch {args.epoch} per run, '
-             'A B interleaved; '
-             f'both at {kwargs["imgsz"]} px, batch {kwargs["batch_size"]})', '',
+             f'A B interleaved; both at {kwargs["imgsz"]} px, batch {kwargs["batch_size"]})', '',
              '| checkout | images/s (median) | runs |', '|---|---:|---|']
     for name in repos:
         lines.append(f'| {name} | {statistics.median(speeds[name]):.2f} | '

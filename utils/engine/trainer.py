@@ -418,8 +418,8 @@ class Trainer:
     def validate(self, model, final: bool = False) -> EvalResults:
         """THE validation hook, val.py's code path: the Evaluator with the losses of this run's loss; the final
         validation of best.pt also plots and lists every class (NMS IoU 0.65 on COCO, as YOLOv5). A run training
-        under bf16 validates its epochs under bf16 too (as YOLOv5 validates in fp16 under CUDA AMP: ~0.74x the time
-        on a quick-start epoch), and best.pt in float32, so the final numbers are val.py's."""
+        under bf16 validates its epochs under bf16 too (as YOLOv5 validates in fp16 under CUDA AMP; a quick-start
+        validation in ~0.74x the time), and best.pt in float32, so the final numbers are val.py's."""
         options = EvalOptions(iou_thres=0.65 if final and is_coco(self.data) else 0.6,
                               single_cls=self.options.single_cls, half=self.amp, save_dir=self.save_dir,
                               bf16=self.autocast_dtype == torch.bfloat16 and not final,
