@@ -180,10 +180,12 @@ def test_hyp_values_match_yolov5():
 
 
 def test_short_budget_hyp_is_scratch_low_with_adamw_settings():
-    """hyp.scratch-short.yaml changes only the optimizer schedule of scratch-low (augmentation and loss gains kept)."""
+    """hyp.scratch-short.yaml changes only the optimizer schedule of scratch-low and asks for anchors evolved for the
+    data (augmentation and loss gains kept)."""
     low, short = load_hyp('hyp.scratch-low.yaml'), load_hyp('hyp.scratch-short.yaml')
     changed = {k: short[k] for k in set(low) | set(short) if low.get(k) != short.get(k)}
-    assert changed == {'lr0': 0.006, 'momentum': 0.9, 'warmup_epochs': 1.0, 'warmup_bias_lr': 0.0, 'nbs': 16}
+    assert changed == {'lr0': 0.006, 'momentum': 0.9, 'warmup_epochs': 1.0, 'warmup_bias_lr': 0.0, 'nbs': 16,
+                       'anchors': 3}
 
 
 def test_hyp_errors(tmp_path):

@@ -7,6 +7,7 @@ import torch
 
 from models.yolo import DetectionModel
 from utils.engine.autoanchor import anchor_metrics, check_anchors, kmean_anchors
+from utils.engine.options import anchor_hyp
 
 
 class LabelSet:
@@ -98,3 +99,29 @@ def test_mismatched_dataset_is_a_clear_error(model):
     data.labels = data.labels[:2]
     with pytest.raises(ValueError, match='dataset has 3 shapes but 2 label arrays'):
         check_anchors(data, model)
+
+
+def test_hyp_anchor_count_gets_anchors_evolved_for_the_data(log_lines):
+    """``anchors: 3`` in a hyp (the quick start's) builds placeholder anchors, 0-5 px on every level; AutoAnchor then
+    puts in the anchors k-means and the GA evolve for the labels at the training size (same seed, same anchors)."""
+    model = DetectionModel('yolov5n.yaml', nc=3, anchors=3, verbose=False)
+    m = model.model[-1]
+    pixels = lambda: (m.anchors * m.stride.view(-1, 1, 1)).view(-1, 2).detach().numpy()  # noqa: E731
+    np.testing.assert_array_equal(pixels(), np.tile(np.arange(6.0).reshape(3, 2), (3, 1)))
+    data = LabelSet(n=150, lo=20, hi=300, seed=3)  # 7-105 px at 224: the shapes dataset's range
+    bpr = check_anchors(data, model, thr=4.0, imgsz=224, seed=0)
+    assert any('Anchors are a poor fit to dataset' in s for s in log_lines) and bpr > 0.98
+    evolved = kmean_anchors(data, n=9, img_size=224, thr=4.0, gen=1000, verbose=False, seed=0)
+    np.testing.assert_allclose(pixels(), evolved, rtol=1e-6)
+    assert pixels().max() < 130  # fitted to 224-px labels, not COCO's 373 x 326 at 640
+
+
+def test_noautoanchor_drops_the_hyp_anchor_count(log_lines):
+    """With --noautoanchor nothing would replace the placeholder anchors ``anchors: 3`` builds (YOLOv5 trains on them
+    silently): the key is dropped with a line, the YAML's anchors kept; without the flag it stays."""
+    hyp = {'lr0': 0.01, 'anchors': 3}
+    assert anchor_hyp(hyp, noautoanchor=False) == hyp and not log_lines
+    assert anchor_hyp(hyp, noautoanchor=True) == {'lr0': 0.01} and hyp['anchors'] == 3
+    assert log_lines == ["hyp: anchors ignored: --noautoanchor keeps the model YAML's anchors (AutoAnchor would "
+                         "evolve new ones for the data)"]
+    assert anchor_hyp({'lr0': 0.01}, noautoanchor=True) == {'lr0': 0.01} and len(log_lines) == 1

@@ -145,12 +145,23 @@ def build_options(args: argparse.Namespace | Mapping[str, Any]) -> TrainOptions:
         if ns.evolve:
             ns.noval = ns.nosave = True  # YOLOv5: each generation is validated and saved once, at its end
     raw = vars(ns)
-    raw['hyp'] = MappingProxyType(dict(load_hyp(ns.hyp)))
+    raw['hyp'] = MappingProxyType(anchor_hyp(load_hyp(ns.hyp), ns.noautoanchor and not ns.resume))
     raw['freeze'] = tuple(int(x) for x in ns.freeze or ())
     raw['project'], raw['save_dir'] = str(ns.project), str(getattr(ns, 'save_dir', '') or '')
     if isinstance(ns.data, Path):
         raw['data'] = str(ns.data)
     return TrainOptions(**{k: v for k, v in raw.items() if k in FIELDS})
+
+
+def anchor_hyp(hyp: Mapping[str, float], noautoanchor: bool) -> dict:
+    """``anchors: N`` in a hyp file asks for N anchors per level evolved for the data (YOLOv5), which only AutoAnchor
+    does: with --noautoanchor the model would train on placeholder anchors (YOLOv5 does, silently), so the key is
+    dropped, with a line saying so, and the model YAML's anchors are kept."""
+    hyp = dict(hyp)
+    if noautoanchor and hyp.pop('anchors', None) is not None:
+        LOGGER.info('hyp: anchors ignored: --noautoanchor keeps the model YAML\'s anchors (AutoAnchor would evolve '
+                    'new ones for the data)')
+    return hyp
 
 
 def _copy(args: argparse.Namespace | Mapping[str, Any]) -> argparse.Namespace:
