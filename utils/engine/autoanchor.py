@@ -61,26 +61,34 @@ def anchor_metrics(anchors: torch.Tensor | np.ndarray, wh: torch.Tensor | np.nda
     return float((best > 1 / thr).mean()), float((x > 1 / thr).sum(1).mean())
 
 
-def check_anchors(dataset, model: torch.nn.Module, thr: float = 4.0, imgsz: int = 640, seed: int = 0) -> float:
-    """Log the anchor fit (YOLOv5's AutoAnchor line); if BPR <= 0.98 evolve new anchors and keep them if better.
+def check_anchors(dataset, model: torch.nn.Module, thr: float = 4.0, imgsz: int = 640, seed: int = 0,
+                  evolve: bool = False) -> float:
+    """Log the anchor fit (YOLOv5's AutoAnchor line); if BPR <= 0.98 evolve new anchors and keep them if better
+    (always with ``evolve``).
 
     New anchors are written into ``Detect.anchors`` in grid units (pixels / stride) after the order check. The trainer
     then does ``model.half().float()`` as YOLOv5 does. Returns the BPR of the anchors the model has afterwards.
+    ``evolve``: the model holds placeholder anchors (a hyp's ``anchors: N``) that are replaced whatever their fit; the
+    log says so instead of calling them a poor fit.
     """
     m = de_parallel(model).model[-1]
     wh = _label_wh(dataset, imgsz, np.random.default_rng(seed))
     stride = m.stride.to(m.anchors.device).view(-1, 1, 1)
     anchors = (m.anchors.clone() * stride).cpu().view(-1, 2)
     bpr, aat = anchor_metrics(anchors, wh, thr)
-    s = f'\n{_prefix()}{aat:.2f} anchors/target, {bpr:.3f} Best Possible Recall (BPR). '
-    if bpr > BPR_GOOD:
-        LOGGER.info(f'{s}Current anchors are a good fit to dataset')
-        return bpr
-    LOGGER.info(f'{s}Anchors are a poor fit to dataset, attempting to improve...')
+    if evolve:
+        LOGGER.info(f'\n{_prefix()}hyp anchors: {m.anchors.shape[1]}, so {m.anchors.numel() // 2} anchors are evolved '
+                    f'for this dataset at {imgsz} px...')
+    else:
+        s = f'\n{_prefix()}{aat:.2f} anchors/target, {bpr:.3f} Best Possible Recall (BPR). '
+        if bpr > BPR_GOOD:
+            LOGGER.info(f'{s}Current anchors are a good fit to dataset')
+            return bpr
+        LOGGER.info(f'{s}Anchors are a poor fit to dataset, attempting to improve...')
     new = kmean_anchors(dataset, n=m.anchors.numel() // 2, img_size=imgsz, thr=thr, gen=1000, verbose=False,
                         seed=seed)
     new_bpr, _ = anchor_metrics(new, wh, thr)
-    if new_bpr > bpr:
+    if evolve or new_bpr > bpr:
         new = torch.tensor(new, device=m.anchors.device).type_as(m.anchors)
         m.anchors[:] = new.clone().view_as(m.anchors)
         check_anchor_order(m)  # on pixel anchors, before the division by stride
