@@ -208,6 +208,19 @@ def test_noautoanchor_keeps_anchors_out_and_foreign_csv_is_one_line_error(data, 
         evolve_run(data, tmp_path, 1, exist_ok=True)  # now anchors would be evolved too
 
 
+def test_noautoanchor_evolution_starts_without_a_hyp_anchor_count(tmp_path):
+    """A hyp file's ``anchors: 3`` (the quick start's) is dropped by the options under --noautoanchor, so the
+    evolution neither starts from nor evolves an anchor count; without the flag both keep it."""
+    from utils.engine.launch import evolution_space
+    hyp = tmp_path / 'hyp.yaml'
+    hyp.write_text(yaml.safe_dump({**load_hyp(HYP), 'anchors': 3}))
+    for flag in (True, False):
+        args = ['--evolve', '1', '--hyp', str(hyp), '--project', str(tmp_path)] + ['--noautoanchor'] * flag
+        opts = options.build_options(train.parse_opt(args=args))
+        base, meta = evolution_space(opts.hyp, opts.noautoanchor)
+        assert ('anchors' in base, 'anchors' in meta) == (not flag, not flag)
+
+
 def test_bad_generation_count_is_one_line_error(data, tmp_path):
     with pytest.raises(TrainError, match='--evolve needs a positive number of generations, got -1'):
         train.main(argparse.Namespace(**{**vars(train.parse_opt(args=[])), 'evolve': -1, 'data': str(data),

@@ -97,10 +97,10 @@ def evolve(options: TrainOptions, info: DistInfo | None = None) -> Path:
 
 def evolution_space(hyp: dict, noautoanchor: bool) -> tuple[dict, dict]:
     """YOLOv5: the anchor count (``anchors: 3`` unless the hyp file sets it) is evolved too, except with
-    --noautoanchor, where placeholder anchors could not be replaced. Returns (starting hyp, bounds table)."""
+    --noautoanchor, where placeholder anchors could not be replaced (the options have already dropped a hyp file's
+    anchor count then: ``options.anchor_hyp``). Returns (starting hyp, bounds table)."""
     base, meta = dict(hyp), dict(evolution.META)
     if noautoanchor:
-        base.pop('anchors', None)
         meta.pop('anchors')
     else:
         base.setdefault('anchors', 3)
