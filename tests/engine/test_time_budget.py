@@ -84,10 +84,13 @@ def test_budgeted_run_is_the_epochs_run_it_names(data, tmp_path, monkeypatch, lo
     plain = budget_run(data, tmp_path, name='epochs3', epochs=3)
     real = trainer.decide_epochs
 
-    def three(hours, elapsed_s, train_s, val_s, validate_every_epoch=True):
-        d = real(hours, elapsed_s, train_s, val_s, validate_every_epoch)
+    saves = []
+
+    def three(hours, elapsed_s, train_s, val_s, validate_every_epoch=True, save_s=0.0):
+        d = real(hours, elapsed_s, train_s, val_s, validate_every_epoch, save_s)
         assert elapsed_s >= train_s + val_s > 0 and validate_every_epoch
-        return BudgetDecision(3, d.budget_s, d.elapsed_s, d.epoch_s, d.reserve_s)
+        saves.append(save_s)
+        return BudgetDecision(3, d.budget_s, d.elapsed_s, d.epoch_s, d.reserve_s, d.save_s)
 
     monkeypatch.setattr(trainer, 'decide_epochs', three)
     budgeted = budget_run(data, tmp_path, name='time', time=1.0)
@@ -95,12 +98,51 @@ def test_budgeted_run_is_the_epochs_run_it_names(data, tmp_path, monkeypatch, lo
     _, got = read_results_csv(budgeted / 'results.csv')
     assert got.shape == want.shape == (3, 14) and (got == want).all()  # epoch 0 to 2: losses, metrics, LRs
     assert any('time: --time 1 (60.0 min)' in x and 'the run --epochs 3 makes' in x for x in log_lines)
+    assert len(saves) == 2 and saves[0] == 0 and saves[1] > 0  # decided, saved, decided with the save's time
+    assert sum('time: --time' in x for x in log_lines) == 1  # one line: the decision the run trains with
     opt = yaml.safe_load((budgeted / 'opt.yaml').read_text())
     assert (opt['epochs'], opt['time']) == (3, 1.0)
     last = torch.load(budgeted / 'weights/last.pt', weights_only=True)
     assert (last['opt']['epochs'], last['epoch']) == (3, -1)  # stripped at the end, as every finished run
     ref = torch.load(plain / 'weights/last.pt', weights_only=True)
     assert all(torch.equal(ref['model'][k], v) for k, v in last['model'].items())
+
+
+def test_decision_counts_the_checkpoints_of_every_epoch():
+    # as above, but each epoch also writes its checkpoints for 5 s: 35-s epochs, 300 / 35 = 8 more
+    d = decide_epochs(0.1, elapsed_s=40, train_s=25, val_s=5, save_s=5)
+    assert (d.epochs, d.epoch_s, d.save_s, d.reserve_s) == (9, 35, 5, 20)
+    assert 'one epoch 35.0 s (5.0 s of it saving checkpoints)' in d.describe(0.1)
+    assert 'saving' not in decide_epochs(0.1, elapsed_s=40, train_s=25, val_s=5).describe(0.1)
+
+
+def test_a_slow_save_lowers_the_count_and_last_pt_records_it(data, tmp_path, monkeypatch, log_lines):
+    """Decided 3 before epoch 0's save, 2 once the save is timed: the run is the --epochs 2 run, and last.pt (saved
+    again after the second decision) records 2, so --resume trains to 2."""
+    plain = budget_run(data, tmp_path, name='epochs2', epochs=2)
+    counts = {False: 3, True: 2}
+    seen = []
+
+    def decide(hours, elapsed_s, train_s, val_s, validate_every_epoch=True, save_s=0.0):
+        seen.append(save_s > 0)
+        return BudgetDecision(counts[save_s > 0], hours * 3600, elapsed_s, train_s + val_s + save_s, 1.0, save_s)
+
+    monkeypatch.setattr(trainer, 'decide_epochs', decide)
+    saved = []
+    save = trainer.Trainer.save
+
+    def recording_save(self, epoch, fi):
+        save(self, epoch, fi)
+        saved.append((epoch, torch.load(self.last, weights_only=True)['opt']['epochs']))
+
+    monkeypatch.setattr(trainer.Trainer, 'save', recording_save)
+    budgeted = budget_run(data, tmp_path, name='time', time=1.0)
+    assert seen == [False, True] and saved == [(0, 3), (0, 2), (1, 2)]
+    _, want = read_results_csv(plain / 'results.csv')
+    _, got = read_results_csv(budgeted / 'results.csv')
+    assert got.shape == want.shape == (2, 14) and (got == want).all()
+    assert yaml.safe_load((budgeted / 'opt.yaml').read_text())['epochs'] == 2
+    assert any('2 epochs in all' in x and 's of it saving checkpoints' in x for x in log_lines)
 
 
 def test_a_budget_smaller_than_one_epoch_trains_epoch_0_only(data, tmp_path, log_lines):

@@ -7,9 +7,11 @@ is 1 whatever the total, and the warm-up counts iterations, so a budgeted run is
 makes with the N it printed.
 
 The budget covers the whole run the trainer sees: setup (dataset generation on first use, caching, AutoAnchor),
-every epoch with its validation, and the final validation of best.pt with its plots, for which twice one
-validation's duration plus a fixed allowance is reserved. Later epochs that run slower than epoch 0 (a busy host)
-overrun the budget by that much; the count is not revised, by design.
+every epoch with its validation and its checkpoints (last.pt, best.pt), and the final validation of best.pt with its
+plots, for which twice one validation's duration plus a fixed allowance is reserved. The checkpoints' time is
+measured on epoch 0's own save, which must record the count, so the trainer decides, saves, and decides once more
+with the save's time (saving again only if that lowered the count). Later epochs that run slower than epoch 0 (a
+busy host) overrun the budget by that much; the count is not revised, by design.
 """
 from __future__ import annotations
 
@@ -51,13 +53,15 @@ class BudgetDecision:
     epochs: int
     budget_s: float
     elapsed_s: float  # since the trainer started, setup and epoch 0 with its validation included
-    epoch_s: float  # one epoch as measured: training plus (unless --noval) validation
+    epoch_s: float  # one epoch as measured: training plus (unless --noval) validation plus saving
     reserve_s: float  # kept for the final validation of best.pt
+    save_s: float = 0.0  # of epoch_s: writing last.pt (and best.pt), as epoch 0's save took
 
     def describe(self, hours: float) -> str:
         """One log line: what was measured, what was decided, how to repeat it."""
+        saving = f' ({self.save_s:.1f} s of it saving checkpoints)' if self.save_s else ''
         return (f'--time {hours:g} ({self.budget_s / 60:.1f} min): setup and epoch 0 took {self.elapsed_s:.1f} s, '
-                f'one epoch {self.epoch_s:.1f} s, {self.reserve_s:.0f} s kept for the final validation, so '
+                f'one epoch {self.epoch_s:.1f} s{saving}, {self.reserve_s:.0f} s kept for the final validation, so '
                 f'{self.epochs} epoch{"s" * (self.epochs != 1)} in all (~{self.planned_s / 60:.1f} min). This run is '
                 f'the run --epochs {self.epochs} makes')
 
@@ -72,15 +76,15 @@ def final_reserve(val_s: float) -> float:
     return 2.0 * val_s + FINISH_ALLOWANCE_S
 
 
-def decide_epochs(hours: float, elapsed_s: float, train_s: float, val_s: float, validate_every_epoch: bool = True
-                  ) -> BudgetDecision:
+def decide_epochs(hours: float, elapsed_s: float, train_s: float, val_s: float, validate_every_epoch: bool = True,
+                  save_s: float = 0.0) -> BudgetDecision:
     """The most epochs (at least 1, epoch 0 included) that fit ``hours`` after ``elapsed_s`` seconds, if each later
-    epoch takes ``train_s`` plus (when every epoch is validated) ``val_s``."""
+    epoch takes ``train_s`` plus (when every epoch is validated) ``val_s`` plus ``save_s``."""
     if not hours > 0:
         raise ValueError(f'--time must be a positive number of hours, got {hours}')
     budget_s = hours * 3600.0
-    epoch_s = max(train_s + (val_s if validate_every_epoch else 0.0), 1e-6)
+    epoch_s = max(train_s + (val_s if validate_every_epoch else 0.0) + save_s, 1e-6)
     reserve_s = final_reserve(val_s)
     more = math.floor((budget_s - elapsed_s - reserve_s) / epoch_s)
     return BudgetDecision(epochs=1 + max(more, 0), budget_s=budget_s, elapsed_s=elapsed_s, epoch_s=epoch_s,
-                          reserve_s=reserve_s)
+                          reserve_s=reserve_s, save_s=save_s)

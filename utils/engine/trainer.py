@@ -384,26 +384,39 @@ class Trainer:
                 self.val_s = time.time() - t
                 self.maps = self.results.maps
             if pending:
-                self.fix_epochs(self.budget_decision().epochs)
+                decision = self.budget_decision()
+                self.fix_epochs(decision.epochs)  # before the save, which records the count
                 final = epoch + 1 == self.epochs or self.stopper.possible_stop
             fi = self.results.fitness
             stop = self.stopper(epoch, fi)
             self.best_fitness = max(self.best_fitness, fi)
             self.logger.log_epoch(epoch, [*self.mloss.tolist(), *self.results.as_tuple(), *self.lr])
             if not self.options.nosave or final:
+                t = time.time()
                 self.save(epoch, fi)
+                if pending:
+                    decision = self.count_the_saves(decision, epoch, fi, time.time() - t)
+            if pending:
+                LOGGER.info(colorstr('time: ') + decision.describe(self.options.time))
         stop, epochs = broadcast_object((stop, self.epochs), self.info)
         if self.epochs_pending:  # DDP: the other ranks take rank 0's decision
             self.fix_epochs(epochs)
         return bool(stop)
 
     # ---------------------------------------------------------------------------------------------- --time
-    def budget_decision(self) -> BudgetDecision:
-        """The epoch count --time allows, from the setup and epoch 0 just timed; logged with how to repeat it."""
-        d = decide_epochs(self.options.time, time.time() - self.t_start, self.train_s, self.val_s,
-                          validate_every_epoch=not self.options.noval)
-        LOGGER.info(colorstr('time: ') + d.describe(self.options.time))
-        return d
+    def budget_decision(self, save_s: float = 0.0) -> BudgetDecision:
+        """The epoch count --time allows, from the setup and epoch 0 just timed (and its save, once measured)."""
+        return decide_epochs(self.options.time, time.time() - self.t_start, self.train_s, self.val_s,
+                             validate_every_epoch=not self.options.noval, save_s=save_s)
+
+    def count_the_saves(self, decision: BudgetDecision, epoch: int, fi: float, save_s: float) -> BudgetDecision:
+        """Decide again with epoch 0's save timed (every epoch writes last.pt, most also best.pt: ~0.5 s of a 15-s
+        quick-start epoch); a lower count is fixed and saved again, so last.pt records the count the run trains."""
+        again = self.budget_decision(save_s)  # never more epochs: more time spent, and longer epochs
+        if again.epochs < decision.epochs:
+            self.fix_epochs(again.epochs)
+            self.save(epoch, fi)
+        return again
 
     def fix_epochs(self, epochs: int) -> None:
         """Set the epoch count --time deferred: the options copy (opt.yaml, checkpoints), the LR factor (warm-up and
