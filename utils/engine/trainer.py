@@ -412,8 +412,8 @@ class Trainer:
     def count_the_saves(self, decision: BudgetDecision, epoch: int, fi: float, save_s: float) -> BudgetDecision:
         """Decide again with epoch 0's save timed (every epoch writes last.pt, most also best.pt: ~0.5 s of a 15-s
         quick-start epoch); a lower count is fixed and saved again, so last.pt records the count the run trains."""
-        again = self.budget_decision(save_s)  # never more epochs: more time spent, and longer epochs
-        if again.epochs < decision.epochs:
+        again = self.budget_decision(save_s)  # in practice fewer or the same: more time spent, longer epochs
+        if again.epochs != decision.epochs:  # the run trains, and last.pt records, the count this returns
             self.fix_epochs(again.epochs)
             self.save(epoch, fi)
         return again
