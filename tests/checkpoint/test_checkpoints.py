@@ -13,7 +13,7 @@ import models.common
 import models.yolo
 from models.yolo import DetectionModel
 from utils.checkpoint.file_kind import export_name, weights_format
-from utils.checkpoint.format import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
+from utils.checkpoint.format import FORMAT, CheckpointError, copy_checkpoint, load_checkpoint, save_checkpoint
 from utils.checkpoint.model import load_model, model_from_checkpoint, strip_optimizer, transfer_weights
 
 NAMES = {0: 'cat', 1: 'dog'}
@@ -45,6 +45,16 @@ def our_ckpt(m, **extra):
             'train_state': None}
     ckpt.update(extra)
     return ckpt
+
+
+def test_copy_checkpoint_copies_the_bytes_atomically(model, tmp_path):
+    src = save_checkpoint(our_ckpt(model), tmp_path / 'last.pt')
+    dst = copy_checkpoint(src, tmp_path / 'w' / 'best.pt')
+    assert dst == tmp_path / 'w' / 'best.pt' and dst.read_bytes() == src.read_bytes()
+    assert [p.name for p in dst.parent.iterdir()] == ['best.pt']  # the temp file was renamed into place
+    with pytest.raises(FileNotFoundError):
+        copy_checkpoint(tmp_path / 'missing.pt', tmp_path / 'w' / 'epoch3.pt')
+    assert [p.name for p in dst.parent.iterdir()] == ['best.pt']  # a failed copy leaves nothing behind
 
 
 def test_save_load_roundtrip_is_weights_only(model, tmp_path):

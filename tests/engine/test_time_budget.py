@@ -1,5 +1,6 @@
 """train.py --time: the epoch count a wall-clock budget allows, fixed after epoch 0, and a budgeted run equal to the
 --epochs run with that count."""
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from tests.helpers import write_dataset
 from utils.engine import options, trainer
 from utils.engine.options import TrainError
 from utils.engine.runlog import progress_row, read_results_csv
-from utils.engine.time_budget import BudgetDecision, decide_epochs
+from utils.engine.time_budget import BudgetDecision, BudgetRevision, decide_epochs, revise_epochs
 
 
 @pytest.fixture(scope='module')
@@ -108,6 +109,38 @@ def test_budgeted_run_is_the_epochs_run_it_names(data, tmp_path, monkeypatch, lo
     assert all(torch.equal(ref['model'][k], v) for k, v in last['model'].items())
 
 
+def test_epoch_0_validation_is_timed_after_an_untimed_warm_up_pass(data, tmp_path, monkeypatch):
+    """--time runs one forward pass over the val loader before epoch 0's timed validation (the quick start's first
+    validation took 2.7 s, the ones after it ~1.6 s): the decision's val_s leaves the warm-up out, its elapsed_s
+    counts it. An --epochs run has nothing to time and no warm-up."""
+    events, decided = [], []
+    real_warm, real_decide = trainer.warm_up, trainer.decide_epochs
+
+    def slow_warm(model, loader, **kw):
+        events.append('warm_up')
+        real_warm(model, loader, **kw)
+        time.sleep(0.5)
+
+    def validate(model, loader, evaluator):
+        events.append('validate')
+        return real_validate(model, loader, evaluator)
+
+    def decide(hours, elapsed_s, train_s, val_s, validate_every_epoch=True, save_s=0.0):
+        decided.append((elapsed_s, val_s))
+        return real_decide(hours, elapsed_s, train_s, val_s, validate_every_epoch, save_s)
+
+    real_validate = trainer.validate
+    monkeypatch.setattr(trainer, 'warm_up', slow_warm)
+    monkeypatch.setattr(trainer, 'validate', validate)
+    monkeypatch.setattr(trainer, 'decide_epochs', decide)
+    budget_run(data, tmp_path, name='epochs2', epochs=2)
+    assert events == ['validate'] * 3 and not decided  # epochs 0 and 1, best.pt: no warm-up
+    events.clear()
+    budget_run(data, tmp_path, name='time', time=1e-4)  # over budget after epoch 0: epoch 0 only
+    assert events == ['warm_up', 'validate', 'validate']  # epoch 0 (timed), best.pt
+    assert len(decided) == 2 and all(val_s < 0.5 <= elapsed_s for elapsed_s, val_s in decided)
+
+
 def test_decision_counts_the_checkpoints_of_every_epoch():
     # as above, but each epoch also writes its checkpoints for 5 s: 35-s epochs, 300 / 35 = 8 more
     d = decide_epochs(0.1, elapsed_s=40, train_s=25, val_s=5, save_s=5)
@@ -143,6 +176,62 @@ def test_a_slow_save_lowers_the_count_and_last_pt_records_it(data, tmp_path, mon
     assert got.shape == want.shape == (2, 14) and (got == want).all()
     assert yaml.safe_load((budgeted / 'opt.yaml').read_text())['epochs'] == 2
     assert any('2 epochs in all' in x and 's of it saving checkpoints' in x for x in log_lines)
+
+
+def test_revise_epochs_keeps_the_count_near_the_budget_and_moves_it_when_the_pace_does():
+    # 0.1 h = 360 s, 20 epochs, 20 s kept for the end; epoch 5 just ended; recent epochs: 10 s (median of the last 3)
+    def revise(elapsed_s, epoch=5, epochs=20, durations=(30.0, 10.0, 9.0, 11.0)):
+        return revise_epochs(0.1, elapsed_s, epoch, epochs, list(durations), reserve_s=20)
+
+    assert revise(200) is None  # 200 + 14 * 10 + 20 = 360: on budget
+    assert revise(186) is None and revise(204) is None  # ends 1.4 epochs early / 0.4 epochs late: kept
+    late = revise(206)  # 0.6 epochs late: the most that fit, 6 + floor(134 / 10)
+    assert (late.old, late.new, late.epoch_s) == (20, 19, 10.0) and late.planned_s == pytest.approx(356)
+    assert revise(184).new == 21  # 1.6 epochs early: 6 + floor(156 / 10)
+    assert revise(100).new == 30  # a host that sped up: 6 + floor(240 / 10)
+    assert revise(400).new == 6  # the budget is spent: stop after this epoch
+    assert revise(186, durations=(30.0, 30.0, 30.0, 10.0)).new == 11  # the median (30 s), not the last: 6 + 154 // 30
+    assert revise(400, epoch=16).new == 17 and revise(400, epoch=17) is None  # 2 epochs left: the last decay stays
+    assert revise(400, epoch=1, durations=(10.0,)) is None  # too early: epoch 1 is the first whole epoch timed
+    line = late.describe(0.1)
+    assert 'after epoch 5 epochs take 10.0 s, so 19 epochs in all instead of 20' in line
+    assert 'no longer exactly the run --epochs 19 makes' in line
+
+
+def test_a_revised_count_takes_effect_from_the_next_epoch(data, tmp_path, monkeypatch, log_lines):
+    """Decided 8 after epoch 0, revised to 4 after epoch 2: the run trains epochs 0-3, with epochs 0-2 at the LRs of
+    the --epochs 8 run and epoch 3 at those of the --epochs 4 run; last.pt and opt.yaml record 4."""
+    runs = {n: read_results_csv(budget_run(data, tmp_path, name=f'epochs{n}', epochs=n) / 'results.csv')[1]
+            for n in (8, 4)}
+    monkeypatch.setattr(trainer, 'decide_epochs', lambda hours, elapsed_s, *a, **k: BudgetDecision(
+        8, hours * 3600, elapsed_s, 1.0, 1.0))
+    real, calls = trainer.revise_epochs, []
+
+    def revise(hours, elapsed_s, epoch, epochs, durations, reserve_s):
+        calls.append((epoch, epochs, len(durations)))
+        assert all(d > 0 for d in durations) and elapsed_s > sum(durations) and reserve_s > 0
+        if epoch == 2:
+            return BudgetRevision(2, epochs, 4, 1.0, 10.0)
+        return real(hours, elapsed_s, epoch, epochs, durations, reserve_s)
+
+    monkeypatch.setattr(trainer, 'revise_epochs', revise)
+    saved = []
+    save = trainer.Trainer.save
+
+    def recording_save(self, epoch, fi):
+        save(self, epoch, fi)
+        saved.append((epoch, torch.load(self.last, weights_only=True)['opt']['epochs']))
+
+    monkeypatch.setattr(trainer.Trainer, 'save', recording_save)
+    run = budget_run(data, tmp_path, name='time', time=1.0)
+    assert calls == [(1, 8, 1), (2, 8, 2), (3, 4, 3)]  # every epoch after 0; the real one declines 1 and 3
+    assert saved == [(0, 8), (1, 8), (2, 4), (3, 4)]
+    _, got = read_results_csv(run / 'results.csv')
+    assert got.shape == (4, 14)
+    assert (got[:3, -3:] == runs[8][:3, -3:]).all() and (got[3, -3:] == runs[4][3, -3:]).all()
+    assert (got[3, -3:] != runs[8][3, -3:]).all()  # epoch 3 of 8 would have had other LRs
+    assert yaml.safe_load((run / 'opt.yaml').read_text())['epochs'] == 4
+    assert any('after epoch 2 epochs take 1.0 s, so 4 epochs in all instead of 8' in x for x in log_lines)
 
 
 def test_a_budget_smaller_than_one_epoch_trains_epoch_0_only(data, tmp_path, log_lines):

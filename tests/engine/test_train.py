@@ -10,7 +10,7 @@ import yaml
 
 import train
 from tests.helpers import write_dataset, write_hyp
-from utils.engine import options
+from utils.engine import options, trainer
 from utils.engine.options import TrainError
 from utils.engine.runlog import RESULT_KEYS, read_results_csv
 
@@ -92,6 +92,29 @@ def test_last_pt_loads_weights_only_and_rebuilds(finished_run):
 
 
 @pytest.mark.slow
+def test_checkpoints_hold_the_state_at_the_save_and_best_pt_is_its_copy(data, tmp_path, monkeypatch):
+    """last.pt holds the model, EMA and optimizer as they were when it was saved (the checkpoint refers to the live
+    tensors and is written at once); an epoch that ties or beats the best fitness copies its bytes to best.pt, and
+    --save-period to epoch{N}.pt."""
+    seen = []
+    save = trainer.Trainer.save
+
+    def checking_save(self, epoch, fi):
+        save(self, epoch, fi)
+        last = torch.load(self.last, weights_only=True)
+        for key, live in (('model', self.model), ('ema', self.ema.ema)):
+            state = live.state_dict()
+            assert last[key].keys() == state.keys() and all(torch.equal(last[key][k], v) for k, v in state.items())
+        assert last['optimizer']['state'].keys() == self.optimizer.state_dict()['state'].keys()
+        copies = [f.read_bytes() == self.last.read_bytes() for f in (self.best, self.wdir / f'epoch{epoch}.pt')]
+        seen.append((epoch, self.best_fitness == fi, *copies))
+
+    monkeypatch.setattr(trainer.Trainer, 'save', checking_save)
+    run = tiny_run(data, tmp_path, epochs=2, save_period=1, noplots=True)
+    assert seen == [(0, True, True, True), (1, True, True, True)]  # the tiny runs' fitness ties at every epoch
+    assert torch.load(run / 'weights/epoch0.pt', weights_only=True)['epoch'] == 0
+
+
 def test_seeded_runs_repeat_first_epoch_losses(data, finished_run, tmp_path):
     def losses(d):
         return read_results_csv(d / 'results.csv')[1][0][1:4].tolist()

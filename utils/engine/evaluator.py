@@ -302,6 +302,23 @@ def _forward(model, im: torch.Tensor, augment: bool, dtype: torch.dtype | None) 
 
 
 @torch.no_grad()
+def warm_up(model, dataloader, half: bool = False, bf16: bool = False) -> None:
+    """One untimed forward pass over ``dataloader`` (no NMS, no scoring), so that a validation timed after it takes
+    as long as later ones. The first pass after training pays one-off costs (the loader's workers starting, memory
+    first touched): the quick start's epoch 0 validation took 2.7 s, a second pass right after it 1.6 s."""
+    device = _model_device(model)
+    dtype = _autocast_dtype(model, device, half, bf16)
+    was_training = getattr(model, 'training', False)
+    model.eval()
+    try:
+        for im, *_ in dataloader:
+            _forward(model, im.to(device, non_blocking=True).float() / 255, False, dtype)
+    finally:
+        if was_training:
+            model.train()
+
+
+@torch.no_grad()
 def validate(model, dataloader, evaluator: Evaluator) -> EvalResults:
     """Run ``model`` (DetectionModel or DetectBackend, eval mode for the call) over ``dataloader`` and let
     ``evaluator`` (reset first) score every batch; the caller's train/eval mode is restored."""

@@ -1,17 +1,26 @@
-"""``--time H``: train for a wall-clock budget, with an epoch count that ``--epochs N`` reproduces exactly.
+"""``--time H``: train for a wall-clock budget, with an epoch count that ``--epochs N`` reproduces exactly unless
+the host's speed changes in the run.
 
-YOLOv8's ``time=`` re-estimates the epoch count after every epoch and rebuilds the LR schedule each time, so two runs
-with the same seed differ by how fast the machine happened to be. Here the count is decided once, after epoch 0,
-from that epoch's duration (its first steps' one-off costs left out): the linear (or one-cycle) LR factor of epoch 0
-is 1 whatever the total, and the warm-up counts iterations, so a budgeted run is step for step the run ``--epochs N``
-makes with the N it printed.
+The count is decided after epoch 0, from that epoch's duration (its first steps' one-off costs left out): the linear
+(or one-cycle) LR factor of epoch 0 is 1 whatever the total, and the warm-up counts iterations, so a budgeted run is
+step for step the run ``--epochs N`` makes with the N it printed. YOLOv8's ``time=`` instead re-estimates the count
+after every epoch and rebuilds the LR schedule each time, so two runs with the same seed differ by how fast the machine
+happened to be.
 
 The budget covers the whole run the trainer sees: setup (dataset generation on first use, caching, AutoAnchor),
 every epoch with its validation and its checkpoints (last.pt, best.pt), and the final validation of best.pt with its
-plots, for which twice one validation's duration plus a fixed allowance is reserved. The checkpoints' time is
-measured on epoch 0's own save, which must record the count, so the trainer decides, saves, and decides once more
-with the save's time (saving again only if that lowered the count). Later epochs that run slower than epoch 0 (a
-busy host) overrun the budget by that much; the count is not revised, by design.
+plots, for which twice one validation's duration plus a fixed allowance is reserved. Epoch 0's validation is timed
+after an untimed forward pass over the val loader (``evaluator.warm_up``): the first pass after training pays one-off
+costs that later validations do not (2.7 s against ~1.6 s in the quick start). The checkpoints' time is measured on
+epoch 0's own save, which must record the count, so the trainer decides, saves, and decides once more with the save's
+time (saving again only if that changed the count).
+
+One timing cannot see a host that slows down or speeds up later: on the 2-core VM the quick start's epochs took 12.4
+to 17.1 s of training within one run, and a count fixed after epoch 0 ended runs 80 s early or 85 s late. So from
+epoch 2 on, while more than ``FINAL_EPOCHS_KEPT`` epochs are left, the trainer projects the run's end from the median of
+the recent epochs and revises the count when that end misses the budget by more than half an epoch (late) or 1.5
+epochs (early): the steady case keeps YOLOv5's schedule and the exact ``--epochs N`` repeat; a revised run logs it,
+its LRs follow the new count from the next epoch (results.csv lists every epoch's LRs), and last.pt records the count.
 """
 from __future__ import annotations
 
@@ -88,3 +97,52 @@ def decide_epochs(hours: float, elapsed_s: float, train_s: float, val_s: float, 
     more = math.floor((budget_s - elapsed_s - reserve_s) / epoch_s)
     return BudgetDecision(epochs=1 + max(more, 0), budget_s=budget_s, elapsed_s=elapsed_s, epoch_s=epoch_s,
                           reserve_s=reserve_s, save_s=save_s)
+
+
+REVISE_FROM_EPOCH = 2  # revisions use whole epochs after epoch 0 (whose duration holds one-off costs)
+RECENT_EPOCHS = 3  # a revision's epoch duration: the median of the last epochs, so that one slow epoch moves nothing
+FINAL_EPOCHS_KEPT = 3  # the count is not revised with this few epochs left: the LR's last decay stays smooth
+
+
+@dataclass(frozen=True)
+class BudgetRevision:
+    """A running budget's new epoch count: the host's speed changed since epoch 0 was timed."""
+
+    epoch: int  # the epoch just finished
+    old: int
+    new: int
+    epoch_s: float  # what epochs take now (the median of the recent ones)
+    planned_s: float  # the run's expected length with the new count
+
+    def describe(self, hours: float) -> str:
+        """One log line: what changed, what was decided, what it means for repeating the run."""
+        return (f'--time {hours:g}: after epoch {self.epoch} epochs take {self.epoch_s:.1f} s, so {self.new} epochs '
+                f'in all instead of {self.old} (~{self.planned_s / 60:.1f} min). The LRs from epoch {self.epoch + 1} '
+                f'on follow the new count (results.csv lists them): this run is no longer exactly the run --epochs '
+                f'{self.new} makes')
+
+
+def recent_epoch_s(durations: list[float]) -> float:
+    """The median of the last ``RECENT_EPOCHS`` epoch durations (seconds)."""
+    recent = sorted(durations[-RECENT_EPOCHS:])
+    mid = len(recent) // 2
+    return recent[mid] if len(recent) % 2 else (recent[mid - 1] + recent[mid]) / 2
+
+
+def revise_epochs(hours: float, elapsed_s: float, epoch: int, epochs: int, durations: list[float],
+                  reserve_s: float) -> BudgetRevision | None:
+    """After ``epoch`` (``elapsed_s`` seconds into the run, its validation and checkpoint included), with later
+    epochs taking the median of the recent ``durations`` (epochs 1 to ``epoch``): None while the run is projected to
+    end between 1.5 epochs before and half an epoch after the budget, else the most epochs that fit (at least
+    ``epoch + 1``: stop after this one). Epoch 0's one timing cannot see a host that slows down or speeds up later
+    (quick-start epochs took 12.4-17.1 s of training within one run)."""
+    left_epochs = epochs - 1 - epoch
+    if epoch < REVISE_FROM_EPOCH or left_epochs < FINAL_EPOCHS_KEPT or not durations:
+        return None
+    epoch_s = max(recent_epoch_s(durations), 1e-6)
+    left_s = hours * 3600.0 - elapsed_s - reserve_s
+    slack = left_s - left_epochs * epoch_s  # seconds the run would end before the budget
+    if -0.5 * epoch_s <= slack <= 1.5 * epoch_s:
+        return None
+    new = epoch + 1 + max(math.floor(left_s / epoch_s), 0)
+    return BudgetRevision(epoch, epochs, new, epoch_s, elapsed_s + (new - 1 - epoch) * epoch_s + reserve_s)

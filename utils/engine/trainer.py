@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from models.backbone import Backbone
 from models.yolo import Model, without_pretrained
-from utils.checkpoint.format import FORMAT, FORMAT_VERSION, load_checkpoint, save_checkpoint
+from utils.checkpoint.format import FORMAT, FORMAT_VERSION, copy_checkpoint, load_checkpoint, save_checkpoint
 from utils.checkpoint.model import load_model, model_from_checkpoint, strip_optimizer, transfer_weights
 from utils.core.logging import LOGGER, TQDM_BAR_FORMAT, colorstr
 from utils.core.precision import describe as describe_precision
@@ -39,11 +39,11 @@ from utils.engine.autobatch import autobatch
 from utils.engine.distributed import DistInfo, barrier, broadcast_object, wrap_ddp, zero_first
 from utils.engine.early_stopping import EarlyStopping
 from utils.engine.ema import ModelEMA
-from utils.engine.evaluator import NOT_EVALUATED, EvalOptions, EvalResults, Evaluator, validate
+from utils.engine.evaluator import NOT_EVALUATED, EvalOptions, EvalResults, Evaluator, validate, warm_up
 from utils.engine.options import TrainError, TrainInterrupted, TrainOptions, plain_data, save_yaml
 from utils.engine.result_plots import plot_results
 from utils.engine.runlog import RunLogger, progress_header, progress_row
-from utils.engine.time_budget import BudgetDecision, EpochTimer, decide_epochs
+from utils.engine.time_budget import BudgetDecision, EpochTimer, decide_epochs, final_reserve, revise_epochs
 from utils.engine.train_state import rng_state, scheduler_state, set_rng_state
 from utils.ops.loss import ComputeLoss, LossGains
 from utils.viz.charts import plot_labels
@@ -67,8 +67,10 @@ class Trainer:
         self.epochs, self.start_epoch = opt.epochs, 0
         # --time: opt.epochs is the LR schedule's placeholder until epoch 0 has been timed (lf(0) = 1 for any total)
         self.epochs_pending = opt.time is not None and not opt.resume
+        self.budgeted = self.epochs_pending  # and revised later if the host's speed moves the end off the budget
         self.t_start = 0.0  # fit() starts the --time clock, before setup
-        self.train_s = self.val_s = 0.0  # the last epoch's steady training and its validation seconds (--time)
+        self.train_s = self.val_s = self.save_s = 0.0  # the last epoch's steady training, validation and save seconds
+        self.epoch_starts: dict[int, float] = {}  # --time revisions: when each epoch began
         self.plots = not opt.noplots and not opt.evolve
         # fp16 AMP on CUDA (YOLOv5), bf16 autocast on CPUs with AMX or AVX-512 BF16 (ours), else float32 / --no-amp
         self.autocast_dtype = training_autocast_dtype(device, enabled=not options.no_amp)
@@ -261,6 +263,7 @@ class Trainer:
         try:
             while epoch + 1 < self.epochs:  # not a range: --time sets self.epochs after epoch 0
                 epoch += 1
+                self.epoch_starts[epoch] = time.time()
                 self.train_one_epoch(epoch)
                 if self.end_epoch(epoch):
                     break
@@ -377,8 +380,12 @@ class Trainer:
         stop, pending = False, self.epochs_pending
         if self.info.is_main:
             self.ema.update_attr(self.model, include=list(EMA_ATTRS))
+            if self.budgeted and not pending:
+                self.revise_budget(epoch)
             final = not pending and (epoch + 1 == self.epochs or self.stopper.possible_stop)
             if not self.options.noval or final or pending:  # --time: epoch 0's validation is timed even with --noval
+                if pending:  # timed as later epochs will take it, without the first pass's one-off costs
+                    warm_up(self.ema.ema, self.val_loader, half=self.amp, bf16=self.validates_in_bf16)
                 t = time.time()
                 self.results = self.validate(self.ema.ema)
                 self.val_s = time.time() - t
@@ -394,12 +401,13 @@ class Trainer:
             if not self.options.nosave or final:
                 t = time.time()
                 self.save(epoch, fi)
+                self.save_s = time.time() - t
                 if pending:
-                    decision = self.count_the_saves(decision, epoch, fi, time.time() - t)
+                    decision = self.count_the_saves(decision, epoch, fi, self.save_s)
             if pending:
                 LOGGER.info(colorstr('time: ') + decision.describe(self.options.time))
         stop, epochs = broadcast_object((stop, self.epochs), self.info)
-        if self.epochs_pending:  # DDP: the other ranks take rank 0's decision
+        if self.epochs_pending or epochs != self.epochs:  # DDP: the other ranks take rank 0's decision or revision
             self.fix_epochs(epochs)
         return bool(stop)
 
@@ -418,6 +426,19 @@ class Trainer:
             self.save(epoch, fi)
         return again
 
+    def revise_budget(self, epoch: int) -> None:
+        """--time after epoch 0's decision: a new count when the recent epochs' pace projects the run's end off the
+        budget (``time_budget.revise_epochs``), decided before this epoch's validation and save (counted as the last
+        ones took) so that an epoch made final is validated and last.pt records the count."""
+        now, ahead = time.time(), (0.0 if self.options.noval else self.val_s) + self.save_s
+        starts = [self.epoch_starts[e] for e in range(1, epoch + 1)]
+        durations = [b - a for a, b in zip(starts, starts[1:])] + [now - starts[-1] + ahead]
+        revision = revise_epochs(self.options.time, now - self.t_start + ahead, epoch, self.epochs, durations,
+                                 final_reserve(self.val_s))
+        if revision:
+            self.fix_epochs(revision.new)
+            LOGGER.info(colorstr('time: ') + revision.describe(self.options.time))
+
     def fix_epochs(self, epochs: int) -> None:
         """Set the epoch count --time deferred: the options copy (opt.yaml, checkpoints), the LR factor (warm-up and
         scheduler) and the LRs of the coming epoch, all as if ``--epochs`` had said so from the start."""
@@ -429,6 +450,11 @@ class Trainer:
             save_yaml(self.save_dir / 'opt.yaml', self.options.to_dict())
 
     # ---------------------------------------------------------------------------------------------- validation
+    @property
+    def validates_in_bf16(self) -> bool:
+        """A run training under bf16 validates its epochs under bf16 (best.pt's final validation: float32)."""
+        return self.autocast_dtype == torch.bfloat16
+
     def validate(self, model, final: bool = False) -> EvalResults:
         """THE validation hook, val.py's code path: the Evaluator with the losses of this run's loss; the final
         validation of best.pt also plots and lists every class (NMS IoU 0.65 on COCO, as YOLOv5). A run training
@@ -436,7 +462,7 @@ class Trainer:
         validation in ~0.74x the time), and best.pt in float32, so the final numbers are val.py's."""
         options = EvalOptions(iou_thres=0.65 if final and is_coco(self.data) else 0.6,
                               single_cls=self.options.single_cls, half=self.amp, save_dir=self.save_dir,
-                              bf16=self.autocast_dtype == torch.bfloat16 and not final,
+                              bf16=self.validates_in_bf16 and not final,
                               plots=final and self.plots, verbose=final, prefix=colorstr('val: '),
                               say_saved=False)  # the trainer's own last line says where results are
         evaluator = Evaluator(self.names, options, dataset=self.val_loader.dataset, compute_loss=self.compute_loss,
@@ -445,11 +471,12 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------------- saving
     def checkpoint(self, epoch: int) -> dict:
-        """Our checkpoint: tensors and plain data only (loads with torch.load(weights_only=True))."""
+        """Our checkpoint: tensors and plain data only (loads with torch.load(weights_only=True)). It refers to the
+        live tensors (YOLOv5 deep-copies them): write it before training goes on."""
         model = de_parallel(self.model)
         return {
             'format': FORMAT, 'format_version': FORMAT_VERSION,
-            'model': deepcopy(model.state_dict()), 'ema': deepcopy(self.ema.ema.state_dict()),
+            'model': model.state_dict(), 'ema': self.ema.ema.state_dict(),  # saved at once: no copies needed
             'updates': int(self.ema.updates), 'optimizer': self.optimizer.state_dict(),
             'model_yaml': plain_data(model.yaml), 'yaml_file': str(getattr(model, 'yaml_file', '') or ''),
             'names': dict(self.names), 'nc': int(self.nc),
@@ -463,13 +490,12 @@ class Trainer:
 
     def save(self, epoch: int, fi: float) -> None:
         """last.pt every epoch, best.pt when fitness ties or beats the best, epoch{N}.pt every --save-period."""
-        ckpt = self.checkpoint(epoch)
-        save_checkpoint(ckpt, self.last)
+        save_checkpoint(self.checkpoint(epoch), self.last)
         self.saved_epoch = epoch
-        if self.best_fitness == fi:
-            save_checkpoint(ckpt, self.best)
+        if self.best_fitness == fi:  # the same bytes: copied, not serialised again
+            copy_checkpoint(self.last, self.best)
         if self.options.save_period > 0 and epoch % self.options.save_period == 0:
-            save_checkpoint(ckpt, self.wdir / f'epoch{epoch}.pt')
+            copy_checkpoint(self.last, self.wdir / f'epoch{epoch}.pt')
 
     def finish(self, epoch: int) -> None:
         """Strip optimizers from last/best, validate best.pt with plots, draw results.png."""
