@@ -8,7 +8,7 @@ Usage:
     python train.py --data data/shapes.yaml --cfg models/yolov5-efficientvit.yaml --epochs 100 --img 640
     python train.py --weights path/to/yolov5s.pt --cfg models/yolov5s.yaml       # fine-tune official weights
     python train.py --resume runs/train/exp/weights/last.pt                      # continue a killed run
-    python train.py --time 0.5       # as many epochs as fit half an hour (fixed after epoch 0; printed)
+    python train.py --time 0.5       # as many epochs as fit half an hour (decided after epoch 0; printed)
     python train.py --epochs 10 --evolve 30        # 30 generations of hyperparameter evolution -> runs/evolve/exp
     python -m torch.distributed.run --nproc_per_node 2 train.py --batch 16 --device 0,1   # DDP (gloo with cpu)
 """
@@ -52,7 +52,8 @@ def parse_opt(known: bool = False, args: list[str] | None = None) -> argparse.Na
     p.add_argument('--hyp', type=str, default=None, help=f'hyperparameters path (default {DEFAULT_HYP})')
     p.add_argument('--epochs', type=positive_int, default=None, help='total training epochs (default 100)')
     p.add_argument('--time', type=positive_float, default=None,
-                   help='hours to train for: the epoch count that fits, fixed after epoch 0 (instead of --epochs)')
+                   help='hours to train for: the epoch count that fits, decided after epoch 0 and revised if the '
+                        'pace changes (instead of --epochs)')
     p.add_argument('--batch-size', type=train_batch_size, default=None,
                    help='total batch size for all GPUs (default 16; -1 for AutoBatch)')
     p.add_argument('--imgsz', '--img', '--img-size', type=positive_int, default=None,

@@ -1,5 +1,5 @@
-"""train.py --time: the epoch count a wall-clock budget allows, fixed after epoch 0, and a budgeted run equal to the
---epochs run with that count."""
+"""train.py --time: the epoch count a wall-clock budget allows, decided after epoch 0 and revised if the pace changes,
+and a budgeted run equal to the --epochs run with that count."""
 import time
 from pathlib import Path
 
@@ -56,7 +56,7 @@ def test_time_flag_and_dataset_time(data, tmp_path, log_lines):
     rec.write_text(yaml.safe_dump(d))
     opt = options.apply_train_defaults(train.parse_opt(args=['--data', str(rec)]))
     assert (opt.time, opt.epochs, opt.imgsz) == (0.2, 7, 96)  # epochs: only the LR schedule's placeholder
-    assert any(f'using {rec} train_defaults: time=0.2 h (epochs fixed after epoch 0), imgsz=96' in x
+    assert any(f'using {rec} train_defaults: time=0.2 h (epochs decided after epoch 0), imgsz=96' in x
                for x in log_lines)
     opt = options.apply_train_defaults(train.parse_opt(args=['--data', str(rec), '--epochs', '5']))
     assert (opt.time, opt.epochs) == (None, 5)  # an explicit --epochs beats a recommended time
@@ -179,9 +179,9 @@ def test_a_slow_save_lowers_the_count_and_last_pt_records_it(data, tmp_path, mon
 
 
 def test_revise_epochs_keeps_the_count_near_the_budget_and_moves_it_when_the_pace_does():
-    # 0.1 h = 360 s, 20 epochs, 20 s kept for the end; epoch 5 just ended; recent epochs: 10 s (median of the last 3)
-    def revise(elapsed_s, epoch=5, epochs=20, durations=(30.0, 10.0, 9.0, 11.0)):
-        return revise_epochs(0.1, elapsed_s, epoch, epochs, list(durations), reserve_s=20)
+    # 0.1 h = 360 s, 20 epochs, 20 s kept for the end; epoch 5 just ended; recent epochs: 10 s (median of the last 8)
+    def revise(elapsed_s, epoch=5, epochs=20, durations=(30.0, 10.0, 9.0, 11.0, 10.0, 10.0, 9.0, 11.0, 10.0)):
+        return revise_epochs(0.1, elapsed_s, epoch, epochs, list(durations), val_s=5)  # 2 * 5 + 10 s reserved
 
     assert revise(200) is None  # 200 + 14 * 10 + 20 = 360: on budget
     assert revise(186) is None and revise(204) is None  # ends 1.4 epochs early / 0.4 epochs late: kept
@@ -190,12 +190,13 @@ def test_revise_epochs_keeps_the_count_near_the_budget_and_moves_it_when_the_pac
     assert revise(184).new == 21  # 1.6 epochs early: 6 + floor(156 / 10)
     assert revise(100).new == 30  # a host that sped up: 6 + floor(240 / 10)
     assert revise(400).new == 6  # the budget is spent: stop after this epoch
-    assert revise(186, durations=(30.0, 30.0, 30.0, 10.0)).new == 11  # the median (30 s), not the last: 6 + 154 // 30
+    assert revise(186, durations=(30.0,) * 6 + (10.0, 10.0)).new == 11  # the median (30 s), not the last: 6 + 154 // 30
     assert revise(400, epoch=16).new == 17 and revise(400, epoch=17) is None  # 2 epochs left: the last decay stays
     assert revise(400, epoch=1, durations=(10.0,)) is None  # too early: epoch 1 is the first whole epoch timed
     line = late.describe(0.1)
     assert 'after epoch 5 epochs take 10.0 s, so 19 epochs in all instead of 20' in line
-    assert 'no longer exactly the run --epochs 19 makes' in line
+    assert line.endswith('(~5.9 min); LRs from epoch 6 on follow the new count')
+    assert 'revised 2 times' in BudgetRevision.summary(2, 19) and '--epochs 19 repeats' in BudgetRevision.summary(2, 19)
 
 
 def test_a_revised_count_takes_effect_from_the_next_epoch(data, tmp_path, monkeypatch, log_lines):
@@ -207,12 +208,12 @@ def test_a_revised_count_takes_effect_from_the_next_epoch(data, tmp_path, monkey
         8, hours * 3600, elapsed_s, 1.0, 1.0))
     real, calls = trainer.revise_epochs, []
 
-    def revise(hours, elapsed_s, epoch, epochs, durations, reserve_s):
+    def revise(hours, elapsed_s, epoch, epochs, durations, val_s):
         calls.append((epoch, epochs, len(durations)))
-        assert all(d > 0 for d in durations) and elapsed_s > sum(durations) and reserve_s > 0
+        assert all(d > 0 for d in durations) and elapsed_s > sum(durations) and val_s > 0
         if epoch == 2:
             return BudgetRevision(2, epochs, 4, 1.0, 10.0)
-        return real(hours, elapsed_s, epoch, epochs, durations, reserve_s)
+        return real(hours, elapsed_s, epoch, epochs, durations, val_s)
 
     monkeypatch.setattr(trainer, 'revise_epochs', revise)
     saved = []
@@ -232,6 +233,7 @@ def test_a_revised_count_takes_effect_from_the_next_epoch(data, tmp_path, monkey
     assert (got[3, -3:] != runs[8][3, -3:]).all()  # epoch 3 of 8 would have had other LRs
     assert yaml.safe_load((run / 'opt.yaml').read_text())['epochs'] == 4
     assert any('after epoch 2 epochs take 1.0 s, so 4 epochs in all instead of 8' in x for x in log_lines)
+    assert any('the epoch count was revised 1 time as' in x and '--epochs 4 repeats' in x for x in log_lines)
 
 
 def test_a_budget_smaller_than_one_epoch_trains_epoch_0_only(data, tmp_path, log_lines):
@@ -239,7 +241,7 @@ def test_a_budget_smaller_than_one_epoch_trains_epoch_0_only(data, tmp_path, log
     _, rows = read_results_csv(run / 'results.csv')
     assert len(rows) == 1 and rows[0][5] >= 0  # epoch 0 was validated (timed for the budget) despite --noval
     assert yaml.safe_load((run / 'opt.yaml').read_text())['epochs'] == 1
-    assert any('Starting training for 0.0001 hours (the epoch count is fixed after epoch 0)' in x for x in log_lines)
+    assert any('Starting training for 0.0001 hours (the epoch count is decided after epoch 0)' in x for x in log_lines)
     assert any('1 epoch in all' in x for x in log_lines)
 
 

@@ -96,7 +96,7 @@ class TrainOptions:
     upload_dataset: bool | str = False
     bbox_interval: int = -1
     artifact_alias: str = 'latest'
-    time: float | None = None  # ours: hours; the epoch count is fixed after epoch 0 (utils/engine/time_budget.py)
+    time: float | None = None  # ours: hours; the epoch count is decided after epoch 0 (utils/engine/time_budget.py)
     save_dir: str = ''
 
     def to_dict(self) -> dict[str, Any]:
@@ -199,7 +199,7 @@ def apply_train_defaults(args: argparse.Namespace) -> argparse.Namespace:
     if 'time' in used:
         used.pop('epochs', None)  # kept only as the LR schedule's placeholder until epoch 0 fixes the count
     if used:
-        shown = ', '.join(f'{k}={v}' + (' h (epochs fixed after epoch 0)' if k == 'time' else '')
+        shown = ', '.join(f'{k}={v}' + (' h (epochs decided after epoch 0)' if k == 'time' else '')
                           for k, v in used.items())
         LOGGER.info(f'train: using {ns.data} train_defaults: {shown} (override with the flags)')
     for k in unset:

@@ -100,7 +100,7 @@ def decide_epochs(hours: float, elapsed_s: float, train_s: float, val_s: float, 
 
 
 REVISE_FROM_EPOCH = 2  # revisions use whole epochs after epoch 0 (whose duration holds one-off costs)
-RECENT_EPOCHS = 3  # a revision's epoch duration: the median of the last epochs, so that one slow epoch moves nothing
+RECENT_EPOCHS = 8  # a revision's epoch duration: the median of the last epochs, so that a slow minute moves little
 FINAL_EPOCHS_KEPT = 3  # the count is not revised with this few epochs left: the LR's last decay stays smooth
 
 
@@ -117,9 +117,16 @@ class BudgetRevision:
     def describe(self, hours: float) -> str:
         """One log line: what changed, what was decided, what it means for repeating the run."""
         return (f'--time {hours:g}: after epoch {self.epoch} epochs take {self.epoch_s:.1f} s, so {self.new} epochs '
-                f'in all instead of {self.old} (~{self.planned_s / 60:.1f} min). The LRs from epoch {self.epoch + 1} '
-                f'on follow the new count (results.csv lists them): this run is no longer exactly the run --epochs '
-                f'{self.new} makes')
+                f'in all instead of {self.old} (~{self.planned_s / 60:.1f} min); LRs from epoch {self.epoch + 1} on '
+                f'follow the new count')
+
+
+    @staticmethod
+    def summary(revisions: int, epochs: int) -> str:
+        """The end-of-run line of a budget whose count was revised: what ``--epochs N`` still repeats."""
+        return (f'the epoch count was revised {revisions} time{"s" * (revisions != 1)} as the host\'s speed changed, '
+                f'so --epochs {epochs} repeats this run\'s length and epoch 0, not every epoch\'s LR (results.csv '
+                f'lists them)')
 
 
 def recent_epoch_s(durations: list[float]) -> float:
@@ -130,16 +137,17 @@ def recent_epoch_s(durations: list[float]) -> float:
 
 
 def revise_epochs(hours: float, elapsed_s: float, epoch: int, epochs: int, durations: list[float],
-                  reserve_s: float) -> BudgetRevision | None:
+                  val_s: float) -> BudgetRevision | None:
     """After ``epoch`` (``elapsed_s`` seconds into the run, its validation and checkpoint included), with later
-    epochs taking the median of the recent ``durations`` (epochs 1 to ``epoch``): None while the run is projected to
+    epochs taking the median of the recent ``durations`` (epochs 1 to ``epoch``) and the end ``final_reserve(val_s)``:
+    None while the run is projected to
     end between 1.5 epochs before and half an epoch after the budget, else the most epochs that fit (at least
     ``epoch + 1``: stop after this one). Epoch 0's one timing cannot see a host that slows down or speeds up later
     (quick-start epochs took 12.4-17.1 s of training within one run)."""
     left_epochs = epochs - 1 - epoch
     if epoch < REVISE_FROM_EPOCH or left_epochs < FINAL_EPOCHS_KEPT or not durations:
         return None
-    epoch_s = max(recent_epoch_s(durations), 1e-6)
+    epoch_s, reserve_s = max(recent_epoch_s(durations), 1e-6), final_reserve(val_s)
     left_s = hours * 3600.0 - elapsed_s - reserve_s
     slack = left_s - left_epochs * epoch_s  # seconds the run would end before the budget
     if -0.5 * epoch_s <= slack <= 1.5 * epoch_s:

@@ -1,9 +1,9 @@
 """The training loop (YOLOv5 v7.0 semantics) as one class: setup, train_one_epoch, end_epoch (validate, log, save),
 finish. It reads its ``TrainOptions`` and never changes them; what it derives (image size, batch size, epochs on a
 fine-tuning resume, the loss gains) it keeps as its own attributes. The one exception is the decision ``--time``
-defers: the epoch count, fixed after epoch 0, goes into a replaced copy of the options (opt.yaml and checkpoints
-record it, so ``--resume`` and ``--epochs N`` repeat the run). Launching it (DDP, run dir, --evolve) is
-utils/engine/launch.py; the options are built in utils/engine/options.py.
+defers: the epoch count, decided after epoch 0 (and revised if the host's pace changes), goes into a replaced copy of
+the options (opt.yaml and checkpoints record it, so ``--resume`` continues the run and ``--epochs N`` repeats it).
+Launching it (DDP, run dir, --evolve) is utils/engine/launch.py; the options are built in utils/engine/options.py.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ from utils.engine.evaluator import NOT_EVALUATED, EvalOptions, EvalResults, Eval
 from utils.engine.options import TrainError, TrainInterrupted, TrainOptions, plain_data, save_yaml
 from utils.engine.result_plots import plot_results
 from utils.engine.runlog import RunLogger, progress_header, progress_row
-from utils.engine.time_budget import BudgetDecision, EpochTimer, decide_epochs, final_reserve, revise_epochs
+from utils.engine.time_budget import BudgetDecision, BudgetRevision, EpochTimer, decide_epochs, revise_epochs
 from utils.engine.train_state import rng_state, scheduler_state, set_rng_state
 from utils.ops.loss import ComputeLoss, LossGains
 from utils.viz.charts import plot_labels
@@ -71,6 +71,7 @@ class Trainer:
         self.t_start = 0.0  # fit() starts the --time clock, before setup
         self.train_s = self.val_s = self.save_s = 0.0  # the last epoch's steady training, validation and save seconds
         self.epoch_starts: dict[int, float] = {}  # --time revisions: when each epoch began
+        self.revisions = 0
         self.plots = not opt.noplots and not opt.evolve
         # fp16 AMP on CUDA (YOLOv5), bf16 autocast on CPUs with AMX or AVX-512 BF16 (ours), else float32 / --no-amp
         self.autocast_dtype = training_autocast_dtype(device, enabled=not options.no_amp)
@@ -136,7 +137,7 @@ class Trainer:
             LOGGER.info(f'Image sizes {self.imgsz} train, {self.imgsz} val\n'
                         f'Using {self.train_loader.num_workers} dataloader workers\n'
                         f"Logging results to {colorstr('bold', str(self.save_dir))}\n"
-                        + (f'Starting training for {opt.time:g} hours (the epoch count is fixed after epoch 0)...'
+                        + (f'Starting training for {opt.time:g} hours (the epoch count is decided after epoch 0)...'
                            if self.epochs_pending else f'Starting training for {self.epochs} epochs...'))
 
     def build_model(self) -> dict | None:
@@ -434,9 +435,10 @@ class Trainer:
         starts = [self.epoch_starts[e] for e in range(1, epoch + 1)]
         durations = [b - a for a, b in zip(starts, starts[1:])] + [now - starts[-1] + ahead]
         revision = revise_epochs(self.options.time, now - self.t_start + ahead, epoch, self.epochs, durations,
-                                 final_reserve(self.val_s))
+                                 self.val_s)
         if revision:
             self.fix_epochs(revision.new)
+            self.revisions += 1
             LOGGER.info(colorstr('time: ') + revision.describe(self.options.time))
 
     def fix_epochs(self, epochs: int) -> None:
@@ -502,6 +504,8 @@ class Trainer:
         if self.info.is_main:
             LOGGER.info(f'\n{epoch - self.start_epoch + 1} epochs completed in '
                         f'{(time.time() - self.t0) / 3600:.3f} hours.')
+            if self.revisions:
+                LOGGER.info(colorstr('time: ') + BudgetRevision.summary(self.revisions, self.epochs))
             for f in (self.last, self.best):
                 if f.exists():
                     strip_optimizer(f)
