@@ -4,9 +4,10 @@ import logging
 import numpy as np
 import pytest
 import torch
+import torchvision
 
 from utils.core.logging import LOGGER
-from utils.ops.nms import non_max_suppression
+from utils.ops.nms import _nms_first, non_max_suppression
 
 
 def make_pred(rows, nc=3):
@@ -148,3 +149,19 @@ def test_matches_greedy_reference_on_random_boxes():
     assert len(out) == len(keep) > 20
     np.testing.assert_allclose(out[:, 4], conf[m][keep], atol=1e-6)
     np.testing.assert_allclose(out[:, :4], b[keep], atol=1e-3)
+
+
+@pytest.mark.parametrize('max_det, iou_thres', [(300, 0.6), (50, 0.45), (5000, 0.6), (1, 0.3)])
+def test_nms_stopping_at_max_det_equals_batched_nms_then_the_cut(max_det, iou_thres):
+    """The chunked NMS (4,000 sorted boxes, 6 groups, chunks of 1,024) keeps exactly what torchvision's batched_nms
+    keeps, cut to max_det: when it stops early (300, 50, 1) and when it must go through every chunk (5000)."""
+    g = torch.Generator().manual_seed(1)
+    n = 4000
+    xy, wh = torch.rand(n, 2, generator=g) * 224, torch.rand(n, 2, generator=g) * 60 + 4
+    boxes = torch.cat((xy - wh / 2, xy + wh / 2), 1)
+    scores = torch.rand(n, generator=g).sort(descending=True).values
+    groups = torch.randint(0, 6, (n,), generator=g)
+    want = torchvision.ops.batched_nms(boxes, scores, groups, iou_thres)[:max_det]
+    got = _nms_first(boxes, scores, groups, iou_thres, max_det, chunk=1024)
+    assert torch.equal(got, want)
+    assert len(torchvision.ops.batched_nms(boxes, scores, groups, iou_thres)) > 300  # the early stops are real

@@ -11,6 +11,8 @@ import torchvision
 from utils.core.logging import LOGGER
 from utils.ops.boxes import xywh2xyxy
 
+NMS_CHUNK = 1024  # boxes per step of the early-stopping NMS (batched_nms runs per class above 1,000 boxes)
+
 
 def _check_thresholds(conf_thres: float, iou_thres: float) -> None:
     """Reject thresholds outside [0, 1] with a one-line message (a common CLI mistake is passing 25 for 0.25)."""
@@ -58,6 +60,37 @@ def _candidates(x: torch.Tensor, conf_thres: float, multi_label: bool, classes) 
     return out
 
 
+def _nms_per_group(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, idx: torch.Tensor,
+                   iou_thres: float) -> torch.Tensor:
+    """The entries of ``idx`` that NMS keeps, run separately per group (as batched_nms does above 1,000 boxes), in
+    ascending order."""
+    kept = [sel[torchvision.ops.nms(boxes[sel], scores[sel], iou_thres)]
+            for sel in (idx[groups[idx] == g] for g in groups[idx].unique())]
+    return torch.cat(kept).sort().values if kept else idx
+
+
+def _nms_first(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou_thres: float,
+               max_det: int, chunk: int = NMS_CHUNK) -> torch.Tensor:
+    """``torchvision.ops.batched_nms(boxes, scores, groups, iou_thres)[:max_det]`` for boxes sorted by descending
+    score, without running NMS past the ``max_det``-th kept box. Greedy NMS keeps a box when no kept box of its group
+    ranked above it overlaps it, so the first ``max_det`` are known once that many are kept: the boxes are taken
+    ``chunk`` at a time, those that a box kept from an earlier chunk suppresses are dropped, and NMS runs on the rest
+    of the chunk. An early-epoch model puts ~18,000 (box, class) pairs over conf 0.001 on a 224-px image, and NMS
+    over all of them took 10 ms an image."""
+    if len(boxes) <= chunk:
+        return torchvision.ops.batched_nms(boxes, scores, groups, iou_thres)[:max_det]
+    kept = boxes.new_zeros(0, dtype=torch.long)
+    for start in range(0, len(boxes), chunk):
+        idx = torch.arange(start, min(start + chunk, len(boxes)), device=boxes.device)
+        if len(kept):  # dropped: overlapped by a kept, higher-ranked box of the same group
+            overlap = torchvision.ops.box_iou(boxes[idx], boxes[kept]) > iou_thres
+            idx = idx[~(overlap & (groups[idx, None] == groups[None, kept])).any(1)]
+        kept = torch.cat((kept, _nms_per_group(boxes, scores, groups, idx, iou_thres)))
+        if len(kept) >= max_det:
+            break
+    return kept[:max_det]
+
+
 def non_max_suppression(prediction, conf_thres: float = 0.25, iou_thres: float = 0.45,
                         classes: Sequence[int] | None = None, agnostic: bool = False, multi_label: bool = False,
                         labels: Sequence = (), max_det: int = 300, max_nms: int = 30000,
@@ -101,7 +134,7 @@ def non_max_suppression(prediction, conf_thres: float = 0.25, iou_thres: float =
         # fp32 for NMS: fp16 overflows and the CPU kernels want float
         boxes, scores = x[:, :4].float(), x[:, 4].float()
         groups = torch.zeros_like(x[:, 5], dtype=torch.long) if agnostic else x[:, 5].long()
-        i = torchvision.ops.batched_nms(boxes, scores, groups, iou_thres)[:max_det]
+        i = _nms_first(boxes, scores, groups, iou_thres, max_det)
         output[xi] = x[i].to(device)
         if time.time() - t0 > time_limit:
             LOGGER.warning(f'WARNING ⚠️ NMS time limit {time_limit:.3f}s exceeded')
