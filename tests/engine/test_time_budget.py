@@ -192,7 +192,7 @@ def test_revise_epochs_keeps_the_count_near_the_budget_and_moves_it_when_the_pac
     assert revise(400).new == 6  # the budget is spent: stop after this epoch
     assert revise(186, durations=(30.0,) * 6 + (10.0, 10.0)).new == 11  # the median (30 s), not the last: 6 + 154 // 30
     assert revise(400, epoch=16).new == 17 and revise(400, epoch=17) is None  # 2 epochs left: the last decay stays
-    assert revise(400, epoch=1, durations=(10.0,)) is None  # too early: epoch 1 is the first whole epoch timed
+    assert revise(400, epoch=3, durations=(10.0,) * 3) is None  # too early: 3 epochs are too few to judge a pace
     line = late.describe(0.1)
     assert 'after epoch 5 epochs take 10.0 s, so 19 epochs in all instead of 20' in line
     assert line.endswith('(~5.9 min); LRs from epoch 6 on follow the new count')

@@ -17,7 +17,7 @@ time (saving again only if that changed the count).
 
 One timing cannot see a host that slows down or speeds up later: on the 2-core VM the quick start's epochs took 12.4
 to 17.1 s of training within one run, and a count fixed after epoch 0 ended runs 80 s early or 85 s late. So from
-epoch 2 on, while more than ``FINAL_EPOCHS_KEPT`` epochs are left, the trainer projects the run's end from the median of
+epoch 4 on, while more than ``FINAL_EPOCHS_KEPT`` epochs are left, the trainer projects the run's end from the median of
 the recent epochs and revises the count when that end misses the budget by more than half an epoch (late) or 1.5
 epochs (early): the steady case keeps YOLOv5's schedule and the exact ``--epochs N`` repeat; a revised run logs it,
 its LRs follow the new count from the next epoch (results.csv lists every epoch's LRs), and last.pt records the count.
@@ -99,7 +99,7 @@ def decide_epochs(hours: float, elapsed_s: float, train_s: float, val_s: float, 
                           reserve_s=reserve_s, save_s=save_s)
 
 
-REVISE_FROM_EPOCH = 2  # revisions use whole epochs after epoch 0 (whose duration holds one-off costs)
+REVISE_FROM_EPOCH = 4  # revisions use whole epochs after epoch 0 (whose duration holds one-off costs), 4 at least
 RECENT_EPOCHS = 8  # a revision's epoch duration: the median of the last epochs, so that a slow minute moves little
 FINAL_EPOCHS_KEPT = 3  # the count is not revised with this few epochs left: the LR's last decay stays smooth
 
