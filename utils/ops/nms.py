@@ -75,8 +75,8 @@ def _nms_first(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, 
     score, without running NMS past the ``max_det``-th kept box. Greedy NMS keeps a box when no kept box of its group
     ranked above it overlaps it, so the first ``max_det`` are known once that many are kept: the boxes are taken
     ``chunk`` at a time, those that a box kept from an earlier chunk suppresses are dropped, and NMS runs on the rest
-    of the chunk. An early-epoch model puts ~18,000 (box, class) pairs over conf 0.001 on a 224-px image, and NMS
-    over all of them took 10 ms an image."""
+    of the chunk. An epoch-1 quick-start model puts ~4,000 (box, class) pairs over conf 0.001 on a val image and NMS
+    keeps ~2,000 of them: 10.7 ms an image, 2.1 ms when it stops at the 300th."""
     if len(boxes) <= chunk:
         return torchvision.ops.batched_nms(boxes, scores, groups, iou_thres)[:max_det]
     kept = boxes.new_zeros(0, dtype=torch.long)
