@@ -120,7 +120,6 @@ class BudgetRevision:
                 f'in all instead of {self.old} (~{self.planned_s / 60:.1f} min); LRs from epoch {self.epoch + 1} on '
                 f'follow the new count')
 
-
     @staticmethod
     def summary(revisions: int, epochs: int) -> str:
         """The end-of-run line of a budget whose count was revised: what ``--epochs N`` still repeats."""
@@ -140,10 +139,9 @@ def revise_epochs(hours: float, elapsed_s: float, epoch: int, epochs: int, durat
                   val_s: float) -> BudgetRevision | None:
     """After ``epoch`` (``elapsed_s`` seconds into the run, its validation and checkpoint included), with later
     epochs taking the median of the recent ``durations`` (epochs 1 to ``epoch``) and the end ``final_reserve(val_s)``:
-    None while the run is projected to
-    end between 1.5 epochs before and half an epoch after the budget, else the most epochs that fit (at least
-    ``epoch + 1``: stop after this one). Epoch 0's one timing cannot see a host that slows down or speeds up later
-    (quick-start epochs took 12.4-17.1 s of training within one run)."""
+    None while the run is projected to end between 1.5 epochs before and half an epoch after the budget, else the most
+    epochs that fit (at least ``epoch + 1``: stop after this one). Epoch 0's one timing cannot see a host that slows
+    down or speeds up later (quick-start epochs took 12.4-17.1 s of training within one run)."""
     left_epochs = epochs - 1 - epoch
     if epoch < REVISE_FROM_EPOCH or left_epochs < FINAL_EPOCHS_KEPT or not durations:
         return None
