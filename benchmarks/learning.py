@@ -103,8 +103,9 @@ def format_report(runs: dict[str, dict], opts: dict) -> str:
     return '\n'.join([
         '# Learning benchmark', '',
         f"Measured {opts.get('date', '')} on {opts.get('machine', '')}. Same budget for every model: "
-        + (f"{opts['time']} h of wall clock per run (`--time`: each model trains the epochs that fit, fixed after "
-           "its epoch 0; the table says how many), " if opts.get('time') else f"{opts.get('epochs')} epochs, ")
+        + (f"{opts['time']} h of wall clock per run (`--time`: each model trains the epochs that fit, decided after "
+           "its epoch 0 and revised if the pace changes; the table says how many), " if opts.get('time')
+           else f"{opts.get('epochs')} epochs, ")
         + f"{opts.get('imgsz')} px, batch {opts.get('batch_size')}, "
         f"optimizer {opts.get('optimizer')}, data `{opts.get('data')}`, hyp: {opts.get('hyp')}, from scratch.", '',
         f"Command: `{opts.get('command', '')}`", '',
