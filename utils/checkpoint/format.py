@@ -16,9 +16,10 @@ import pickle
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -148,18 +149,14 @@ def _plain(obj: Any, where: str) -> Any:
                           'cannot read; store plain data')
 
 
-def save_checkpoint(ckpt: dict, path: str | Path) -> Path:
-    """Write ckpt atomically (temp file in the same directory, then os.replace); fills format/version/date."""
-    path = Path(path)
-    data = _plain(dict(ckpt), 'ckpt')
-    data.setdefault('format', FORMAT)
-    data.setdefault('format_version', FORMAT_VERSION)
-    data.setdefault('date', datetime.now().isoformat())
+def _write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """``write(f)`` into a temp file in ``path``'s directory, synced, then renamed onto ``path``: a run killed at any
+    instant leaves the old file or the new one, and a failed write leaves no temp file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:
         with os.fdopen(fd, 'wb') as f:
-            torch.save(data, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -170,23 +167,23 @@ def save_checkpoint(ckpt: dict, path: str | Path) -> Path:
     return path
 
 
+def save_checkpoint(ckpt: dict, path: str | Path) -> Path:
+    """Write ckpt atomically (temp file in the same directory, then os.replace); fills format/version/date."""
+    data = _plain(dict(ckpt), 'ckpt')
+    data.setdefault('format', FORMAT)
+    data.setdefault('format_version', FORMAT_VERSION)
+    data.setdefault('date', datetime.now().isoformat())
+    return _write_atomically(Path(path), lambda f: torch.save(data, f))
+
+
 def copy_checkpoint(src: str | Path, dst: str | Path) -> Path:
     """Copy a checkpoint file's bytes atomically, as ``save_checkpoint`` writes: best.pt from the last.pt just
     written, in a tenth of the time serialising it again takes (0.03 s against 0.16 s for the quick start's 49 MB)."""
-    src, dst = Path(src), Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f'.{dst.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f, open(src, 'rb') as s:
+    def copy(f: BinaryIO) -> None:
+        with open(src, 'rb') as s:
             shutil.copyfileobj(s, f, length=1 << 24)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return dst
+
+    return _write_atomically(Path(dst), copy)
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -9,6 +9,7 @@ perfect set scores 1.0; 'interp' is YOLOv5 v7.0's trapezoid (a perfect set score
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -301,6 +302,19 @@ def _forward(model, im: torch.Tensor, augment: bool, dtype: torch.dtype | None) 
     return out.float(), None
 
 
+@contextlib.contextmanager
+def _eval_mode(model):
+    """``model`` in eval mode for the block, the caller's train/eval mode restored after it (exported backends have
+    no mode)."""
+    was_training = getattr(model, 'training', False)
+    model.eval()
+    try:
+        yield model
+    finally:
+        if was_training:
+            model.train()
+
+
 @torch.no_grad()
 def warm_up(model, dataloader, half: bool = False, bf16: bool = False) -> None:
     """One untimed forward pass over ``dataloader`` (no NMS, no scoring), so that a validation timed after it takes
@@ -308,14 +322,9 @@ def warm_up(model, dataloader, half: bool = False, bf16: bool = False) -> None:
     first touched): the quick start's epoch 0 validation took 2.7 s, a second pass right after it 1.6 s."""
     device = _model_device(model)
     dtype = _autocast_dtype(model, device, half, bf16)
-    was_training = getattr(model, 'training', False)
-    model.eval()
-    try:
+    with _eval_mode(model):
         for im, *_ in dataloader:
             _forward(model, im.to(device, non_blocking=True).float() / 255, False, dtype)
-    finally:
-        if was_training:
-            model.train()
 
 
 @torch.no_grad()
@@ -323,13 +332,11 @@ def validate(model, dataloader, evaluator: Evaluator) -> EvalResults:
     """Run ``model`` (DetectionModel or DetectBackend, eval mode for the call) over ``dataloader`` and let
     ``evaluator`` (reset first) score every batch; the caller's train/eval mode is restored."""
     device = _model_device(model)
-    was_training = getattr(model, 'training', False)
-    model.eval()
     evaluator.reset()
     o, t = evaluator.options, evaluator.timers
     dtype = _autocast_dtype(model, device, o.half, o.bf16)
     LOGGER.info(o.prefix + HEADER)
-    try:
+    with _eval_mode(model):
         for im, targets, paths, shapes in tqdm(dataloader, leave=False, bar_format=TQDM_BAR_FORMAT):
             with t.preprocess:
                 im = im.to(device, non_blocking=True).float() / 255
@@ -337,7 +344,4 @@ def validate(model, dataloader, evaluator: Evaluator) -> EvalResults:
             with t.inference:
                 predictions = _forward(model, im, o.augment, dtype)
             evaluator.process((im, targets, paths, shapes), predictions)
-    finally:
-        if was_training:
-            model.train()
     return evaluator.evaluate()
