@@ -85,19 +85,19 @@ def test_ddp_option_checks(monkeypatch):
         check_ddp_options(info, 4, image_weights=True)
 
 
-@pytest.mark.slow
-def test_two_process_time_budget_agrees_on_the_epoch_count(tmp_path):
-    """--time under DDP: rank 0 fixes the count after epoch 0 (forced to 3 here by a wrapper, so the test does not
-    depend on the machine's speed) and rank 1 takes it from the broadcast. A rank left at the placeholder of 100
-    epochs would wait in a collective until the timeout fails the test."""
+def run_forced_budget(tmp_path: Path, forcing: str) -> tuple[str, Path]:
+    """Two-rank ``train.py --time 1`` on a tiny dataset through a wrapper that first runs ``forcing`` (Python lines
+    replacing the trainer's budget functions, so the test does not depend on the machine's speed); returns the log
+    and the run directory, after checking the run succeeded."""
     data = write_dataset(tmp_path / 'tiny', n_train=8, n_val=2, nc=3, imgsz=64)
     wrapper = tmp_path / 'train_forced.py'
     wrapper.write_text(
         'import dataclasses, sys\n'
         f'sys.path.insert(0, {str(ROOT)!r})\n'
         'from utils.engine import trainer\n'
+        'from utils.engine.time_budget import BudgetRevision\n'
         'real = trainer.decide_epochs\n'
-        'trainer.decide_epochs = lambda *a, **k: dataclasses.replace(real(*a, **k), epochs=3)\n'
+        + forcing +
         'import train\n'
         'train.cli(sys.argv[1:])\n')
     env = {k: v for k, v in os.environ.items() if k not in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE')}
@@ -108,8 +108,17 @@ def test_two_process_time_budget_agrees_on_the_epoch_count(tmp_path):
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
+    return out, tmp_path / 'runs/ddp'
+
+
+@pytest.mark.slow
+def test_two_process_time_budget_agrees_on_the_epoch_count(tmp_path):
+    """--time under DDP: rank 0 fixes the count after epoch 0 (forced to 3 here by a wrapper, so the test does not
+    depend on the machine's speed) and rank 1 takes it from the broadcast. A rank left at the placeholder of 100
+    epochs would wait in a collective until the timeout fails the test."""
+    out, save_dir = run_forced_budget(
+        tmp_path, 'trainer.decide_epochs = lambda *a, **k: dataclasses.replace(real(*a, **k), epochs=3)\n')
     assert out.count('Starting training for 1 hours') == 1 and out.count('so 3 epochs in all') == 1  # rank 0 only
-    save_dir = tmp_path / 'runs/ddp'
     assert torch.load(save_dir / 'weights/last.pt', map_location='cpu', weights_only=True)['opt']['epochs'] == 3
     _, rows = read_results_csv(save_dir / 'results.csv')
     assert [int(row[0]) for row in rows] == [0, 1, 2] and '3 epochs completed' in out
@@ -120,29 +129,11 @@ def test_two_process_time_budget_agrees_on_a_revised_count(tmp_path):
     """A revision under DDP: rank 0 decides 6 epochs and revises to 3 after epoch 2 (both forced by a wrapper); rank
     1 takes the revision from the broadcast and stops with it. A rank still at 6 would wait in epoch 3's collectives
     until the timeout fails the test."""
-    data = write_dataset(tmp_path / 'tiny', n_train=8, n_val=2, nc=3, imgsz=64)
-    wrapper = tmp_path / 'train_revised.py'
-    wrapper.write_text(
-        'import dataclasses, sys\n'
-        f'sys.path.insert(0, {str(ROOT)!r})\n'
-        'from utils.engine import trainer\n'
-        'from utils.engine.time_budget import BudgetRevision\n'
-        'real = trainer.decide_epochs\n'
-        'trainer.decide_epochs = lambda *a, **k: dataclasses.replace(real(*a, **k), epochs=6)\n'
-        'trainer.revise_epochs = lambda h, el, epoch, epochs, d, v: (\n'
-        '    BudgetRevision(epoch, epochs, 3, 1.0, 10.0) if epoch == 2 else None)\n'
-        'import train\n'
-        'train.cli(sys.argv[1:])\n')
-    env = {k: v for k, v in os.environ.items() if k not in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE')}
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_addr', '127.0.0.1',
-           '--master_port', str(free_port()), str(wrapper), '--data', str(data), '--cfg', 'models/yolov5n.yaml',
-           '--time', '1', '--img', '64', '--batch-size', '4', '--workers', '0', '--device', 'cpu', '--project',
-           str(tmp_path / 'runs'), '--name', 'ddp', '--noplots', '--noautoanchor']
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    out = r.stdout + r.stderr
-    assert r.returncode == 0, out[-3000:]
+    out, save_dir = run_forced_budget(
+        tmp_path, 'trainer.decide_epochs = lambda *a, **k: dataclasses.replace(real(*a, **k), epochs=6)\n'
+                  'trainer.revise_epochs = lambda h, el, epoch, epochs, d, v: (\n'
+                  '    BudgetRevision(epoch, epochs, 3, 1.0, 10.0) if epoch == 2 else None)\n')
     assert out.count('so 6 epochs in all') == 1 and out.count('so 3 epochs in all instead of 6') == 1  # rank 0 only
-    save_dir = tmp_path / 'runs/ddp'
     assert torch.load(save_dir / 'weights/last.pt', map_location='cpu', weights_only=True)['opt']['epochs'] == 3
     _, rows = read_results_csv(save_dir / 'results.csv')
     assert [int(row[0]) for row in rows] == [0, 1, 2] and '3 epochs completed' in out

@@ -27,6 +27,19 @@ def budget_run(data: Path, project: Path, **kw) -> Path:
     return train.run(**{**opts, **kw})
 
 
+def record_saved_counts(monkeypatch) -> list[tuple[int, int]]:
+    """(epoch, the epoch count last.pt records) after every save of the runs that follow."""
+    saved = []
+    save = trainer.Trainer.save
+
+    def recording_save(self, epoch, fi):
+        save(self, epoch, fi)
+        saved.append((epoch, torch.load(self.last, weights_only=True)['opt']['epochs']))
+
+    monkeypatch.setattr(trainer.Trainer, 'save', recording_save)
+    return saved
+
+
 # ------------------------------------------------------------------------------------------------ the decision
 def test_decide_epochs_fills_the_budget_and_reserves_the_final_validation():
     # 0.1 h = 360 s; 40 s gone; epochs of 25 s training + 5 s validation; 2 * 5 + 10 s kept for best.pt's validation
@@ -161,14 +174,7 @@ def test_a_slow_save_lowers_the_count_and_last_pt_records_it(data, tmp_path, mon
         return BudgetDecision(counts[save_s > 0], hours * 3600, elapsed_s, train_s + val_s + save_s, 1.0, save_s)
 
     monkeypatch.setattr(trainer, 'decide_epochs', decide)
-    saved = []
-    save = trainer.Trainer.save
-
-    def recording_save(self, epoch, fi):
-        save(self, epoch, fi)
-        saved.append((epoch, torch.load(self.last, weights_only=True)['opt']['epochs']))
-
-    monkeypatch.setattr(trainer.Trainer, 'save', recording_save)
+    saved = record_saved_counts(monkeypatch)
     budgeted = budget_run(data, tmp_path, name='time', time=1.0)
     assert seen == [False, True] and saved == [(0, 3), (0, 2), (1, 2)]
     _, want = read_results_csv(plain / 'results.csv')
@@ -216,14 +222,7 @@ def test_a_revised_count_takes_effect_from_the_next_epoch(data, tmp_path, monkey
         return real(hours, elapsed_s, epoch, epochs, durations, val_s)
 
     monkeypatch.setattr(trainer, 'revise_epochs', revise)
-    saved = []
-    save = trainer.Trainer.save
-
-    def recording_save(self, epoch, fi):
-        save(self, epoch, fi)
-        saved.append((epoch, torch.load(self.last, weights_only=True)['opt']['epochs']))
-
-    monkeypatch.setattr(trainer.Trainer, 'save', recording_save)
+    saved = record_saved_counts(monkeypatch)
     run = budget_run(data, tmp_path, name='time', time=1.0)
     assert calls == [(1, 8, 1), (2, 8, 2), (3, 4, 3)]  # every epoch after 0; the real one declines 1 and 3
     assert saved == [(0, 8), (1, 8), (2, 4), (3, 4)]
