@@ -91,7 +91,6 @@ def test_last_pt_loads_weights_only_and_rebuilds(finished_run):
     assert pred.shape == (1, 3 * (8 * 8 + 4 * 4 + 2 * 2), 8)  # 3 anchors x cells of strides 8/16/32, 5 + nc
 
 
-@pytest.mark.slow
 def test_checkpoints_hold_the_state_at_the_save_and_best_pt_is_its_copy(data, tmp_path, monkeypatch):
     """last.pt holds the model, EMA and optimizer as they were when it was saved (the checkpoint refers to the live
     tensors and is written at once); an epoch that ties or beats the best fitness copies its bytes to best.pt, and
@@ -115,6 +114,7 @@ def test_checkpoints_hold_the_state_at_the_save_and_best_pt_is_its_copy(data, tm
     assert torch.load(run / 'weights/epoch0.pt', weights_only=True)['epoch'] == 0
 
 
+@pytest.mark.slow
 def test_seeded_runs_repeat_first_epoch_losses(data, finished_run, tmp_path):
     def losses(d):
         return read_results_csv(d / 'results.csv')[1][0][1:4].tolist()
