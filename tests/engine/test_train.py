@@ -325,26 +325,6 @@ def test_trainer_precision_follows_no_amp_and_the_cpu(monkeypatch):
     assert train.parse_opt(args=['--no-amp']).no_amp is True and train.parse_opt(args=[]).no_amp is False
 
 
-@pytest.mark.parametrize('bf16_unit', ['AVX-512 BF16', None])
-def test_epoch_validation_follows_the_training_precision(monkeypatch, tmp_path, bf16_unit):
-    """A run training under bf16 validates its epochs under bf16 (YOLOv5 validates in fp16 under CUDA AMP) and best.pt
-    in float32, so the final numbers are val.py's; a float32 run validates in float32 throughout."""
-    from types import SimpleNamespace
-
-    from utils.core import precision
-    from utils.engine import trainer as trainer_module
-    monkeypatch.setattr(precision, 'cpu_bf16_unit', lambda: bf16_unit)
-    seen = []
-    monkeypatch.setattr(trainer_module, 'Evaluator', lambda names, o, **kw: seen.append(o.bf16) or o)
-    monkeypatch.setattr(trainer_module, 'validate', lambda model, loader, evaluator: evaluator)
-    trainer = trainer_module.Trainer(options.TrainOptions(), torch.device('cpu'))
-    trainer.data, trainer.names, trainer.compute_loss, trainer.save_dir = {}, {0: 'a'}, None, tmp_path
-    trainer.val_loader = SimpleNamespace(dataset=None)
-    trainer.validate(None)
-    trainer.validate(None, final=True)
-    assert seen == ([True, False] if bf16_unit else [False, False])
-
-
 @pytest.mark.parametrize('bad', [0, 2.5, 'big', True])
 def test_hyp_nbs_must_be_a_positive_integer(tmp_path, bad):
     from utils.data.config import ConfigError, load_hyp
@@ -580,20 +560,3 @@ def test_early_stopping_counts_epochs_without_improvement():
     assert restored(4, 0.29) is True  # resumed runs keep counting from the saved best epoch
     never = EarlyStopping(patience=0)
     assert not any(never(e, 0.0 if e else 1.0) for e in range(50))
-
-
-def test_training_runs_silu_out_of_place_and_validation_in_place(data, tmp_path, monkeypatch):
-    """In place, SiLU makes autograd copy its input (one more memory pass per call): the trained model
-    runs it out of place, the EMA that validates without autograd keeps it in place."""
-    from utils.engine.trainer import Trainer
-    seen = {}
-
-    def capture(self, epoch):
-        seen['model'], seen['ema'] = self.model, self.ema.ema
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, 'train_one_epoch', capture)
-    with pytest.raises(KeyboardInterrupt):
-        tiny_run(data, tmp_path)
-    silu = [[m.inplace for m in seen[k].modules() if isinstance(m, torch.nn.SiLU)] for k in ('model', 'ema')]
-    assert len(silu[0]) == 57 and not any(silu[0]) and all(silu[1])
