@@ -190,10 +190,14 @@ def test_revise_epochs_keeps_the_count_near_the_budget_and_moves_it_when_the_pac
         return revise_epochs(0.1, elapsed_s, epoch, epochs, list(durations), val_s=5)  # 2 * 5 + 10 s reserved
 
     assert revise(200) is None  # 200 + 14 * 10 + 20 = 360: on budget
-    assert revise(186) is None and revise(204) is None  # ends 1.4 epochs early / 0.4 epochs late: kept
-    late = revise(206)  # 0.6 epochs late: the most that fit, 6 + floor(134 / 10)
-    assert (late.old, late.new, late.epoch_s) == (20, 19, 10.0) and late.planned_s == pytest.approx(356)
-    assert revise(184).new == 21  # 1.6 epochs early: 6 + floor(156 / 10)
+    # 14 epochs left: the tolerance is 5 % of their 140 s (7 s) late, one epoch more (17 s) early
+    assert revise(183) is None and revise(207) is None  # ends 1.7 epochs early / 0.7 epochs late: kept
+    late = revise(208)  # 0.8 epochs late: the most that fit, 6 + floor(132 / 10)
+    assert (late.old, late.new, late.epoch_s) == (20, 19, 10.0) and late.planned_s == pytest.approx(358)
+    assert revise(182).new == 21  # 1.8 epochs early: 6 + floor(158 / 10)
+    # 5 epochs left (5 % of 50 s is less than half an epoch): half an epoch late, 1.5 early, as the end nears
+    assert revise(295, epoch=14) is None and revise(296, epoch=14).new == 19  # 0.6 late: 15 + floor(44 / 10)
+    assert revise(276, epoch=14) is None and revise(274, epoch=14).new == 21  # 1.6 early: 15 + floor(66 / 10)
     assert revise(100).new == 30  # a host that sped up: 6 + floor(240 / 10)
     assert revise(400).new == 6  # the budget is spent: stop after this epoch
     assert revise(186, durations=(30.0,) * 6 + (10.0, 10.0)).new == 11  # the median (30 s), not the last: 6 + 154 // 30
@@ -201,7 +205,7 @@ def test_revise_epochs_keeps_the_count_near_the_budget_and_moves_it_when_the_pac
     assert revise(400, epoch=3, durations=(10.0,) * 3) is None  # too early: 3 epochs are too few to judge a pace
     line = late.describe(0.1)
     assert 'after epoch 5 epochs take 10.0 s, so 19 epochs in all instead of 20' in line
-    assert line.endswith('(~5.9 min); LRs from epoch 6 on follow the new count')
+    assert line.endswith('(~6.0 min); LRs from epoch 6 on follow the new count')
     assert 'revised 2 times' in BudgetRevision.summary(2, 19) and '--epochs 19 repeats' in BudgetRevision.summary(2, 19)
 
 

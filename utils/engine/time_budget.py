@@ -18,9 +18,10 @@ time (saving again only if that changed the count).
 One timing cannot see a host that slows down or speeds up later: on the 2-core VM the quick start's epochs took 12.4
 to 17.1 s of training within one run, and a count fixed after epoch 0 ended runs 80 s early or 85 s late. So from
 epoch 4 on, while more than ``FINAL_EPOCHS_KEPT`` epochs are left, the trainer projects the run's end from the median of
-the recent epochs and revises the count when that end misses the budget by more than half an epoch (late) or 1.5
-epochs (early): the steady case keeps YOLOv5's schedule and the exact ``--epochs N`` repeat; a revised run logs it,
-its LRs follow the new count from the next epoch (results.csv lists every epoch's LRs), and last.pt records the count.
+the recent epochs and revises the count when that end misses the budget by more than half an epoch or 5 % of the time
+left, whichever is more (late), or by that plus one epoch (early): the steady case keeps YOLOv5's schedule and the
+exact ``--epochs N`` repeat; a revised run logs it, its LRs follow the new count from the next epoch (results.csv
+lists every epoch's LRs), and last.pt records the count.
 """
 from __future__ import annotations
 
@@ -102,6 +103,7 @@ def decide_epochs(hours: float, elapsed_s: float, train_s: float, val_s: float, 
 REVISE_FROM_EPOCH = 4  # revisions use whole epochs after epoch 0 (whose duration holds one-off costs), 4 at least
 RECENT_EPOCHS = 8  # a revision's epoch duration: the median of the last epochs, so that a slow minute moves little
 FINAL_EPOCHS_KEPT = 3  # the count is not revised with this few epochs left: the LR's last decay stays smooth
+PACE_TOLERANCE = 0.05  # a projection over many epochs is kept while it misses by up to this part of the time left
 
 
 @dataclass(frozen=True)
@@ -135,20 +137,31 @@ def recent_epoch_s(durations: list[float]) -> float:
     return recent[mid] if len(recent) % 2 else (recent[mid - 1] + recent[mid]) / 2
 
 
+def late_tolerance_s(epoch_s: float, left_epochs: int) -> float:
+    """How far a projected end may miss the budget before the count is revised: half an epoch, or ``PACE_TOLERANCE``
+    of the time left when that is more. The host's pace wanders by several percent over a few minutes, so a
+    projection over 60 epochs (yolov5n in the learning benchmark: 15 revisions with a fixed half epoch) is kept until
+    it misses by more than that; the tolerance shrinks with the time left, so the end still lands within half an
+    epoch of the budget."""
+    return max(0.5, PACE_TOLERANCE * left_epochs) * epoch_s
+
+
 def revise_epochs(hours: float, elapsed_s: float, epoch: int, epochs: int, durations: list[float],
                   val_s: float) -> BudgetRevision | None:
     """After ``epoch`` (``elapsed_s`` seconds into the run, its validation and checkpoint included), with later
     epochs taking the median of the recent ``durations`` (epochs 1 to ``epoch``) and the end ``final_reserve(val_s)``:
-    None while the run is projected to end between 1.5 epochs before and half an epoch after the budget, else the most
-    epochs that fit (at least ``epoch + 1``: stop after this one). Epoch 0's one timing cannot see a host that slows
-    down or speeds up later (quick-start epochs took 12.4-17.1 s of training within one run)."""
+    None while the run is projected to end within ``late_tolerance_s`` after the budget or that plus one epoch (what
+    a whole count leaves over) before it, else the most epochs that fit (at least ``epoch + 1``: stop after this one).
+    Epoch 0's one timing cannot see a host that slows down or speeds up later (quick-start epochs took 12.4-17.1 s of
+    training within one run)."""
     left_epochs = epochs - 1 - epoch
     if epoch < REVISE_FROM_EPOCH or left_epochs < FINAL_EPOCHS_KEPT or not durations:
         return None
     epoch_s, reserve_s = max(recent_epoch_s(durations), 1e-6), final_reserve(val_s)
     left_s = hours * 3600.0 - elapsed_s - reserve_s
     slack = left_s - left_epochs * epoch_s  # seconds the run would end before the budget
-    if -0.5 * epoch_s <= slack <= 1.5 * epoch_s:
+    tolerance_s = late_tolerance_s(epoch_s, left_epochs)
+    if -tolerance_s <= slack <= tolerance_s + epoch_s:
         return None
     new = epoch + 1 + max(math.floor(left_s / epoch_s), 0)
     return BudgetRevision(epoch, epochs, new, epoch_s, elapsed_s + (new - 1 - epoch) * epoch_s + reserve_s)
