@@ -464,9 +464,9 @@ class Trainer:
     @torch.no_grad()
     def validation_model(self) -> Model:
         """The model an epoch is validated with: a BN-fused copy of the EMA, as val.py and detect.py run last.pt
-        (EfficientViT's fast path). YOLOv5 validates the unfused EMA; the fused copy computes the same function in
-        ~0.75x the time (M0 at the quick start's 256-px val batches: 7.5 against 10 ms per image, the copy and fusion
-        ~0.09 s), and its mAP is the one val.py reports for the epoch's checkpoint."""
+        (EfficientViT's fast path). YOLOv5 validates the unfused EMA; the fused copy computes the same function
+        (another float summation order) faster: M0 at the quick start's 256-px val batches 6.0 against 8.2 ms of
+        inference per image, the copy and fusion 0.08 s, one validation 1.70 against 1.92 s."""
         return deepcopy(self.ema.ema).fuse(verbose=False).eval()
 
     def validate(self, model, final: bool = False) -> EvalResults:
