@@ -6,15 +6,8 @@ import pytest
 import torch
 
 from tests.engine.test_train import tiny_run
-from tests.helpers import write_dataset
 from utils.engine import options
 from utils.engine import trainer as trainer_module
-
-
-@pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    """6 train images and 2 val images, 3 classes, 64 px (test_train.py's tiny dataset)."""
-    return write_dataset(tmp_path_factory.mktemp('tiny'), n_train=6, n_val=2, nc=3, imgsz=64)
 
 
 @pytest.mark.parametrize('bf16_unit', ['AVX-512 BF16', None])

@@ -8,17 +8,10 @@ import torch
 import yaml
 
 import train
-from tests.helpers import write_dataset
 from utils.engine import options, trainer
 from utils.engine.options import TrainError
 from utils.engine.runlog import progress_row, read_results_csv
 from utils.engine.time_budget import BudgetDecision, BudgetRevision, decide_epochs, revise_epochs
-
-
-@pytest.fixture(scope='module')
-def data(tmp_path_factory) -> Path:
-    """6 train images (3 batches of 2 per epoch), 2 val images, 64 px."""
-    return write_dataset(tmp_path_factory.mktemp('tiny'), n_train=6, n_val=2, nc=3, imgsz=64)
 
 
 def budget_run(data: Path, project: Path, **kw) -> Path:

@@ -23,12 +23,6 @@ RUN_FILES = ('weights/last.pt', 'weights/best.pt', 'hyp.yaml', 'opt.yaml', 'resu
 
 
 @pytest.fixture(scope='module')
-def data(tmp_path_factory) -> Path:
-    """6 train images (3 batches of 2, so train_batch0..2 are drawn) and 2 val images, 3 classes, 64 px."""
-    return write_dataset(tmp_path_factory.mktemp('tiny'), n_train=6, n_val=2, nc=3, imgsz=64)
-
-
-@pytest.fixture(scope='module')
 def finished_run(data, tmp_path_factory) -> Path:
     """One finished 1-epoch yolov5n run (seed 0) shared by the output, checkpoint, seed and transfer tests."""
     return tiny_run(data, tmp_path_factory.mktemp('base'), seed=0)
